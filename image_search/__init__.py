@@ -1,0 +1,1 @@
+"""The ``image-search`` command line: sample data, queries and benchmarks."""

@@ -1,0 +1,43 @@
+"""Entry point of the ``image-search`` console script.
+
+Each subcommand lives in its own module and registers itself with :func:`register`;
+heavy imports (torch, Dagster) happen inside the handlers, so ``--help`` is instant and
+the query path never loads Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from resources.errors import ImageSearchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subcommand registered."""
+    from image_search import bench, query, sample
+
+    parser = argparse.ArgumentParser(
+        prog="image-search", description="Multilingual CLIP image search over an Unsplash Lite catalog."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (sample, query, bench):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user-fixable problem prints one line and exits 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except ImageSearchError as exc:
+        print(f"image-search: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("image-search: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
