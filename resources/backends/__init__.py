@@ -1,0 +1,1 @@
+"""Search backends: one interface (:mod:`.base`), one class per engine."""

@@ -1,0 +1,135 @@
+"""The one search-backend interface every engine implements.
+
+A backend stores, per photo, its unit-length image vector and the catalog fields search
+needs, publishes each build atomically, and answers kNN and keyword searches with
+filters applied inside the search (so ``k`` results come back whenever ``k`` documents
+pass). Scores leave every backend as the same numbers: cosine similarity for kNN, the
+engine's BM25 score for keyword search.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+ORIENTATIONS = ("landscape", "portrait", "square")
+
+#: Catalog columns stored with each document and returned with each hit.
+STORED_FIELDS = (
+    "photo_id",
+    "describe",
+    "photo_description",
+    "ai_description",
+    "photo_image_url",
+    "photo_url",
+    "photographer_name",
+    "photographer_username",
+    "orientation",
+    "dominant_color",
+    "colors",
+    "photo_location_country",
+    "photo_submitted_at",
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions applied inside a search. ``None`` means no restriction on that field.
+
+    ``color`` matches any of a photo's colour keywords (``colors`` in the catalog);
+    ``country`` matches ``photo_location_country`` case-insensitively; ``since`` and
+    ``until`` bound ``photo_submitted_at`` by calendar day, both inclusive.
+    """
+
+    orientation: str | None = None
+    color: str | None = None
+    country: str | None = None
+    since: dt.date | None = None
+    until: dt.date | None = None
+
+    def is_empty(self) -> bool:
+        """True when no field restricts anything."""
+        return all(v is None for v in (self.orientation, self.color, self.country, self.since, self.until))
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a published build was made from; the query service checks it against its models."""
+
+    image_model: str
+    text_model: str
+    dim: int
+    count: int
+    built_at: str
+    name: str
+
+
+@dataclass
+class Hit:
+    """One result: the photo, its score, and its stored fields (see :data:`STORED_FIELDS`)."""
+
+    photo_id: str
+    score: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildReport:
+    """What :meth:`SearchBackend.build` did, for the asset's metadata."""
+
+    name: str
+    count: int
+    seconds: float
+    errors: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[int, int], None]
+
+
+class SearchBackend(ABC):
+    """A search index: built from catalog rows and vectors, queried by vector or by words."""
+
+    #: ``local`` or the engine's name; shown in metadata and messages.
+    engine: str
+
+    @abstractmethod
+    def build(
+        self,
+        documents: pd.DataFrame,
+        vectors: np.ndarray,
+        info: BuildInfo,
+        progress: Progress | None = None,
+    ) -> BuildReport:
+        """Write a new build beside the live one, validate its count, then publish it atomically.
+
+        ``documents`` holds one row per photo with the :data:`STORED_FIELDS` columns, in the
+        same order as the rows of ``vectors`` (float32, unit length). Re-running with the
+        same documents leaves the same count. The previous build is kept for rollback, older
+        ones are removed. A failed build raises and leaves the published one serving.
+        """
+
+    @abstractmethod
+    def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None) -> list[Hit]:
+        """The ``k`` documents most similar to ``vector``, best first, scored by cosine similarity."""
+
+    @abstractmethod
+    def keyword(self, text: str, k: int, filters: Filters | None = None) -> list[Hit]:
+        """The ``k`` best BM25 matches of ``text`` in describe and the descriptions, best first."""
+
+    @abstractmethod
+    def get(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray] | None:
+        """The stored fields and vector of ``photo_id``, or ``None`` if it is not indexed."""
+
+    @abstractmethod
+    def info(self) -> BuildInfo | None:
+        """The published build's :class:`BuildInfo`, or ``None`` when nothing is published yet."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many documents the published build holds (0 when nothing is published)."""
