@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+
+#: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
+BENCHMARKS: tuple[str, ...] = ()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands (one module each)."""
-    from image_search import bench_embed, bench_query
-
     parser = sub.add_parser("bench", help="benchmarks (each prints its baseline beside it)")
     bench_sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    for module in (bench_embed, bench_query):
-        module.register(bench_sub)
+    for name in BENCHMARKS:
+        importlib.import_module(f"image_search.{name}").register(bench_sub)

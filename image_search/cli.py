@@ -8,21 +8,23 @@ the query path never loads Dagster.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from resources.errors import ImageSearchError
 
+#: Modules under image_search/ that each add one subcommand through ``register(subparsers)``.
+COMMANDS = ("sample", "bench")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand registered."""
-    from image_search import bench, query, sample
-
     parser = argparse.ArgumentParser(
         prog="image-search", description="Multilingual CLIP image search over an Unsplash Lite catalog."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (sample, query, bench):
-        module.register(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"image_search.{name}").register(sub)
     return parser
 
 
