@@ -100,6 +100,7 @@ class Settings:
     download_timeout: float = 20.0
     imgix_params: str = "w=640&q=80&fm=jpg&fit=max"
     max_download_failure_share: float = 0.05
+    duplicate_threshold: float = 0.94
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -124,6 +125,7 @@ class Settings:
             download_timeout=_env_float("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", 20.0),
             imgix_params=_env("IMAGE_SEARCH_IMGIX_PARAMS", "w=640&q=80&fm=jpg&fit=max"),
             max_download_failure_share=_env_float("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", 0.05),
+            duplicate_threshold=_env_float("IMAGE_SEARCH_DUPLICATE_THRESHOLD", 0.94),
         )
         settings.validate()
         return settings
@@ -140,6 +142,10 @@ class Settings:
             )
         if self.download_concurrency < 1:
             raise ConfigError("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY must be at least 1")
+        if not 0 < self.duplicate_threshold <= 1:
+            raise ConfigError(
+                f"IMAGE_SEARCH_DUPLICATE_THRESHOLD={self.duplicate_threshold} is not a cosine similarity in (0, 1]"
+            )
 
     def describe(self) -> dict[str, str]:
         """The settings as strings, safe to log or show: secrets left out, URLs masked."""
@@ -180,3 +186,8 @@ class Settings:
     def index_dir(self) -> Path:
         """The local search index (builds and the live pointer)."""
         return self.home / "index"
+
+    @property
+    def duplicates_path(self) -> Path:
+        """The near-duplicate groups (only photos in a group of two or more)."""
+        return self.home / "duplicates" / "groups.parquet"
