@@ -101,6 +101,8 @@ class Settings:
     imgix_params: str = "w=640&q=80&fm=jpg&fit=max"
     max_download_failure_share: float = 0.05
     duplicate_threshold: float = 0.94
+    refresh_cron: str = "0 3 * * *"
+    release_poll_seconds: int = 600
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -126,6 +128,8 @@ class Settings:
             imgix_params=_env("IMAGE_SEARCH_IMGIX_PARAMS", "w=640&q=80&fm=jpg&fit=max"),
             max_download_failure_share=_env_float("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", 0.05),
             duplicate_threshold=_env_float("IMAGE_SEARCH_DUPLICATE_THRESHOLD", 0.94),
+            refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
+            release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
         )
         settings.validate()
         return settings
@@ -142,6 +146,8 @@ class Settings:
             )
         if self.download_concurrency < 1:
             raise ConfigError("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY must be at least 1")
+        if self.release_poll_seconds < 30:
+            raise ConfigError("IMAGE_SEARCH_RELEASE_POLL_SECONDS must be at least 30")
         if not 0 < self.duplicate_threshold <= 1:
             raise ConfigError(
                 f"IMAGE_SEARCH_DUPLICATE_THRESHOLD={self.duplicate_threshold} is not a cosine similarity in (0, 1]"
