@@ -100,6 +100,7 @@ class Settings:
     download_timeout: float = 20.0
     imgix_params: str = "w=640&q=80&fm=jpg&fit=max"
     max_download_failure_share: float = 0.05
+    ann_min_docs: int = 200_000
     duplicate_threshold: float = 0.94
     refresh_cron: str = "0 3 * * *"
     release_poll_seconds: int = 600
@@ -127,6 +128,7 @@ class Settings:
             download_timeout=_env_float("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", 20.0),
             imgix_params=_env("IMAGE_SEARCH_IMGIX_PARAMS", "w=640&q=80&fm=jpg&fit=max"),
             max_download_failure_share=_env_float("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", 0.05),
+            ann_min_docs=_env_int("IMAGE_SEARCH_ANN_MIN_DOCS", 200_000),
             duplicate_threshold=_env_float("IMAGE_SEARCH_DUPLICATE_THRESHOLD", 0.94),
             refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
             release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
@@ -144,6 +146,8 @@ class Settings:
             raise ConfigError(
                 "IMAGE_SEARCH_BACKEND=elasticsearch needs IMAGE_SEARCH_ES_URL, e.g. https://localhost:9200"
             )
+        if self.ann_min_docs < 1:
+            raise ConfigError("IMAGE_SEARCH_ANN_MIN_DOCS must be at least 1")
         if self.download_concurrency < 1:
             raise ConfigError("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY must be at least 1")
         if self.release_poll_seconds < 30:
