@@ -95,6 +95,7 @@ class Settings:
     es_engine: str = "auto"
     es_verify_certs: bool = True
     es_ca_certs: str | None = None
+    es_max_error_share: float = 0.01
     index_name: str = "image_search"
     download_concurrency: int = 32
     download_timeout: float = 20.0
@@ -123,6 +124,7 @@ class Settings:
             es_engine=_env("IMAGE_SEARCH_ES_ENGINE", "auto"),
             es_verify_certs=_env_bool("IMAGE_SEARCH_ES_VERIFY_CERTS", True),
             es_ca_certs=os.environ.get("IMAGE_SEARCH_ES_CA_CERTS") or None,
+            es_max_error_share=_env_float("IMAGE_SEARCH_ES_MAX_ERROR_SHARE", 0.01),
             index_name=_env("IMAGE_SEARCH_INDEX", "image_search"),
             download_concurrency=_env_int("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY", 32),
             download_timeout=_env_float("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", 20.0),
