@@ -1,0 +1,536 @@
+"""``image-search sample DIR``: a synthetic release in the exact Unsplash Lite format.
+
+Unsplash Lite may not be redistributed, so tests, CI and the offline demo ingest this
+instead: the five tab-separated documents with every column of release 1.4 (real types,
+``t``/``f`` flags, a few stray spaces in keywords, empty fields for missing values), one
+small JPEG per photo whose colours and shapes are also its user-suggested keywords and its
+colour rows, and optionally tiny CLIP models. Row counts follow the options, so the same
+generator makes a 48-photo test fixture and a release of the real size (25,000 photos,
+2.7 M keyword rows, 4 M conversion rows) for the memory benchmark: the big documents are
+built column-wise with numpy and pyarrow and streamed to disk in chunks.
+
+``--duplicates N`` makes the last N photos near-copies (brightened, slightly cropped,
+re-encoded) of earlier ones and lists the planted pairs in ``planted_duplicates.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from resources.errors import ImageSearchError
+
+#: Colour names with the RGB each stands for; the names are also Unsplash colour keywords.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 38, 38),
+    "orange": (234, 138, 20),
+    "yellow": (240, 214, 40),
+    "green": (46, 160, 67),
+    "teal": (20, 150, 150),
+    "blue": (37, 99, 235),
+    "purple": (126, 58, 200),
+    "pink": (236, 100, 170),
+    "brown": (120, 72, 40),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+}
+SHAPES = ("circle", "square", "triangle", "stripes", "cross")
+
+_NOUNS = (
+    "mountain lake forest beach ocean city street building bridge tree flower sky cloud sunset "
+    "sunrise road car bicycle dog cat bird horse coffee book laptop desk window door river "
+    "snow desert field grass leaf rock island boat train person woman man child hand portrait "
+    "food fruit bread wall light night star moon architecture interior garden park path hill "
+    "valley waterfall wave sand shadow reflection glass metal wood texture pattern paper "
+    "music guitar camera phone market shop cafe restaurant kitchen table chair plant cactus "
+    "rain fog storm ice lighthouse castle church temple tower skyline stairs fence field farm"
+).split()
+_ADJECTIVES = (
+    "old new bright dark calm wild urban rural vintage modern minimal colorful quiet busy "
+    "misty sunny cold warm green blue golden soft"
+).split()
+#: Generic keywords: single nouns, then two-word phrases, as Unsplash keywords are.
+VOCABULARY: list[str] = list(dict.fromkeys(_NOUNS)) + [f"{a} {n}" for a in _ADJECTIVES for n in dict.fromkeys(_NOUNS)]
+
+_PLACES = (
+    ("Paris, France", "France", "Paris", 48.8566, 2.3522),
+    ("Tokyo, Japan", "Japan", "Tokyo", 35.6762, 139.6503),
+    ("New York, United States", "United States", "New York", 40.7128, -74.0060),
+    ("Cape Town, South Africa", "South Africa", "Cape Town", -33.9249, 18.4241),
+    ("Reykjavik, Iceland", "Iceland", "Reykjavik", 64.1466, -21.9426),
+    ("Sydney, Australia", "Australia", "Sydney", -33.8688, 151.2093),
+    ("Beijing, China", "China", "Beijing", 39.9042, 116.4074),
+    ("São Paulo, Brazil", "Brazil", "São Paulo", -23.5505, -46.6333),
+    ("Berlin, Germany", "Germany", "Berlin", 52.52, 13.405),
+    ("Banff, Canada", "Canada", "Banff", 51.1784, -115.5708),
+)
+_FIRST_NAMES = "Anna Ben Chen Dana Emil Fatima Goran Hana Ivan Julia Kenji Lea Mateo Nora Omar Priya".split()
+_LAST_NAMES = "Smith Müller Wang Silva Kowalski Nguyen Okafor Rossi Tanaka Dubois Larsen Haddad".split()
+_CAMERAS = (("Canon", "EOS 5D Mark IV"), ("NIKON CORPORATION", "NIKON D750"), ("SONY", "ILCE-7M3"), ("FUJIFILM", "X-T3"), ("Apple", "iPhone 12 Pro"))
+_COUNTRIES = "US GB DE FR JP CN BR IN CA AU ES IT NL SE KR MX".split()
+
+#: Column names of each document, as in release 1.4's DOCS.md (colors uses the zip's ai_ names).
+COLUMNS: dict[str, list[str]] = {
+    "photos": [
+        "photo_id", "photo_url", "photo_image_url", "photo_submitted_at", "photo_featured",
+        "photo_width", "photo_height", "photo_aspect_ratio", "photo_description",
+        "photographer_username", "photographer_first_name", "photographer_last_name",
+        "exif_camera_make", "exif_camera_model", "exif_iso", "exif_aperture_value",
+        "exif_focal_length", "exif_exposure_time", "photo_location_name",
+        "photo_location_latitude", "photo_location_longitude", "photo_location_country",
+        "photo_location_city", "stats_views", "stats_downloads", "ai_description",
+        "ai_primary_landmark_name", "ai_primary_landmark_latitude",
+        "ai_primary_landmark_longitude", "ai_primary_landmark_confidence", "blur_hash",
+    ],
+    "keywords": [
+        "photo_id", "keyword", "ai_service_1_confidence", "ai_service_2_confidence",
+        "suggested_by_user", "user_suggestion_source", "suggested_by_ai_service_3",
+        "confirmed_by_ai_service_3",
+    ],
+    "collections": ["photo_id", "collection_id", "collection_title", "photo_collected_at", "collection_type"],
+    "conversions": [
+        "converted_at", "conversion_type", "keyword", "photo_id", "anonymous_user_id",
+        "conversion_country", "device_type", "search_orientation_filter", "search_ordering",
+    ],
+    "colors": ["photo_id", "hex", "red", "green", "blue", "keyword", "ai_coverage", "ai_score"],
+}
+DOCUMENTS = tuple(COLUMNS)
+#: File name of the planted near-duplicate pairs (original photo_id, copy photo_id).
+PLANTED_DUPLICATES = "planted_duplicates.tsv"
+
+_CHUNK_ROWS = 500_000
+_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+_EPOCH_2013 = 1_356_998_400  # 2013-01-01 UTC, the year Unsplash started
+_SPAN_SECONDS = 10 * 365 * 86_400
+
+
+def _ids(rng: np.random.Generator, n: int, length: int = 11) -> np.ndarray:
+    """``n`` distinct random ids in Unsplash's 11-character alphabet."""
+    out: dict[str, None] = {}
+    while len(out) < n:
+        chars = _ID_ALPHABET[rng.integers(0, len(_ID_ALPHABET), size=(n - len(out), length))]
+        out.update(dict.fromkeys("".join(row) for row in chars))
+    return np.array(list(out)[:n], dtype=object)
+
+
+def _timestamps(rng: np.random.Generator, n: int) -> pa.Array:
+    """``n`` timestamps between 2013 and 2023 in the dump's ``YYYY-MM-DD HH:MM:SS.ffffff`` form."""
+    micros = (_EPOCH_2013 + rng.integers(0, _SPAN_SECONDS, size=n)) * 1_000_000 + rng.integers(0, 1_000_000, size=n)
+    return pc.strftime(pa.array(micros, type=pa.timestamp("us")), format="%Y-%m-%d %H:%M:%S")
+
+
+def _spread(rng: np.random.Generator, total: int, n: int, cap: int) -> np.ndarray:
+    """Split ``total`` rows over ``n`` photos at random, at most ``cap`` per photo."""
+    if n == 0 or total == 0:
+        return np.zeros(n, dtype=np.int64)
+    if total > n * cap:
+        raise ImageSearchError(f"{total} rows cannot be spread over {n} photos at most {cap} each: ask for fewer rows or more photos")
+    counts = rng.multinomial(total, np.full(n, 1.0 / n))
+    excess = np.maximum(counts - cap, 0)
+    counts -= excess
+    spare = excess.sum()
+    while spare:
+        room = np.flatnonzero(counts < cap)
+        take = rng.choice(room, size=min(spare, len(room)), replace=False)
+        counts[take] += 1
+        spare -= len(take)
+    return counts
+
+
+class _TsvWriter:
+    """Appends record batches to a tab-separated file with one header, never quoting."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.columns = columns
+        self.rows = 0
+        self._tmp = path.with_name(path.name + ".tmp")
+        self._file = open(self._tmp, "wb")
+        self._file.write(("\t".join(columns) + "\n").encode("utf-8"))
+
+    def write(self, columns: dict[str, pa.Array]) -> None:
+        table = pa.table({name: columns[name] for name in self.columns})
+        pacsv.write_csv(
+            table, self._file,
+            write_options=pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"),
+        )
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._file.close()
+        self._tmp.replace(self.path)
+
+
+def _design(i: int) -> tuple[str, str, str]:
+    """Background colour, shape and shape colour of photo number ``i``: distinct for 660 photos."""
+    names = list(PALETTE)
+    background = names[i % len(names)]
+    shape = SHAPES[(i // len(names)) % len(SHAPES)]
+    others = [n for n in names if n != background]
+    accent = others[(i // (len(names) * len(SHAPES)) + i) % len(others)]
+    return background, shape, accent
+
+
+def _draw(size: tuple[int, int], background: str, shape: str, accent: str, rng: np.random.Generator):
+    """A small picture: a ``background`` field with a few ``accent`` ``shape``s at random places."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, PALETTE[background])
+    draw = ImageDraw.Draw(image)
+    fill = PALETTE[accent]
+    for _ in range(int(rng.integers(1, 4))):
+        r = int(rng.integers(min(size) // 8, min(size) // 4 + 1))
+        x, y = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
+        if shape == "circle":
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        elif shape == "square":
+            draw.rectangle((x - r, y - r, x + r, y + r), fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+        elif shape == "stripes":
+            for sx in range(x % (3 * r), width, 3 * r):
+                draw.rectangle((sx, 0, sx + r // 2, height), fill=fill)
+        else:
+            draw.rectangle((x - r, y - r // 3, x + r, y + r // 3), fill=fill)
+            draw.rectangle((x - r // 3, y - r, x + r // 3, y + r), fill=fill)
+    noise = rng.integers(-12, 13, size=(height, width, 3))
+    pixels = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _near_copy(image, rng: np.random.Generator):
+    """``image`` brightened a little, cropped by a few pixels and resized back."""
+    from PIL import ImageEnhance
+
+    width, height = image.size
+    dx, dy = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    copy = image.crop((dx, dy, width - dx, height - dy)).resize((width, height))
+    return ImageEnhance.Brightness(copy).enhance(float(rng.uniform(1.04, 1.1)))
+
+
+def write_release(
+    out_dir: Path | str,
+    *,
+    photos: int = 100,
+    keywords: int | None = None,
+    collections: int | None = None,
+    conversions: int | None = None,
+    colors: int | None = None,
+    duplicates: int = 0,
+    image_base_url: str | None = None,
+    images: bool = True,
+    models: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Write a synthetic Unsplash Lite release into ``out_dir`` and return what it holds.
+
+    Unset row counts scale with ``photos``: 20 keywords, 3 collections, 10 conversions and
+    3 colours per photo. Every photo's first two keywords are its background colour and its
+    shape, suggested by the user, so ``describe`` is predictable; its colour rows put the
+    background first by coverage. ``image_base_url`` replaces the ``file://`` URLs with
+    ``<image_base_url>/<photo_id>.jpg`` (for serving the images folder over HTTP).
+
+    The returned dict has the row count of each document, ``photo_ids``, ``designs``
+    (photo_id -> (background, shape, accent)), ``duplicates`` (planted pairs), ``images_dir``
+    and, with ``models``, ``models_dir``.
+    """
+    keywords = 20 * photos if keywords is None else keywords
+    collections = 3 * photos if collections is None else collections
+    conversions = 10 * photos if conversions is None else conversions
+    colors = 3 * photos if colors is None else colors
+    for name, value in (("photos", photos), ("keywords", keywords), ("collections", collections),
+                        ("conversions", conversions), ("colors", colors), ("duplicates", duplicates)):
+        if value < 0:
+            raise ImageSearchError(f"--{name} {value} is negative: give a count of 0 or more")
+    if photos < 1:
+        raise ImageSearchError("--photos must be at least 1")
+    if duplicates >= photos:
+        raise ImageSearchError(f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photo_ids = _ids(rng, photos)
+
+    # The last `duplicates` photos copy the design (and later the image) of an earlier one.
+    design_of = np.arange(photos)
+    originals = rng.choice(photos - duplicates, size=duplicates, replace=duplicates > photos - duplicates) if duplicates else np.array([], dtype=int)
+    design_of[photos - duplicates:] = originals
+    designs = [_design(int(d)) for d in design_of]
+
+    images_dir = out / "images"
+    _write_photos(out, rng, photo_ids, designs, images_dir, image_base_url)
+    if images:
+        images_dir.mkdir(exist_ok=True)
+        _write_images(images_dir, rng, photo_ids, designs, design_of, photos - duplicates)
+    pairs = [(photo_ids[int(o)], photo_ids[photos - duplicates + k]) for k, o in enumerate(originals)]
+    with open(out / PLANTED_DUPLICATES, "w", encoding="utf-8") as f:
+        f.write("original_photo_id\tcopy_photo_id\n")
+        f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+
+    keyword_counts = _spread(rng, keywords, photos, 2 + len(VOCABULARY))
+    _write_keywords(out, rng, photo_ids, designs, keyword_counts)
+    _write_collections(out, rng, photo_ids, collections)
+    _write_conversions(out, rng, photo_ids, designs, keyword_counts, conversions)
+    _write_colors(out, rng, photo_ids, designs, colors)
+    _write_docs(out)
+
+    summary = {
+        "photos": photos, "keywords": keywords, "collections": collections,
+        "conversions": conversions, "colors": colors,
+        "photo_ids": list(photo_ids), "designs": dict(zip(photo_ids, designs)),
+        "duplicates": pairs, "images_dir": str(images_dir) if images else None,
+    }
+    if models:
+        from image_search.tiny_models import write_tiny_models
+
+        write_tiny_models(out / "models")
+        summary["models_dir"] = str(out / "models")
+    return summary
+
+
+def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url: str | None) -> None:
+    n = len(photo_ids)
+    # 60% landscape, 30% portrait, 10% (nearly) square, as on Unsplash.
+    kind = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    long_side = rng.choice([3000, 4000, 4912, 5472, 6000, 6720], size=n)
+    short_side = (long_side * rng.choice([2 / 3, 3 / 4, 9 / 16, 4 / 5], size=n)).astype(np.int64)
+    width = np.where(kind == 0, long_side, np.where(kind == 1, short_side, long_side))
+    height = np.where(kind == 0, short_side, np.where(kind == 1, long_side, long_side - rng.integers(0, 20, size=n)))
+    if image_base_url:
+        base = image_base_url.rstrip("/")
+        image_urls = [f"{base}/{pid}.jpg" for pid in photo_ids]
+    else:
+        image_urls = [(images_dir / f"{pid}.jpg").resolve().as_uri() for pid in photo_ids]
+    first = rng.choice(_FIRST_NAMES, size=n)
+    last = rng.choice(_LAST_NAMES, size=n)
+    place = rng.integers(-3, len(_PLACES), size=n)  # negative: no location
+    camera = rng.integers(-1, len(_CAMERAS), size=n)  # -1: no EXIF
+    landmark = rng.random(n) < 0.1
+
+    def opt(mask, values):
+        return [v if m else None for m, v in zip(mask, values)]
+
+    has_place = place >= 0
+    has_camera = camera >= 0
+    columns = {
+        "photo_id": pa.array(photo_ids, pa.string()),
+        "photo_url": pa.array([f"https://unsplash.com/photos/{pid}" for pid in photo_ids]),
+        "photo_image_url": pa.array(image_urls),
+        "photo_submitted_at": _timestamps(rng, n),
+        "photo_featured": pa.array(np.where(rng.random(n) < 0.9, "t", "f")),
+        "photo_width": pa.array(width),
+        "photo_height": pa.array(height),
+        "photo_aspect_ratio": pa.array(np.round(width / height, 2)),
+        "photo_description": pa.array(opt(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])),
+        "photographer_username": pa.array([f"{f.lower()}{l.lower()}{k}" for f, l, k in zip(first, last, rng.integers(1, 999, size=n))]),
+        "photographer_first_name": pa.array(first),
+        "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
+        "exif_camera_make": pa.array(opt(has_camera, [_CAMERAS[c][0] for c in camera])),
+        "exif_camera_model": pa.array(opt(has_camera, [_CAMERAS[c][1] for c in camera])),
+        "exif_iso": pa.array(opt(has_camera, rng.choice([100, 200, 400, 800, 1600], size=n).tolist()), pa.int64()),
+        "exif_aperture_value": pa.array(opt(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
+        "exif_focal_length": pa.array(opt(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
+        "exif_exposure_time": pa.array(opt(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
+        "photo_location_name": pa.array(opt(has_place, [_PLACES[p][0] for p in place])),
+        "photo_location_latitude": pa.array(opt(has_place, [_PLACES[p][3] for p in place]), pa.float64()),
+        "photo_location_longitude": pa.array(opt(has_place, [_PLACES[p][4] for p in place]), pa.float64()),
+        "photo_location_country": pa.array(opt(has_place, [_PLACES[p][1] for p in place])),
+        "photo_location_city": pa.array(opt(has_place, [_PLACES[p][2] for p in place])),
+        "stats_views": pa.array(rng.integers(100, 5_000_000, size=n)),
+        "stats_downloads": pa.array(rng.integers(0, 50_000, size=n)),
+        "ai_description": pa.array([f"{_article(a)} {a} {s} on {_article(bg)} {bg} background" for bg, s, a in designs]),
+        "ai_primary_landmark_name": pa.array(opt(landmark, ["Eiffel Tower"] * n)),
+        "ai_primary_landmark_latitude": pa.array(opt(landmark, [48.8584] * n), pa.float64()),
+        "ai_primary_landmark_longitude": pa.array(opt(landmark, [2.2945] * n), pa.float64()),
+        "ai_primary_landmark_confidence": pa.array(opt(landmark, np.round(rng.uniform(0.5, 1, n), 6).tolist()), pa.float64()),
+        "blur_hash": pa.array(["L" + "".join(row) for row in _ID_ALPHABET[rng.integers(0, 62, size=(n, 27))]]),
+    }
+    writer = _TsvWriter(out / "photos.tsv000", COLUMNS["photos"])
+    writer.write(columns)
+    writer.close()
+
+
+def _write_images(images_dir: Path, rng, photo_ids, designs, design_of, first_copy: int) -> None:
+    """One JPEG per photo; a planted copy is a near-copy of its original's picture."""
+    drawn = {}
+    for i, (pid, (background, shape, accent)) in enumerate(zip(photo_ids, designs)):
+        if i >= first_copy:
+            image = _near_copy(drawn[int(design_of[i])], rng)
+        else:
+            size = (96, 64) if i % 3 != 1 else (64, 96)
+            image = _draw(size, background, shape, accent, rng)
+            drawn[i] = image
+        image.save(images_dir / f"{pid}.jpg", format="JPEG", quality=90, subsampling=0)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _chunks(total: int):
+    for start in range(0, total, _CHUNK_ROWS):
+        yield start, min(start + _CHUNK_ROWS, total)
+
+
+def _keyword_of(photo_index: np.ndarray, rank: np.ndarray, designs) -> pa.Array:
+    """Keyword number ``rank`` of each photo: its background colour, its shape, then distinct vocabulary."""
+    design_kw = np.array([[bg, shape] for bg, shape, _ in designs], dtype=object)
+    vocab_index = (photo_index * 7 + rank - 2) % len(VOCABULARY)
+    generic = np.array(VOCABULARY, dtype=object)[vocab_index]
+    early = rank < 2
+    generic[early] = design_kw[photo_index[early], rank[early]]
+    return pa.array(generic, pa.string())
+
+
+def _row_positions(counts: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Photo index and rank within the photo of rows ``start..stop`` of a per-photo document."""
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.arange(start, stop)
+    photo_index = np.searchsorted(offsets, rows, side="right") - 1
+    return photo_index, rows - offsets[photo_index]
+
+
+def _write_keywords(out, rng, photo_ids, designs, counts: np.ndarray) -> None:
+    writer = _TsvWriter(out / "keywords.tsv000", COLUMNS["keywords"])
+    for start, stop in _chunks(int(counts.sum())):
+        photo_index, rank = _row_positions(counts, start, stop)
+        n = stop - start
+        keyword = _keyword_of(photo_index, rank, designs)
+        stray = pa.array(rng.random(n) < 0.02)
+        keyword = pc.if_else(stray, pc.binary_join_element_wise(keyword, pa.scalar(" "), pa.scalar("")), keyword)
+        by_user = (rank < 2) | (rng.random(n) < 0.15)
+        ai1 = np.round(rng.uniform(20, 100, n), 6)
+        ai2 = np.round(rng.uniform(20, 100, n), 6)
+        writer.write({
+            "photo_id": pa.array(photo_ids[photo_index], pa.string()),
+            "keyword": keyword,
+            "ai_service_1_confidence": pa.array(ai1, mask=rng.random(n) < 0.3),
+            "ai_service_2_confidence": pa.array(ai2, mask=rng.random(n) < 0.5),
+            "suggested_by_user": pa.array(np.where(by_user, "t", "f")),
+            "user_suggestion_source": pa.array(np.where(by_user, "manual", ""), pa.string()),
+            "suggested_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.4, "t", "f")),
+            "confirmed_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.2, "t", "f")),
+        })
+    writer.close()
+
+
+def _write_collections(out, rng, photo_ids, total: int) -> None:
+    titles = np.array([w.title() for w in _NOUNS] + [f"{a.title()} {n}" for a in _ADJECTIVES for n in _NOUNS[:20]], dtype=object)
+    collection_count = max(1, total // 10)
+    writer = _TsvWriter(out / "collections.tsv000", COLUMNS["collections"])
+    for start, stop in _chunks(total):
+        n = stop - start
+        collection = rng.integers(0, collection_count, size=n)
+        writer.write({
+            "photo_id": pa.array(photo_ids[rng.integers(0, len(photo_ids), size=n)], pa.string()),
+            "collection_id": pa.array((collection + 1_000_000).astype(str)),
+            "collection_title": pa.array(titles[collection % len(titles)], pa.string()),
+            "photo_collected_at": _timestamps(rng, n),
+            "collection_type": pa.array(np.where(collection % 5 == 0, "featured", "user")),
+        })
+    writer.close()
+
+
+def _write_conversions(out, rng, photo_ids, designs, keyword_counts: np.ndarray, total: int) -> None:
+    """Downloads after a search: each pairs a photo with one of its own keywords, as in the dump."""
+    users = _ids(rng, max(1, total // 20), length=32)
+    with_keywords = np.flatnonzero(keyword_counts)
+    writer = _TsvWriter(out / "conversions.tsv000", COLUMNS["conversions"])
+    for start, stop in _chunks(total):
+        n = stop - start
+        if len(with_keywords):
+            photo_index = rng.choice(with_keywords, size=n)
+            rank = (rng.random(n) * keyword_counts[photo_index]).astype(np.int64)
+            keyword = _keyword_of(photo_index, rank, designs)
+        else:
+            photo_index = rng.integers(0, len(photo_ids), size=n)
+            keyword = pa.array(np.array(VOCABULARY, dtype=object)[rng.integers(0, len(VOCABULARY), size=n)], pa.string())
+        writer.write({
+            "converted_at": _timestamps(rng, n),
+            "conversion_type": pa.array(np.where(rng.random(n) < 0.9, "download", "view")),
+            "keyword": keyword,
+            "photo_id": pa.array(photo_ids[photo_index], pa.string()),
+            "anonymous_user_id": pa.array(users[rng.integers(0, len(users), size=n)], pa.string()),
+            "conversion_country": pa.array(np.array(_COUNTRIES, dtype=object)[rng.integers(0, len(_COUNTRIES), size=n)], pa.string()),
+            "device_type": pa.array(rng.choice(["desktop", "mobile", "tablet"], size=n, p=[0.6, 0.35, 0.05])),
+            "search_orientation_filter": pa.array(rng.choice(["", "landscape", "portrait", "squarish"], size=n, p=[0.8, 0.1, 0.07, 0.03]), pa.string()),
+            "search_ordering": pa.array(rng.choice(["relevant", "latest"], size=n, p=[0.9, 0.1])),
+        })
+    writer.close()
+
+
+def _write_colors(out, rng, photo_ids, designs, total: int) -> None:
+    """Colour rows: background (largest coverage), accent, then other palette colours; shuffled."""
+    names = list(PALETTE)
+    counts = _spread(rng, total, len(photo_ids), len(names))
+    photo_index, rank = _row_positions(counts, 0, total)
+    chosen = []
+    for i, r in zip(photo_index, rank):
+        bg, _, accent = designs[i]
+        order = [bg, accent] + [c for c in names if c not in (bg, accent)]
+        chosen.append(order[r])
+    coverage = np.round(np.where(rank == 0, 0.6, np.where(rank == 1, 0.25, 0.1 / (rank + 1))) + rng.uniform(0, 0.01, total), 6)
+    rgb = np.array([PALETTE[c] for c in chosen], dtype=np.int64).reshape(-1, 3)
+    order = rng.permutation(total)
+    table = {
+        "photo_id": pa.array(photo_ids[photo_index], pa.string()),
+        "hex": pa.array([f"#{r:02X}{g:02X}{b:02X}" for r, g, b in rgb]),
+        "red": pa.array(rgb[:, 0]),
+        "green": pa.array(rgb[:, 1]),
+        "blue": pa.array(rgb[:, 2]),
+        "keyword": pa.array(chosen, pa.string()),
+        "ai_coverage": pa.array(coverage),
+        "ai_score": pa.array(np.round(rng.uniform(0, 1, total), 6)),
+    }
+    writer = _TsvWriter(out / "colors.tsv000", COLUMNS["colors"])
+    writer.write({k: v.take(pa.array(order)) for k, v in table.items()})
+    writer.close()
+
+
+def _write_docs(out: Path) -> None:
+    (out / "README.md").write_text("# Synthetic Unsplash Lite release\n\nWritten by `image-search sample`; every value is made up.\n", encoding="utf-8")
+    (out / "DOCS.md").write_text(
+        "# Columns\n\n" + "".join(f"## {doc}\n\n{', '.join(cols)}\n\n" for doc, cols in COLUMNS.items()), encoding="utf-8"
+    )
+    (out / "TERMS.md").write_text("Synthetic data: no terms beyond the project's licence.\n", encoding="utf-8")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``image-search sample``."""
+    parser = sub.add_parser("sample", help="write a synthetic release in the Unsplash Lite format")
+    parser.add_argument("dir", type=Path, help="folder to write the release into")
+    parser.add_argument("--photos", type=int, default=100, help="photos (default 100)")
+    parser.add_argument("--keywords", type=int, help="keyword rows (default 20 per photo)")
+    parser.add_argument("--collections", type=int, help="collection rows (default 3 per photo)")
+    parser.add_argument("--conversions", type=int, help="conversion rows (default 10 per photo)")
+    parser.add_argument("--colors", type=int, help="colour rows (default 3 per photo)")
+    parser.add_argument("--duplicates", type=int, default=0, help="near-copies of other photos to plant (default 0)")
+    parser.add_argument("--image-base-url", help="serve images from this URL instead of file:// URLs")
+    parser.add_argument("--no-images", dest="images", action="store_false", help="write the TSV files only")
+    parser.add_argument("--models", action="store_true", help="also write tiny random CLIP and text models under DIR/models")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    summary = write_release(
+        args.dir, photos=args.photos, keywords=args.keywords, collections=args.collections,
+        conversions=args.conversions, colors=args.colors, duplicates=args.duplicates,
+        image_base_url=args.image_base_url, images=args.images, models=args.models, seed=args.seed,
+    )
+    counts = {doc: summary[doc] for doc in DOCUMENTS}
+    counts["duplicates"] = len(summary["duplicates"])
+    print(json.dumps({"dir": str(args.dir), **counts, "models_dir": summary.get("models_dir"),
+                      "seconds": round(time.perf_counter() - started, 1)}))
+    return 0
