@@ -1,0 +1,144 @@
+"""Locally built stand-ins for the two models the project loads, with random weights.
+
+No model can be downloaded on the machines the tests and the offline demo run on, so this
+module writes, from nothing, two folders that load through the very code path the real
+models take (``SentenceTransformer(path)``):
+
+- ``clip``: a sentence-transformers CLIP model laid out like ``clip-ViT-B-32`` on the hub
+  (a transformers ``CLIPModel`` + ``CLIPProcessor`` at the root, ``modules.json`` naming
+  the CLIP module). Its BPE tokenizer has the smallest valid vocabulary: the 256 byte-level
+  characters, their ``</w>`` forms and the two special tokens. By default the towers are a
+  few thousand parameters; ``full_size=True`` gives the real ViT-B/32 architecture (the
+  default ``CLIPConfig``: 88 M image-tower parameters, 224x224 input, 32x32 patches), which
+  is what a benchmark must time.
+- ``text``: a multilingual text student shaped like ``clip-ViT-B-32-multilingual-v1``
+  (a DistilBERT transformer, mean pooling, a Dense layer onto the CLIP space). Its
+  WordPiece vocabulary holds Latin letters with accents and the CJK ideographs, so Spanish
+  and Chinese queries turn into real tokens rather than ``[UNK]``.
+
+Both map into the same :data:`DIM`-dimensional space, 512 like the real pair, so every
+shape downstream (Parquet vectors, index mappings) is the one production uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+DIM = 512
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _byte_level_chars() -> list[str]:
+    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for the bytes 0-255."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _clip_vocab() -> dict[str, int]:
+    chars = _byte_level_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return vocab
+
+
+def _wordpiece_vocab() -> list[str]:
+    """Specials, ASCII, Latin-1 and Latin Extended-A letters (whole and ``##`` forms), CJK ideographs."""
+    latin = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0xA1, 0x180) if chr(c).isprintable()]
+    cjk = [chr(c) for c in range(0x4E00, 0x9FB0)]
+    return _SPECIALS + latin + ["##" + c for c in latin] + cjk
+
+
+def _write_clip(target: Path, full_size: bool) -> None:
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    tokenizer = CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=77)
+    text_ids = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
+    if full_size:
+        config = CLIPConfig(text_config={"vocab_size": 514, **text_ids}, projection_dim=DIM)
+    else:
+        small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        config = CLIPConfig(
+            text_config={"vocab_size": 514, "max_position_embeddings": 77, **small, **text_ids},
+            vision_config={"image_size": 224, "patch_size": 32, **small},
+            projection_dim=DIM,
+        )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(target)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    processor.save_pretrained(target)
+    (target / "modules.json").write_text(
+        json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.CLIPModel"}]),
+        encoding="utf-8",
+    )
+
+
+def _write_text(target: Path) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Pooling, Transformer
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+
+    vocab = _wordpiece_vocab()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = Path(tmp)
+        tokenizer = DistilBertTokenizer(
+            vocab={token: i for i, token in enumerate(vocab)},
+            do_lower_case=False,
+            tokenize_chinese_chars=True,
+            model_max_length=128,
+        )
+        config = DistilBertConfig(
+            vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=128
+        )
+        torch.manual_seed(1)
+        DistilBertModel(config).eval().save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        transformer = Transformer(str(hf_dir), max_seq_length=128)
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+        dense = Dense(transformer.get_embedding_dimension(), DIM, bias=False, activation_function=torch.nn.Identity())
+        SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").save(str(target))
+
+
+def write_tiny_models(models_dir: Path, *, full_size: bool = False) -> tuple[Path, Path]:
+    """Write ``models_dir/clip`` and ``models_dir/text`` and return their paths.
+
+    Each folder is written under a temporary name and renamed into place, so an
+    interrupted call never leaves a half-written model that a later load would trust.
+    ``full_size`` makes the CLIP towers the real ViT-B/32 architecture (for timing).
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, writer in (("clip", lambda p: _write_clip(p, full_size)), ("text", _write_text)):
+        final = models_dir / name
+        partial = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
+        try:
+            writer(partial)
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        paths.append(final)
+    return paths[0], paths[1]
