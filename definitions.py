@@ -3,10 +3,15 @@
 from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
 
 import assets
+from jobs import ingest_job, refresh_schedule, search_job, vectors_job
 from resources.dagster_resources import SettingsResource
+from sensors import automation_sensor, catalog_change_sensor, release_sensor
 
 defs = Definitions(
     assets=load_assets_from_package_module(assets),
     asset_checks=load_asset_checks_from_package_module(assets),
+    jobs=[ingest_job, vectors_job, search_job],
+    schedules=[refresh_schedule],
+    sensors=[release_sensor, catalog_change_sensor, automation_sensor],
     resources={"settings": SettingsResource()},
 )

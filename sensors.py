@@ -1,0 +1,219 @@
+"""Sensors that keep the index current without anyone watching.
+
+* ``release_sensor`` notices a new dataset release (a changed zip or folder, or for a URL
+  a changed ETag, Last-Modified or Content-Length) and launches ``ingest_release``.
+* ``catalog_change_sensor`` notices a new ``photo_catalog`` materialization, compares a
+  digest of each bucket's catalog rows with the digests it saw last, and launches
+  ``update_vectors`` for the changed buckets only: one single-run backfill per contiguous
+  range, so a failed range re-runs alone.
+* ``automation_sensor`` evaluates the assets' automation conditions: the vectors follow
+  their images bucket by bucket and the index follows the vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DagsterInstance,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from assets.partitions import photo_bucket
+from jobs import TRIGGER_TAG, ingest_job, vectors_job
+from resources.config import Settings, mask_url
+from resources.dagster_resources import SettingsResource
+from resources.errors import ImageSearchError
+from resources.image_store import BUCKET_KEYS
+
+CATALOG = AssetKey("photo_catalog")
+SEARCH_INDEX = AssetKey("search_index")
+RELEASE_TAG = "image_search/release"
+# The tags a single-run backfill over a partition range carries (what
+# `dagster asset materialize --partition-range` sets).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def _digest(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def release_fingerprint(dataset: str, timeout: float) -> str:
+    """A short digest that changes when the release at ``dataset`` changes.
+
+    A local zip: its size and modification time. A folder: the name, size and modification
+    time of every file in it (hidden ones left out). A URL: a ``HEAD`` request's final
+    address (without its query, which may carry a changing signature), ``ETag``,
+    ``Last-Modified`` and ``Content-Length``. Nothing is read or downloaded in full.
+    """
+    if dataset.startswith(("http://", "https://")):
+        return _url_fingerprint(dataset, timeout)
+    return _path_fingerprint(Path(dataset).expanduser())
+
+
+def _path_fingerprint(path: Path) -> str:
+    if path.is_file():
+        stat = path.stat()
+        return _digest([path.name, stat.st_size, stat.st_mtime_ns])
+    if path.is_dir():
+        entries = []
+        for file in sorted(path.rglob("*")):
+            relative = file.relative_to(path)
+            if file.is_file() and not any(part.startswith(".") for part in relative.parts):
+                stat = file.stat()
+                entries.append([relative.as_posix(), stat.st_size, stat.st_mtime_ns])
+        return _digest(entries)
+    raise ImageSearchError(
+        f"IMAGE_SEARCH_DATASET={path}: no such file or folder; point it at a release zip, a folder of TSV files or a URL"
+    )
+
+
+def _url_fingerprint(url: str, timeout: float) -> str:
+    shown = mask_url(url)
+    try:
+        response = httpx.head(url, follow_redirects=True, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ImageSearchError(
+            f"IMAGE_SEARCH_DATASET={shown}: HEAD request failed ({type(exc).__name__}); check the address and the network"
+        ) from None
+    if response.status_code >= 400:
+        raise ImageSearchError(f"IMAGE_SEARCH_DATASET={shown}: the server answered HTTP {response.status_code}")
+    validators = [response.headers.get(name, "") for name in ("etag", "last-modified", "content-length")]
+    if not any(validators):
+        raise ImageSearchError(
+            f"IMAGE_SEARCH_DATASET={shown}: the server sends no ETag, Last-Modified or Content-Length, "
+            "so a new release cannot be noticed; rely on the refresh schedule"
+        )
+    final = response.url
+    return _digest([f"{final.scheme}://{final.host}{final.path}", *validators])
+
+
+def _latest_storage_id(instance: DagsterInstance, key: AssetKey) -> int | None:
+    records = instance.fetch_materializations(key, limit=1).records
+    return records[0].storage_id if records else None
+
+
+_SETTINGS = Settings.from_env()
+
+
+@sensor(
+    job=ingest_job,
+    minimum_interval_seconds=_SETTINGS.release_poll_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Launch ingest_release when the configured dataset release changes.",
+)
+def release_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+    """Request an ingestion when the release's fingerprint differs from the last one seen.
+
+    On its very first look, with a catalog already built, the sensor takes the release as the
+    one that catalog came from and only remembers it, so turning the daemon on after
+    ``make demo`` does not ingest the same release twice.
+    """
+    config = settings.get()
+    try:
+        fingerprint = release_fingerprint(config.dataset, config.download_timeout)
+    except ImageSearchError as exc:
+        return SkipReason(str(exc))
+    previous = context.cursor
+    if fingerprint == previous:
+        return SkipReason(f"release {fingerprint} unchanged")
+    context.update_cursor(fingerprint)
+    if previous is None and _latest_storage_id(context.instance, CATALOG) is not None:
+        return SkipReason(f"first look: the catalog is built; release {fingerprint} taken as its source")
+    context.log.info(f"release changed ({previous} -> {fingerprint}); requesting ingest_release")
+    return RunRequest(
+        run_key=f"release-{previous}-{fingerprint}",
+        tags={TRIGGER_TAG: "new_release", RELEASE_TAG: fingerprint},
+    )
+
+
+def bucket_digests(catalog: pd.DataFrame) -> dict[str, str]:
+    """A digest of each bucket's catalog rows (every column), for the buckets that hold photos.
+
+    Any change to a photo (its image URL, a description, its colours) changes its bucket's
+    digest, and so does adding or removing a photo.
+    """
+    rows = catalog.sort_values("photo_id", kind="stable").reset_index(drop=True)
+    buckets = rows["bucket"] if "bucket" in rows else rows["photo_id"].map(photo_bucket)
+    row_hashes = pd.util.hash_pandas_object(rows.drop(columns=["bucket"], errors="ignore").astype(str), index=False)
+    return {
+        str(bucket): hashlib.sha256(group.to_numpy().tobytes()).hexdigest()[:16]
+        for bucket, group in row_hashes.groupby(buckets.to_numpy())
+    }
+
+
+def bucket_ranges(buckets: list[str]) -> list[tuple[str, str]]:
+    """Contiguous ``(first, last)`` runs of ``buckets`` in partition order."""
+    positions = sorted(BUCKET_KEYS.index(b) for b in set(buckets))
+    ranges: list[tuple[str, str]] = []
+    for position in positions:
+        if ranges and BUCKET_KEYS.index(ranges[-1][1]) == position - 1:
+            ranges[-1] = (ranges[-1][0], BUCKET_KEYS[position])
+        else:
+            ranges.append((BUCKET_KEYS[position], BUCKET_KEYS[position]))
+    return ranges
+
+
+@sensor(
+    job=vectors_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="After a new photo_catalog, launch update_vectors for the buckets whose photos changed.",
+)
+def catalog_change_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+    """Request ``update_vectors`` runs for the buckets whose catalog rows changed.
+
+    The cursor holds the storage id of the last catalog looked at and each bucket's digest.
+    With no digests yet, every bucket is requested, unless the index was built after the
+    current catalog (the pipeline is up to date: the digests become the baseline).
+    """
+    latest = _latest_storage_id(context.instance, CATALOG)
+    if latest is None:
+        return SkipReason("photo_catalog has not been materialized yet")
+    state = json.loads(context.cursor) if context.cursor else {}
+    if state.get("catalog") == latest:
+        return SkipReason("no new photo_catalog materialization")
+    catalog_path = settings.get().catalog_path
+    try:
+        digests = bucket_digests(pd.read_parquet(catalog_path))
+    except (OSError, ValueError) as exc:
+        return SkipReason(f"cannot read the catalog at {catalog_path} ({type(exc).__name__}); re-materialize photo_catalog")
+    previous = state.get("buckets")
+    if previous is not None:
+        changed = [b for b in BUCKET_KEYS if digests.get(b) != previous.get(b)]
+    elif (_latest_storage_id(context.instance, SEARCH_INDEX) or -1) > latest:
+        changed = []
+    else:
+        changed = list(BUCKET_KEYS)
+    context.update_cursor(json.dumps({"catalog": latest, "buckets": digests}))
+    if not changed:
+        return SkipReason("the new catalog changed no bucket")
+    context.log.info(f"{len(changed)} changed bucket(s): {', '.join(changed)}")
+    return [
+        RunRequest(
+            run_key=f"catalog-{latest}-{first}-{last}",
+            tags={RANGE_START_TAG: first, RANGE_END_TAG: last, TRIGGER_TAG: "catalog_change"},
+        )
+        for first, last in bucket_ranges(changed)
+    ]
+
+
+automation_sensor = AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: vectors follow images, the index follows vectors.",
+)
