@@ -1,0 +1,227 @@
+"""The embedded backend for real: files on disk, builds published and rolled back, searches answered."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from image_search.bench_query import clustered_vectors, synthetic_documents
+from resources.backends import open_backend
+from resources.backends.base import BuildInfo, Filters
+from resources.backends.local import IndexNotBuiltError, LocalBackend, exact_top10
+from resources.config import Settings
+from resources.errors import ImageSearchError
+
+N = 600
+DIM = 512
+
+
+def _info(image_model: str = "img-model") -> BuildInfo:
+    return BuildInfo(image_model=image_model, text_model="txt-model", dim=DIM, count=0, built_at="2026-01-01", name="")
+
+
+@pytest.fixture()
+def data():
+    return synthetic_documents(N, seed=1), clustered_vectors(N, DIM, clusters=12, seed=1)
+
+
+@pytest.fixture()
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(Settings(home=tmp_path))
+
+
+def test_open_backend_chooses_local_by_default(tmp_path: Path):
+    assert isinstance(open_backend(Settings(home=tmp_path)), LocalBackend)
+
+
+def test_nothing_published_yet(backend: LocalBackend):
+    assert backend.info() is None and backend.count() == 0
+    with pytest.raises(IndexNotBuiltError, match="make demo"):
+        backend.knn(np.ones(DIM, dtype=np.float32), 5)
+
+
+def test_build_publishes_and_self_retrieval_scores_one(backend: LocalBackend, data):
+    docs, vectors = data
+    report = backend.build(docs, vectors, _info())
+    assert report.count == N and backend.count() == N
+    current = (backend.root / "CURRENT").read_text().strip()
+    assert current == report.name and backend.info().name == report.name
+    assert backend.info().image_model == "img-model" and backend.info().dim == DIM
+    for row in (0, 17, N - 1):
+        hits = backend.knn(vectors[row], 5)
+        assert hits[0].photo_id == docs.photo_id[row]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    fields, vector = backend.get(docs.photo_id[3])
+    assert fields["describe"] == docs["describe"][3] and np.allclose(vector, vectors[3])
+    assert isinstance(fields["colors"], list) and fields["photo_submitted_at"].startswith("20")
+    assert backend.get("no-such-photo") is None
+
+
+def test_scores_are_cosine_similarities(backend: LocalBackend, data):
+    docs, vectors = data
+    backend.build(docs, vectors, _info())
+    q = vectors[5] + vectors[9]
+    q /= np.linalg.norm(q)
+    for hit in backend.knn(q, 20):
+        row = int(np.flatnonzero(docs.photo_id == hit.photo_id)[0])
+        assert hit.score == pytest.approx(float(vectors[row] @ q), abs=1e-5)
+
+
+def test_rebuild_keeps_count_previous_build_and_removes_older(backend: LocalBackend, data):
+    docs, vectors = data
+    first = backend.build(docs, vectors, _info()).name
+    second = backend.build(docs, vectors, _info()).name
+    assert backend.count() == N
+    assert backend.builds() == sorted([first, second])
+    third = backend.build(docs, vectors, _info())
+    assert backend.count() == N
+    assert backend.builds() == sorted([second, third.name]) and first in third.details["removed"]
+    assert backend.rollback() == second
+    assert backend.info().name == second and backend.count() == N
+
+
+@pytest.mark.parametrize(
+    "break_input",
+    [
+        lambda d, v: (d, np.where(np.arange(len(v))[:, None] == 3, np.nan, v)),
+        lambda d, v: (d, v[:, :100]),
+        lambda d, v: (d.iloc[:-1], v),
+        lambda d, v: (d.assign(photo_id=["same"] * len(d)), v),
+        lambda d, v: (d.drop(columns=["describe"]), v),
+    ],
+    ids=["nan-vector", "wrong-dimension", "count-mismatch", "duplicate-ids", "missing-column"],
+)
+def test_failed_build_leaves_previous_serving(backend: LocalBackend, data, break_input):
+    docs, vectors = data
+    good = backend.build(docs, vectors, _info()).name
+    bad_docs, bad_vectors = break_input(docs, vectors)
+    with pytest.raises(ImageSearchError):
+        backend.build(bad_docs, bad_vectors, _info())
+    assert backend.info().name == good and backend.count() == N
+    assert backend.builds() == [good]
+    assert not list(backend.builds_dir.glob(".tmp-*"))
+    assert backend.knn(vectors[0], 1)[0].photo_id == docs.photo_id[0]
+
+
+def test_reader_switches_to_new_build_and_never_sees_half_of_one(tmp_path: Path, data):
+    docs, vectors = data
+    writer = LocalBackend(Settings(home=tmp_path))
+    writer.build(docs.iloc[:400], vectors[:400], _info())
+    reader = LocalBackend(Settings(home=tmp_path))
+    assert reader.count() == 400
+    seen, errors, stop = set(), [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                seen.add((reader.count(), len(reader.knn(vectors[0], 1000))))
+            except Exception as exc:  # noqa: BLE001 - any failure of a reader is what the test looks for
+                errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for size in (N, 400, N):
+            writer.build(docs.iloc[:size], vectors[:size], _info())
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert seen <= {(400, 400), (N, N)}
+    assert reader.count() == N and reader.info().name == writer.info().name
+
+
+def test_missing_published_build_is_a_clear_error(backend: LocalBackend, data):
+    docs, vectors = data
+    backend.build(docs, vectors, _info())
+    (backend.root / "CURRENT").write_text("gone\n")
+    with pytest.raises(ImageSearchError, match="missing"):
+        backend.count()
+
+
+def _filtered_rows(docs, filters: Filters) -> np.ndarray:
+    keep = np.ones(len(docs), dtype=bool)
+    if filters.orientation:
+        keep &= (docs.orientation == filters.orientation).to_numpy()
+    if filters.color:
+        keep &= docs.colors.map(lambda c: filters.color in c).to_numpy()
+    if filters.country:
+        keep &= (docs.photo_location_country.str.lower() == filters.country.lower()).fillna(False).to_numpy()
+    day = docs.photo_submitted_at.dt.date
+    if filters.since:
+        keep &= (day >= filters.since).to_numpy()
+    if filters.until:
+        keep &= (day <= filters.until).to_numpy()
+    return np.flatnonzero(keep)
+
+
+FILTERS = [
+    Filters(orientation="portrait"),
+    Filters(color="red"),
+    Filters(country="SPAIN"),
+    Filters(since=dt.date(2020, 1, 1), until=dt.date(2021, 6, 30)),
+    Filters(orientation="square", color="blue", country="japan"),
+]
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "approximate"])
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(k for k, v in vars(f).items() if v))
+def test_filters_apply_inside_the_search(tmp_path: Path, data, filters: Filters, approximate: bool):
+    docs, vectors = data
+    backend = LocalBackend(Settings(home=tmp_path), ann_min_docs=100 if approximate else 10**9)
+    report = backend.build(docs, vectors, _info())
+    assert (report.details["approximate"] is not None) == approximate
+    passing = _filtered_rows(docs, filters)
+    assert 0 < len(passing) < N
+    q = vectors[int(np.flatnonzero(~np.isin(np.arange(N), passing))[0])]
+    for k in (1, 10, len(passing), len(passing) + 50):
+        hits = backend.knn(q, k, filters)
+        assert len(hits) == min(k, len(passing))
+        assert {h.photo_id for h in hits} <= set(docs.photo_id[passing])
+    exact = set(docs.photo_id[passing[np.argsort(-(vectors[passing] @ q))[:10]]])
+    assert len({h.photo_id for h in backend.knn(q, 10, filters)} & exact) >= 9
+    words = backend.keyword("mountain", 1000, filters)
+    assert words and {h.photo_id for h in words} <= set(docs.photo_id[passing])
+    assert all("mountain" in h.fields["describe"] or "mountain" in h.fields["ai_description"] for h in words)
+
+
+def test_keyword_search_ranks_matches(backend: LocalBackend, data):
+    docs, vectors = data
+    docs = docs.copy()
+    docs.loc[7, "describe"] = "zebra zebra savanna"
+    docs.loc[8, "photo_description"] = "A zebra at the waterhole"
+    backend.build(docs, vectors, _info())
+    hits = backend.keyword("Zebra", 10)
+    assert [h.photo_id for h in hits] == [docs.photo_id[7], docs.photo_id[8]]
+    assert hits[0].score > hits[1].score > 0
+    assert backend.keyword("nothing-matches-this", 10) == []
+
+
+def test_k_larger_than_index_and_k_of_a_thousand(backend: LocalBackend, data):
+    docs, vectors = data
+    backend.build(docs, vectors, _info())
+    assert len(backend.knn(vectors[0], 1000)) == N
+
+
+def test_approximate_index_recall_against_exact(tmp_path: Path):
+    n = 20_000
+    docs, vectors = synthetic_documents(n, seed=2), clustered_vectors(n, DIM, clusters=64, seed=2)
+    backend = LocalBackend(Settings(home=tmp_path), ann_min_docs=10_000)
+    report = backend.build(docs, vectors, _info())
+    meta = json.loads((backend.builds_dir / report.name / "info.json").read_text())["ann"]
+    assert meta["kind"] == "ivf-flat" and meta["tuned_recall_at_10"] >= 0.99
+    rng = np.random.default_rng(3)
+    queries = clustered_vectors(100, DIM, clusters=64, seed=2)[rng.permutation(100)]
+    truth = exact_top10(vectors, queries)
+    build = backend._require()
+    found = [backend.knn_rows(build, q, 10)[0] for q in queries]
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.98
+    exact = [backend.knn_rows(build, q, 10, exact=True)[0] for q in queries]
+    assert all(list(e) == list(t) for e, t in zip(exact, truth))
