@@ -23,6 +23,9 @@ if [[ "${SAMPLE:-0}" == "1" ]]; then
     export IMAGE_SEARCH_TEXT_MODEL=$sample_dir/models/text
 fi
 
+# Per-pool limits live in the instance's database: one encoder at a time (see .dagster/dagster.yaml).
+"$BIN/dagster" instance concurrency set clip_model 1
+
 materialize() {
     "$BIN/dagster" asset materialize -m definitions "$@"
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,11 @@ import yaml
 from dagster import (
     AssetMaterialization,
     DagsterInstance,
+    Definitions,
     RunRequest,
-    SkipReason,
     build_schedule_context,
     build_sensor_context,
+    validate_run_config,
 )
 
 import jobs
@@ -247,13 +249,62 @@ def test_bucket_ranges_group_neighbours():
 # -- instance settings ------------------------------------------------------------------
 
 
-def test_project_instance_enables_run_retries_monitoring_and_a_single_clip_model_slot(tmp_path):
+def test_project_instance_enables_run_retries_monitoring_and_pools(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / ".dagster" / "dagster.yaml", home / "dagster.yaml")
     with DagsterInstance.from_config(str(home)) as instance:
         assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
         assert instance.run_monitoring_enabled
-        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
-        instance.event_log_storage.set_concurrency_slots("clip_model", 1)
-        assert instance.event_log_storage.get_concurrency_info("clip_model").slot_count == 1
+        assert instance.get_concurrency_config().pool_config.default_pool_limit >= 2
+    # The command scripts/demo.sh runs to pin the encoder's pool, run as it is there.
+    [line] = [l for l in (ROOT / "scripts" / "demo.sh").read_text().splitlines() if "concurrency set" in l]
+    command = line.replace('"$BIN/dagster"', str(Path(sys.executable).parent / "dagster"))
+    subprocess.run(command, shell=True, check=True, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.event_log_storage.get_concurrency_info("clip_model").limit == 1
+        assert instance.event_log_storage.get_concurrency_info("image_downloads").limit == 4
+
+
+# -- scale-out --------------------------------------------------------------------------
+
+EXECUTORS = {"k8s": "k8s", "celery": "celery"}
+
+
+def _load_deploy_defs(name: str):
+    namespace = runpy.run_path(str(ROOT / "deploy" / name / "definitions.py"))
+    return namespace["defs"]
+
+
+@pytest.mark.parametrize("name", sorted(EXECUTORS))
+def test_definitions_validate_with_each_executor_and_its_run_config(name, monkeypatch):
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "pyamqp://guest@127.0.0.1:5672//")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/0")
+    defs = _load_deploy_defs(name)
+    Definitions.validate_loadable(defs)
+    run_config = yaml.safe_load((ROOT / "deploy" / name / "run_config.yaml").read_text())
+    for job_name in ("ingest_release", "update_vectors", "publish_index"):
+        job = defs.resolve_job_def(job_name)
+        assert job.executor_def.name == EXECUTORS[name]
+        assert EXECUTORS[name] in validate_run_config(job, run_config)["execution"]
+    assert defs.resolve_job_def("update_vectors").partitions_def is not None
+
+
+def test_celery_workers_accept_the_same_config_file(monkeypatch):
+    from dagster_celery.cli import get_validated_config
+
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "pyamqp://guest@127.0.0.1:5672//")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/0")
+    config = get_validated_config(str(ROOT / "deploy" / "celery" / "run_config.yaml"))
+    assert config["broker"] == "pyamqp://guest@127.0.0.1:5672//"
+    assert config["config_source"]["task_acks_late"] is True
+
+
+@pytest.mark.parametrize("workspace", ["workspace.yaml", "deploy/k8s/workspace.yaml", "deploy/celery/workspace.yaml"])
+def test_dagster_cli_validates_each_workspace(workspace, tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", workspace],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

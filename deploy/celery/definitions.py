@@ -1,0 +1,12 @@
+"""The project's definitions, unchanged, with each step sent to a Celery worker (dagster-celery).
+
+Load it with ``deploy/celery/workspace.yaml``; run with ``deploy/celery/run_config.yaml``;
+start workers with ``dagster-celery worker start -y deploy/celery/run_config.yaml``.
+"""
+
+from dagster import Definitions
+from dagster_celery import celery_executor
+
+from definitions import defs as project_defs
+
+defs = Definitions.merge(project_defs, Definitions(executor=celery_executor))

@@ -1,0 +1,12 @@
+"""The project's definitions, unchanged, with each step run in its own Kubernetes Job (dagster-k8s).
+
+Load it with ``deploy/k8s/workspace.yaml`` in the user-code deployment of the dagster Helm
+chart; run with ``deploy/k8s/run_config.yaml``.
+"""
+
+from dagster import Definitions
+from dagster_k8s import k8s_job_executor
+
+from definitions import defs as project_defs
+
+defs = Definitions.merge(project_defs, Definitions(executor=k8s_job_executor))
