@@ -105,6 +105,7 @@ class Settings:
     duplicate_threshold: float = 0.94
     refresh_cron: str = "0 3 * * *"
     release_poll_seconds: int = 600
+    lock_timeout: float = 3600.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -134,6 +135,7 @@ class Settings:
             duplicate_threshold=_env_float("IMAGE_SEARCH_DUPLICATE_THRESHOLD", 0.94),
             refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
             release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
+            lock_timeout=_env_float("IMAGE_SEARCH_LOCK_TIMEOUT", 3600.0),
         )
         settings.validate()
         return settings
