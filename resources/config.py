@@ -19,6 +19,8 @@ DEFAULT_DATASET = "https://unsplash.com/data/lite/latest"
 DEFAULT_IMAGE_MODEL = "clip-ViT-B-32"
 DEFAULT_TEXT_MODEL = "clip-ViT-B-32-multilingual-v1"
 BACKENDS = ("local", "elasticsearch")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ImageSearchError):
@@ -106,6 +108,8 @@ class Settings:
     refresh_cron: str = "0 3 * * *"
     release_poll_seconds: int = 600
     lock_timeout: float = 3600.0
+    embed_batch_size: int = 0
+    decode_workers: int = 0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -136,6 +140,8 @@ class Settings:
             refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
             release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
             lock_timeout=_env_float("IMAGE_SEARCH_LOCK_TIMEOUT", 3600.0),
+            embed_batch_size=_env_int("IMAGE_SEARCH_EMBED_BATCH_SIZE", 0),
+            decode_workers=_env_int("IMAGE_SEARCH_DECODE_WORKERS", 0),
         )
         settings.validate()
         return settings
@@ -154,6 +160,14 @@ class Settings:
             raise ConfigError("IMAGE_SEARCH_ANN_MIN_DOCS must be at least 1")
         if self.download_concurrency < 1:
             raise ConfigError("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY must be at least 1")
+        if self.device not in DEVICES:
+            raise ConfigError(f"IMAGE_SEARCH_DEVICE={self.device!r} is not supported: use one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"IMAGE_SEARCH_PRECISION={self.precision!r} is not supported: use one of {', '.join(PRECISIONS)}"
+            )
+        if self.embed_batch_size < 0 or self.decode_workers < 0:
+            raise ConfigError("IMAGE_SEARCH_EMBED_BATCH_SIZE and IMAGE_SEARCH_DECODE_WORKERS must be 0 (automatic) or more")
         if self.release_poll_seconds < 30:
             raise ConfigError("IMAGE_SEARCH_RELEASE_POLL_SECONDS must be at least 30")
         if not 0 < self.duplicate_threshold <= 1:
