@@ -85,7 +85,7 @@ def _unique_photos(table: pa.Table) -> tuple[pa.Table, int, int]:
     table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
     first = table.group_by("photo_id", use_threads=False).aggregate([("_row", "min")])["_row_min"]
     repeats = table.num_rows - len(first)
-    return table.take(pc.sort_indices(first)).drop_columns("_row"), empty, repeats
+    return table.take(first.take(pc.sort_indices(first))).drop_columns("_row"), empty, repeats
 
 
 def _per_photo_lists(pairs: pa.Table, value: str, order: list[tuple[str, str]]) -> pa.Table:

@@ -202,7 +202,7 @@ def _download_once(client: httpx.Client, url: str, part: Path, log) -> str | Non
         total = offset + int(length) if length else None
         done, next_report = offset, 0.1
         with open(part, mode) as f:
-            for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
+            for chunk in response.iter_bytes():
                 f.write(chunk)
                 done += len(chunk)
                 if total and done / total >= next_report:

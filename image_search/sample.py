@@ -127,13 +127,14 @@ def _timestamps(rng: np.random.Generator, n: int) -> pa.Array:
     return pc.strftime(pa.array(micros, type=pa.timestamp("us")), format="%Y-%m-%d %H:%M:%S")
 
 
-def _spread(rng: np.random.Generator, total: int, n: int, cap: int) -> np.ndarray:
-    """Split ``total`` rows over ``n`` photos at random, at most ``cap`` per photo."""
+def _spread(rng: np.random.Generator, total: int, n: int, cap: int, floor: int = 2) -> np.ndarray:
+    """Split ``total`` rows over ``n`` photos: ``floor`` each while rows last, the rest at random, at most ``cap`` per photo."""
     if n == 0 or total == 0:
         return np.zeros(n, dtype=np.int64)
     if total > n * cap:
         raise ImageSearchError(f"{total} rows cannot be spread over {n} photos at most {cap} each: ask for fewer rows or more photos")
-    counts = rng.multinomial(total, np.full(n, 1.0 / n))
+    base = min(floor, total // n)
+    counts = base + rng.multinomial(total - base * n, np.full(n, 1.0 / n))
     excess = np.maximum(counts - cap, 0)
     counts -= excess
     spare = excess.sum()
