@@ -1,0 +1,484 @@
+"""Fetch photos into the image store: concurrent, retried, validated, normalised, atomic.
+
+Plain Python (no Dagster), so the ``images`` asset, the benchmark and the tests share it.
+
+Each (photo_id, url) pair ends as exactly one :class:`FetchResult`: either a stored RGB
+JPEG at ``ImageStore.path_for(photo_id)`` or a failure with a short ``reason`` code for the
+ledger. Nothing here raises for a bad photo; a bad photo never stops the others.
+
+Why each step:
+
+* retries (tenacity, exponential backoff with jitter) only for what can heal: connection
+  errors, timeouts, 408, 429 and 5xx; ``Retry-After`` is honoured up to a cap so one server
+  cannot park a worker for an hour; other 4xx fail at once.
+* validation before anything is kept: content type, a byte cap, a pixel cap read from the
+  header (a 20,000 x 20,000 image is refused without being decoded), and a real decode.
+* normalisation: every stored file is an RGB JPEG with its EXIF orientation applied, so the
+  encoder never meets CMYK, 16-bit, palette, transparency or animation. A plain baseline RGB
+  JPEG with no rotation (what imgix returns) is kept byte for byte: re-encoding it would
+  cost CPU and quality for nothing.
+* atomic writes: a temporary name in the destination folder, then ``os.replace``; a killed
+  run leaves at most stray ``.tmp`` files (see :func:`remove_stale_temporaries`), never a
+  half-written image under a real name.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import httpx
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from resources.config import Settings
+from resources.image_store import ImageStore
+
+IMGIX_HOST = "images.unsplash.com"
+MAX_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+MAX_ATTEMPTS = 4
+MAX_REDIRECTS = 5
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 8.0
+RETRY_AFTER_CAP_S = 30.0
+JPEG_QUALITY = 90
+USER_AGENT = "image-search/0.1 (+https://github.com/; photo catalog indexer)"
+
+#: Content types accepted before decoding; anything else (text/html, application/json) is
+#: refused. Octet-stream is allowed because some object stores serve every file as it.
+_ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_TEMP_SUFFIX = ".tmp"
+
+
+#: Ledger reasons that a later run could cure (a server back up, a file put in place);
+#: every other reason is permanent for the same URL and is not retried by a re-run.
+TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "missing_file", "unreadable_file"})
+
+
+def is_transient(reason: str) -> bool:
+    """Whether a photo that failed for ``reason`` is worth fetching again on the next run."""
+    if reason in TRANSIENT_REASONS:
+        return True
+    if reason.startswith("http_") and reason[5:].isdigit():
+        return int(reason[5:]) in _RETRY_STATUSES
+    return False
+
+
+class FetchFailure(Exception):
+    """One photo could not be stored; ``reason`` is the ledger's short code."""
+
+    def __init__(self, reason: str, detail: str = "", *, retry_after: float | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class _Transient(FetchFailure):
+    """A failure worth another attempt (5xx, 429, a dropped connection, a timeout)."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome for one photo: stored (``reason is None``) or failed with a reason."""
+
+    photo_id: str
+    url: str
+    reason: str | None = None
+    detail: str = ""
+    attempts: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    kept_original: bool = False
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image is now in the store."""
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a :meth:`Downloader.fetch_all` call is; passed to the progress callback."""
+
+    done: int
+    total: int | None
+    failed: int
+    elapsed_s: float
+
+    @property
+    def rate(self) -> float:
+        """Photos finished per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate, when the total is known."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(self.total - self.done, 0) / self.rate
+
+    def describe(self) -> str:
+        """One log line: count, share, rate, ETA and failures."""
+        eta = self.eta_s
+        share = f" ({100 * self.done / self.total:.1f}%)" if self.total else ""
+        total = f"/{self.total}" if self.total is not None else ""
+        eta_text = f", ETA {_duration(eta)}" if eta is not None else ""
+        return f"{self.done}{total}{share} photos, {self.rate:.1f}/s{eta_text}, {self.failed} failed"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def with_imgix_params(url: str, params: str) -> str:
+    """``url`` with ``params`` merged into its query when it is an Unsplash imgix URL.
+
+    imgix serves any size on request: asking for ``w=640&fm=jpg`` fetches a ~100 KB JPEG
+    instead of a multi-megabyte original, and CLIP sees 224 x 224 anyway. The configured
+    parameters win over ones already in the URL.
+    """
+    parts = urlsplit(url)
+    if not params or parts.hostname != IMGIX_HOST:
+        return url
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update(parse_qsl(params, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files a killed run left in ``folder``; returns how many."""
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob(f".*{_TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
+    """Validate ``data`` as an image and return (RGB JPEG bytes, width, height, kept original).
+
+    Raises :class:`FetchFailure` with reason ``empty_body``, ``too_many_pixels`` or
+    ``undecodable``. The pixel cap is checked on the header, before any pixel is decoded.
+    """
+    if not data:
+        raise FetchFailure("empty_body", "the response had no bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise FetchFailure("too_many_pixels", str(exc)) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise FetchFailure("undecodable", f"not an image ({exc.__class__.__name__})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise FetchFailure("too_many_pixels", f"{width}x{height} exceeds the cap of {max_pixels} pixels")
+    try:
+        if _is_plain_jpeg(image):
+            image.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))
+            image.load()
+            return data, width, height, True
+        image.seek(0)
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        out = io.BytesIO()
+        rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+        return out.getvalue(), rgb.width, rgb.height, False
+    except Image.DecompressionBombError as exc:
+        raise FetchFailure("too_many_pixels", str(exc)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise FetchFailure("undecodable", f"{image.format or 'image'} failed to decode: {exc}") from None
+
+
+def _is_plain_jpeg(image: Image.Image) -> bool:
+    """A baseline RGB JPEG with no rotation to apply: safe to keep byte for byte."""
+    return (
+        image.format == "JPEG"
+        and image.mode == "RGB"
+        and not image.info.get("progressive")
+        and image.getexif().get(0x0112, 1) == 1
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB: 16-bit scaled (not clipped), transparency on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / 65535.0 if image.mode != "F" or values.max() > 1.0 else 255.0
+        grey = np.clip(values * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+class Downloader:
+    """Fetches (photo_id, url) pairs into an :class:`ImageStore`, many at a time.
+
+    One instance owns one ``httpx.Client`` (a shared connection pool, safe across
+    threads); use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store: ImageStore,
+        *,
+        concurrency: int = 32,
+        timeout: float = 20.0,
+        imgix_params: str = "",
+        max_bytes: int = MAX_BYTES,
+        max_pixels: int = MAX_PIXELS,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_redirects: int = MAX_REDIRECTS,
+        backoff_initial_s: float = BACKOFF_INITIAL_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        retry_after_cap_s: float = RETRY_AFTER_CAP_S,
+    ):
+        self.store = store
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.imgix_params = imgix_params
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.max_attempts = max_attempts
+        self.retry_after_cap_s = retry_after_cap_s
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=True,
+            max_redirects=max_redirects,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"User-Agent": USER_AGENT, "Accept": "image/jpeg,image/*;q=0.9"},
+            verify=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "Downloader":
+        """A downloader into ``settings.images_dir`` with the configured concurrency and timeout."""
+        options = {
+            "concurrency": settings.download_concurrency,
+            "timeout": settings.download_timeout,
+            "imgix_params": settings.imgix_params,
+        }
+        options.update(overrides)
+        return cls(ImageStore(settings.images_dir), **options)
+
+    def __enter__(self) -> "Downloader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def fetch_all(
+        self,
+        items: Iterable[tuple[str, str]],
+        *,
+        total: int | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        progress_every_s: float = 5.0,
+    ) -> Iterator[FetchResult]:
+        """Fetch every (photo_id, url) pair, yielding results as they finish.
+
+        At most ``2 x concurrency`` fetches are in flight or queued, so ``items`` can be a
+        lazy iterator over millions of rows. ``progress`` is called every
+        ``progress_every_s`` seconds and once at the end.
+        """
+        started = time.monotonic()
+        done = failed = 0
+        last_report = started
+        pending: set[Future[FetchResult]] = set()
+        iterator = iter(items)
+        exhausted = False
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
+            while True:
+                while not exhausted and len(pending) < 2 * self.concurrency:
+                    try:
+                        photo_id, url = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(self.fetch_one, photo_id, url))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result = future.result()
+                    done += 1
+                    failed += not result.ok
+                    yield result
+                now = time.monotonic()
+                if progress is not None and now - last_report >= progress_every_s:
+                    last_report = now
+                    progress(Progress(done, total, failed, now - started))
+        if progress is not None:
+            progress(Progress(done, total, failed, time.monotonic() - started))
+
+    def fetch_one(self, photo_id: str, url: str) -> FetchResult:
+        """Fetch, validate, normalise and store one photo; never raises for a bad photo."""
+        attempts = 0
+
+        def attempt() -> bytes:
+            nonlocal attempts
+            attempts += 1
+            return self._read(url)
+
+        try:
+            data = Retrying(
+                stop=stop_after_attempt(self.max_attempts),
+                wait=self._wait,
+                retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
+                reraise=True,
+            )(attempt)
+            jpeg, width, height, kept = normalise_image(data, max_pixels=self.max_pixels)
+            write_atomic(self.store.path_for(photo_id), jpeg)
+        except FetchFailure as exc:
+            return FetchResult(
+                photo_id, url, exc.reason, exc.detail[:300], attempts, finished_at=datetime.now(timezone.utc)
+            )
+        return FetchResult(
+            photo_id,
+            url,
+            attempts=attempts,
+            bytes=len(jpeg),
+            sha256=hashlib.sha256(jpeg).hexdigest(),
+            width=width,
+            height=height,
+            kept_original=kept,
+            finished_at=datetime.now(timezone.utc),
+        )
+
+    def _wait(self, retry_state) -> float:
+        """Exponential backoff with jitter, or the server's ``Retry-After`` (capped) when it sent one."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, FetchFailure) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_cap_s)
+        return self._backoff(retry_state)
+
+    def _read(self, url: str) -> bytes:
+        """The raw bytes behind ``url`` (http, https, file:// or a local path), capped in size."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
+            return self._read_http(with_imgix_params(url, self.imgix_params))
+        if scheme == "file":
+            return self._read_file(Path(url2pathname(unquote(parts.path))))
+        if scheme == "":
+            return self._read_file(Path(url))
+        raise FetchFailure("bad_url", f"unsupported URL scheme {scheme!r}")
+
+    def _read_file(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise FetchFailure("too_large", f"{size} bytes exceeds the cap of {self.max_bytes}")
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise FetchFailure("missing_file", f"no file at {path}") from None
+        except IsADirectoryError:
+            raise FetchFailure("bad_url", f"{path} is a folder, not an image") from None
+        except PermissionError:
+            raise FetchFailure("unreadable_file", f"no permission to read {path}") from None
+
+    def _read_http(self, url: str) -> bytes:
+        # httpx's timeout bounds each read, not the whole body: a server dripping a byte a
+        # second would never time out, so the body also gets an overall deadline.
+        deadline = time.monotonic() + 3 * self.timeout
+        try:
+            with self._client.stream("GET", url) as response:
+                status = response.status_code
+                if status in _RETRY_STATUSES:
+                    raise _Transient(
+                        f"http_{status}", response.reason_phrase,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    )
+                if status >= 400:
+                    raise FetchFailure(f"http_{status}", response.reason_phrase)
+                if status != 200:
+                    raise FetchFailure(f"http_{status}", "unexpected status for an image")
+                content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if content_type and not content_type.startswith(_ACCEPTED_TYPES):
+                    raise FetchFailure("not_an_image", f"content type {content_type!r}")
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > self.max_bytes:
+                    raise FetchFailure("too_large", f"{length} bytes exceeds the cap of {self.max_bytes}")
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FetchFailure("too_large", f"more than {self.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise _Transient("timeout", f"body not received within {3 * self.timeout:g}s")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.TooManyRedirects:
+            raise FetchFailure("too_many_redirects", "redirect loop or chain too long") from None
+        except httpx.TimeoutException as exc:
+            raise _Transient("timeout", f"no answer within {self.timeout:g}s ({exc.__class__.__name__})") from None
+        except httpx.RemoteProtocolError as exc:
+            raise _Transient("connection_error", str(exc)[:200]) from None
+        except httpx.TransportError as exc:
+            raise _Transient("connection_error", f"{exc.__class__.__name__}: {exc}"[:200]) from None
+        except httpx.InvalidURL as exc:
+            raise FetchFailure("bad_url", str(exc)) from None
+

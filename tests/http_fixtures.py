@@ -1,0 +1,301 @@
+"""A real HTTP server on 127.0.0.1 that serves generated images and injects failures.
+
+Used by the download tests, the download benchmark and the fault tests of other stages:
+
+    with FaultServer(latency_ms=50) as server:
+        server.add("/a.jpg", jpeg_bytes(640, 427))
+        server.add("/flaky.jpg", jpeg_bytes(64, 64), fail_first=[(500, {})])
+        url = server.url("/a.jpg")
+
+:func:`standard_faults` registers one route per bad input the pipeline must survive and
+returns what each should end as (stored, or the ledger reason).
+
+Everything is generated here; nothing comes from the Unsplash data set.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Route:
+    """What the server answers on one path."""
+
+    body: bytes = b""
+    content_type: str = "image/jpeg"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    #: (status, headers) answered to the first requests, one per request, before the normal answer.
+    fail_first: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    redirect_to: str | None = None
+    #: Send a Content-Length larger than the body, then close: a connection cut mid-transfer.
+    cut_short: bool = False
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that give up (timeouts, redirect loops) drop connections: not worth a traceback."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class FaultServer:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) with registered routes.
+
+    ``latency_ms`` is added before every answer (the benchmark's simulated network).
+    ``hits`` counts requests per path, so tests can assert a re-run fetched nothing.
+    """
+
+    def __init__(self, latency_ms: float = 0.0):
+        self.latency_s = latency_ms / 1000.0
+        self.routes: dict[str, Route] = {}
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._served: Counter[str] = Counter()
+        self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return self._httpd.server_address[1]
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, body: bytes = b"", **options) -> str:
+        """Register ``path`` (see :class:`Route` for the options) and return its URL."""
+        self.routes[path] = Route(body=body, **options)
+        return self.url(path)
+
+    def start(self) -> "FaultServer":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fault-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "FaultServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _next_failure(self, path: str, route: Route) -> tuple[int, dict[str, str]] | None:
+        with self._lock:
+            self.hits[path] += 1
+            index = self._served[path]
+            self._served[path] += 1
+        return route.fail_first[index] if index < len(route.fail_first) else None
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+                pass
+
+            def do_GET(self):  # noqa: N802 - the base class's naming
+                path = self.path.split("?", 1)[0]
+                route = server.routes.get(path)
+                if server.latency_s:
+                    time.sleep(server.latency_s)
+                if route is None:
+                    server.hits[path] += 1
+                    return self._answer(404, b"not found", "text/plain")
+                failure = server._next_failure(path, route)
+                if route.delay_s:
+                    time.sleep(route.delay_s)
+                if failure is not None:
+                    status, headers = failure
+                    return self._answer(status, b"try again", "text/plain", headers)
+                if route.redirect_to is not None:
+                    return self._answer(302, b"", "text/plain", {"Location": route.redirect_to})
+                if route.cut_short:
+                    self.send_response(200)
+                    self.send_header("Content-Type", route.content_type)
+                    self.send_header("Content-Length", str(len(route.body) * 2 + 10))
+                    self.end_headers()
+                    self.wfile.write(route.body)
+                    self.close_connection = True
+                    return None
+                return self._answer(route.status, route.body, route.content_type, route.headers)
+
+            def _answer(self, status, body, content_type, headers=None):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def gradient(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A deterministic RGB test picture (two gradients and a seed-dependent tint)."""
+    rng = np.random.default_rng(seed)
+    tint = rng.integers(0, 255, size=3)
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    pixels = (x * np.array([1, 0, 0.5]) + y * np.array([0, 1, 0.5])) / 2 + tint / 2
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0, **options) -> bytes:
+    """A plain baseline RGB JPEG."""
+    return _encode(gradient(width, height, seed), "JPEG", quality=85, **options)
+
+
+def cmyk_jpeg() -> bytes:
+    """A CMYK JPEG."""
+    return _encode(gradient(40, 30).convert("CMYK"), "JPEG")
+
+
+def greyscale_jpeg() -> bytes:
+    """A one-channel (L) JPEG."""
+    return _encode(gradient(40, 30).convert("L"), "JPEG")
+
+
+def png16() -> bytes:
+    """A 16-bit greyscale PNG whose values span the full 0..65535 range."""
+    values = np.tile(np.linspace(0, 65535, 40, dtype=np.uint16), (30, 1))
+    return _encode(Image.fromarray(values), "PNG")
+
+
+def palette_png_transparent() -> bytes:
+    """A 16-colour palette PNG whose left half is index 15, declared fully transparent."""
+    image = gradient(40, 30).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pixels = np.asarray(image).copy()
+    pixels[:, :20] = 15
+    result = Image.fromarray(pixels, "P")
+    result.putpalette(image.getpalette())
+    return _encode(result, "PNG", transparency=15)
+
+
+def rgba_png() -> bytes:
+    """An RGBA PNG with a half-transparent alpha channel."""
+    image = gradient(40, 30).convert("RGBA")
+    image.putalpha(128)
+    return _encode(image, "PNG")
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 60 x 20 JPEG with EXIF orientation 6 (display rotated 90 degrees: 20 x 60)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(gradient(60, 20), "JPEG", exif=exif.tobytes())
+
+
+def animated_gif() -> bytes:
+    """A three-frame GIF whose first frame is pure red."""
+    frames = [Image.new("RGB", (32, 24), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def webp_bytes() -> bytes:
+    """A WebP image."""
+    return _encode(gradient(40, 30), "WEBP")
+
+
+def progressive_jpeg() -> bytes:
+    """A progressive RGB JPEG (decoded and re-encoded, not kept as is)."""
+    return _encode(gradient(40, 30), "JPEG", progressive=True)
+
+
+def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` (400 M pixels) in about 50 KB.
+
+    Decoding it would need hundreds of megabytes; the pipeline must refuse it from the
+    header alone.
+    """
+    raw_row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(raw_row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class FaultCase:
+    """One registered bad (or awkward) input and what it must end as."""
+
+    name: str
+    path: str
+    #: ``None`` when the image must be stored; else the ledger reason.
+    reason: str | None
+
+
+def standard_faults(server: FaultServer, timeout_s: float) -> list[FaultCase]:
+    """Register every input from issue 3's "Bad input" list on ``server``.
+
+    ``timeout_s`` is the client's per-request timeout: the slow route answers after twice
+    that. Returns one :class:`FaultCase` per route.
+    """
+    good = jpeg_bytes(64, 48, seed=1)
+    cases = [
+        ("plain_jpeg", dict(body=good), None),
+        ("truncated_jpeg", dict(body=jpeg_bytes(64, 48, seed=2)[:300]), "undecodable"),
+        ("html_as_image", dict(body=b"<html><body>Not here</body></html>", content_type="image/jpeg"), "undecodable"),
+        ("html_content_type", dict(body=b"<html></html>", content_type="text/html; charset=utf-8"), "not_an_image"),
+        ("empty_body", dict(body=b""), "empty_body"),
+        ("not_found", dict(status=404, body=b"gone", content_type="text/plain"), "http_404"),
+        ("forbidden", dict(status=403, body=b"no", content_type="text/plain"), "http_403"),
+        ("error_then_ok", dict(body=jpeg_bytes(64, 48, seed=3), fail_first=[(500, {}), (503, {})]), None),
+        ("rate_limited_then_ok", dict(body=jpeg_bytes(64, 48, seed=4), fail_first=[(429, {"Retry-After": "1"})]), None),
+        ("always_500", dict(body=good, fail_first=[(500, {})] * 20), "http_500"),
+        ("slower_than_timeout", dict(body=good, delay_s=2 * timeout_s), "timeout"),
+        ("redirect_loop", dict(redirect_to="/faults/redirect_loop.jpg"), "too_many_redirects"),
+        ("cut_short", dict(body=good[: len(good) // 2], cut_short=True), "connection_error"),
+        ("cmyk", dict(body=cmyk_jpeg()), None),
+        ("greyscale", dict(body=greyscale_jpeg()), None),
+        ("png16", dict(body=png16(), content_type="image/png"), None),
+        ("palette_transparent", dict(body=palette_png_transparent(), content_type="image/png"), None),
+        ("rgba", dict(body=rgba_png(), content_type="image/png"), None),
+        ("exif_rotated", dict(body=exif_rotated_jpeg()), None),
+        ("animated_gif", dict(body=animated_gif(), content_type="image/gif"), None),
+        ("webp", dict(body=webp_bytes(), content_type="image/webp"), None),
+        ("progressive", dict(body=progressive_jpeg()), None),
+        ("bomb_20000x20000", dict(body=bomb_png(), content_type="image/png"), "too_many_pixels"),
+    ]
+    result = []
+    for name, options, reason in cases:
+        path = f"/faults/{name}.jpg"
+        server.add(path, **options)
+        result.append(FaultCase(name, path, reason))
+    return result

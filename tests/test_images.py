@@ -1,0 +1,207 @@
+"""The ``images`` asset, materialized for real against tests/http_fixtures.py's server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, materialize
+from PIL import Image
+
+from assets.images import FAILURE_SHARE_CHECK, images
+from assets.partitions import photo_bucket
+from resources.dagster_resources import SettingsResource
+from resources.image_store import ImageStore
+from tests.http_fixtures import FaultServer, jpeg_bytes, standard_faults
+
+ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
+TIMEOUT_S = 0.5
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_catalog(home: Path, rows: list[tuple[str, str]]) -> None:
+    """A catalog Parquet with the contract's key columns (the rest are not read by ``images``)."""
+    path = home / "catalog" / "catalog.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=["photo_id", "photo_image_url"])
+    frame["photo_url"] = "https://unsplash.com/photos/" + frame["photo_id"]
+    frame["bucket"] = frame["photo_id"].map(photo_bucket)
+    frame.to_parquet(path, index=False)
+
+
+def run_images(home: Path, tags=ALL_BUCKETS, partition_key=None, raise_on_error=True):
+    return materialize(
+        [images],
+        resources={"settings": SettingsResource(home=str(home))},
+        instance=DagsterInstance.ephemeral(),
+        tags=None if partition_key else tags,
+        partition_key=partition_key,
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def fast_downloads(monkeypatch):
+    monkeypatch.setenv("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", str(TIMEOUT_S))
+    monkeypatch.setenv("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY", "16")
+
+
+@pytest.fixture
+def server():
+    with FaultServer() as running:
+        yield running
+
+
+def test_every_bad_input_is_stored_or_in_the_ledger_and_reruns_fetch_nothing(
+    tmp_path, server, fast_downloads, monkeypatch
+):
+    cases = standard_faults(server, TIMEOUT_S)
+    good = [(f"good{i}", server.add(f"/good/{i}.jpg", jpeg_bytes(80, 60, seed=i))) for i in range(40)]
+    rows = [(case.name, server.url(case.path)) for case in cases] + good
+    rows.append(("../../escape", server.add("/escape.jpg", jpeg_bytes(32, 32))))
+    write_catalog(tmp_path, rows)
+    failing = sum(case.reason is not None for case in cases)
+    # A sixth of the photos fail by design: allow that share so the check passes here.
+    monkeypatch.setenv("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", "0.25")
+
+    result = run_images(tmp_path)
+
+    store = ImageStore(tmp_path / "images")
+    ledger = pd.concat([store.read_ledger(b) for b in {photo_bucket(p) for p, _ in rows}], ignore_index=True)
+    reasons = dict(zip(ledger["photo_id"], ledger["reason"]))
+    for case in cases:
+        if case.reason is None:
+            with Image.open(store.path_for(case.name)) as stored:
+                assert (stored.format, stored.mode) == ("JPEG", "RGB"), case.name
+            assert case.name not in reasons
+        else:
+            assert reasons.get(case.name) == case.reason, case.name
+            assert not store.has(case.name)
+    assert set(ledger.columns) >= {"photo_id", "url", "reason", "attempts", "failed_at"}
+    assert ledger.set_index("photo_id").loc["always_500", "attempts"] == 4
+    with Image.open(store.path_for("exif_rotated")) as rotated:
+        assert rotated.size == (20, 60)
+    escaped = store.path_for("../../escape")
+    assert escaped.is_file() and store.root.resolve() in escaped.resolve().parents
+    assert not list(tmp_path.parent.glob("escape*"))
+
+    metadata = result.asset_materializations_for_node("images")[0].metadata
+    assert metadata["stored"].value == len(rows) - failing
+    assert metadata["failed"].value == failing
+    assert metadata["failed_by_reason"].value["undecodable"] == 2
+    assert metadata["dagster/row_count"].value == len(rows) - failing
+    sheet = metadata["contact_sheet"].value
+    assert sheet.startswith("![") and "data:image/jpeg;base64," in sheet and len(sheet) < 8000
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == FAILURE_SHARE_CHECK and check.passed
+
+    hits_before = dict(server.hits)
+    again = run_images(tmp_path)
+    new_hits = {path: n - hits_before.get(path, 0) for path, n in server.hits.items() if n != hits_before.get(path, 0)}
+    transient = {f"/faults/{name}.jpg" for name in ("always_500", "slower_than_timeout", "cut_short")}
+    assert set(new_hits) == transient, "only transient failures are tried again"
+    rerun = again.asset_materializations_for_node("images")[0].metadata
+    counts = (rerun["fetched"].value, rerun["skipped_already_stored"].value, rerun["failed"].value)
+    assert counts == (0, len(rows) - failing, failing)
+
+
+def test_failure_share_check_fails_above_the_threshold(tmp_path, server, fast_downloads):
+    rows = [(f"p{i}", server.url(f"/missing/{i}.jpg")) for i in range(3)]
+    rows += [(f"ok{i}", server.add(f"/ok/{i}.jpg", jpeg_bytes(seed=i))) for i in range(7)]
+    write_catalog(tmp_path, rows)
+
+    result = run_images(tmp_path, raise_on_error=False)
+
+    check = result.get_asset_check_evaluations()[0]
+    assert not check.passed
+    assert check.metadata["failure_share"].value == pytest.approx(0.3)
+    assert result.asset_materializations_for_node("images")[0].metadata["stored"].value == 7
+
+
+def test_one_partition_touches_only_its_bucket_and_a_changed_url_is_fetched_again(tmp_path, server, fast_downloads):
+    rows = [(f"p{i}", server.add(f"/a/{i}.jpg", jpeg_bytes(seed=i))) for i in range(30)]
+    write_catalog(tmp_path, rows)
+    bucket = photo_bucket("p0")
+    in_bucket = [p for p, _ in rows if photo_bucket(p) == bucket]
+
+    run_images(tmp_path, partition_key=bucket)
+
+    store = ImageStore(tmp_path / "images")
+    assert sorted(path.stem for path in store.bucket_dir(bucket).glob("*.jpg")) == sorted(in_bucket)
+    assert [path.name for path in store.root.iterdir() if path.name.startswith("b")] == [bucket]
+
+    rows[0] = ("p0", server.add("/b/0.jpg", jpeg_bytes(seed=99)))
+    write_catalog(tmp_path, rows)
+    result = run_images(tmp_path, partition_key=bucket)
+
+    assert server.hits["/b/0.jpg"] == 1
+    assert result.asset_materializations_for_node("images")[0].metadata["fetched"].value == 1
+    manifest = store.read_manifest(bucket).set_index("photo_id")
+    assert manifest.loc["p0", "url"] == server.url("/b/0.jpg")
+    assert manifest.loc["p0", "sha256"] and manifest.loc["p0", "bytes"] == store.path_for("p0").stat().st_size
+
+
+def test_missing_catalog_is_one_clear_error(tmp_path):
+    result = run_images(tmp_path, partition_key="b00", raise_on_error=False)
+    assert not result.success
+    assert "materialize photo_catalog first" in str(result.all_events)
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import sys
+    from dagster import DagsterInstance, materialize
+    from assets.images import images
+    from resources.dagster_resources import SettingsResource
+    materialize([images], resources={"settings": SettingsResource(home=sys.argv[1])},
+                instance=DagsterInstance.ephemeral(),
+                tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"})
+    """
+)
+
+
+def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path, fast_downloads):
+    count = 160
+    with FaultServer(latency_ms=100) as server:
+        body = jpeg_bytes(64, 48)
+        rows = [(f"k{i:03d}", server.add(f"/k/{i}.jpg", body)) for i in range(count)]
+        write_catalog(tmp_path, rows)
+        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "PYTHONPATH": str(REPO)}
+        child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], cwd=REPO, env=env)
+        journals = tmp_path / "images" / "manifest"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _journal_lines(journals) < 30:
+            assert child.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+        store = ImageStore(tmp_path / "images")
+        journaled = {p for b in {photo_bucket(p) for p, _ in rows} for p in store.read_manifest(b)["photo_id"]}
+        assert 30 <= len(journaled) < count
+        hits_at_kill = sum(server.hits.values())
+
+        result = run_images(tmp_path)
+
+        metadata = result.asset_materializations_for_node("images")[0].metadata
+        assert metadata["stored"].value == count and metadata["failed"].value == 0
+        assert metadata["skipped_already_stored"].value >= len(journaled)
+        assert all(server.hits[f"/k/{int(p[1:])}.jpg"] == 1 for p in journaled)
+        # Photos in flight at the kill may have been fetched twice; no more than that.
+        assert sum(server.hits.values()) - hits_at_kill <= count - len(journaled)
+        assert sum(server.hits.values()) <= count + 8
+        assert not list(journals.glob("*.jsonl"))
+        assert not list((tmp_path / "images").rglob("*.tmp"))
+        stored = {path.stem for path in (tmp_path / "images").glob("b*/*.jpg")}
+        assert stored == {p for p, _ in rows}
+
+
+def _journal_lines(folder: Path) -> int:
+    return sum(len(path.read_bytes().splitlines()) for path in folder.glob("*.jsonl")) if folder.is_dir() else 0
