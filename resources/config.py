@@ -90,7 +90,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "local"
-    es_url: str | None = None
+    es_url: str | None = field(default=None, repr=False)
     es_username: str | None = field(default=None, repr=False)
     es_password: str | None = field(default=None, repr=False)
     es_api_key: str | None = field(default=None, repr=False)
