@@ -1,0 +1,205 @@
+"""resources/downloader.py against a real HTTP server on 127.0.0.1 and real files."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from resources.config import Settings
+from resources.downloader import (
+    Downloader,
+    FetchFailure,
+    is_transient,
+    normalise_image,
+    parse_retry_after,
+    remove_stale_temporaries,
+    with_imgix_params,
+    write_atomic,
+)
+from resources.image_store import ImageStore
+from tests.http_fixtures import (
+    FaultServer,
+    animated_gif,
+    bomb_png,
+    cmyk_jpeg,
+    exif_rotated_jpeg,
+    jpeg_bytes,
+    palette_png_transparent,
+    png16,
+    webp_bytes,
+)
+
+
+@pytest.fixture
+def server():
+    with FaultServer() as running:
+        yield running
+
+
+@pytest.fixture
+def downloader(tmp_path):
+    with Downloader(ImageStore(tmp_path), timeout=0.5, backoff_initial_s=0.05, backoff_max_s=0.2) as running:
+        yield running
+
+
+def stored(downloader: Downloader, photo_id: str) -> Image.Image:
+    image = Image.open(downloader.store.path_for(photo_id))
+    image.load()
+    return image
+
+
+def test_imgix_urls_get_the_configured_parameters_and_others_are_untouched():
+    merged = with_imgix_params("https://images.unsplash.com/photo-1?ixid=abc&w=4000", "w=640&q=80&fm=jpg")
+    assert merged == "https://images.unsplash.com/photo-1?ixid=abc&w=640&q=80&fm=jpg"
+    assert with_imgix_params("https://example.org/a.jpg?w=4000", "w=640") == "https://example.org/a.jpg?w=4000"
+
+
+def test_the_imgix_parameters_reach_the_server(tmp_path, server, monkeypatch):
+    """The host check is real; only the host name is routed to the local server (a mock:
+    images.unsplash.com cannot be reached from here)."""
+    seen = []
+    server.add("/photo-1", jpeg_bytes())
+    original = Downloader._read_http
+
+    def via_local_server(self, url):
+        seen.append(url)
+        return original(self, url.replace("https://images.unsplash.com", server.url("")))
+
+    monkeypatch.setattr(Downloader, "_read_http", via_local_server)
+    settings = Settings(home=tmp_path)
+    with Downloader.from_settings(settings) as downloader:
+        assert downloader.fetch_one("p", "https://images.unsplash.com/photo-1").ok
+    assert seen == ["https://images.unsplash.com/photo-1?w=640&q=80&fm=jpg&fit=max"]
+
+
+def test_retry_after_is_honoured_and_capped(tmp_path, server):
+    server.add("/wait1.jpg", jpeg_bytes(), fail_first=[(429, {"Retry-After": "1"})])
+    server.add("/wait-long.jpg", jpeg_bytes(), fail_first=[(503, {"Retry-After": "3600"})])
+    with Downloader(ImageStore(tmp_path), backoff_initial_s=0.01, retry_after_cap_s=0.3) as downloader:
+        started = time.monotonic()
+        result = downloader.fetch_one("a", server.url("/wait1.jpg"))
+        waited = time.monotonic() - started
+        assert result.ok and result.attempts == 2
+        assert 0.3 <= waited < 3.0, "Retry-After: 1 is capped at 0.3 s here"
+
+        started = time.monotonic()
+        result = downloader.fetch_one("b", server.url("/wait-long.jpg"))
+        assert result.ok and time.monotonic() - started < 3.0, "an hour's Retry-After is capped"
+
+
+def test_retry_after_parses_seconds_and_http_dates():
+    assert parse_retry_after("7") == 7.0
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= parse_retry_after(later) <= 31
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_client_errors_are_not_retried_but_server_errors_are(downloader, server):
+    server.add("/gone.jpg", b"", status=404, content_type="text/plain")
+    server.add("/flaky.jpg", jpeg_bytes(), fail_first=[(502, {}), (500, {})])
+    gone = downloader.fetch_one("gone", server.url("/gone.jpg"))
+    flaky = downloader.fetch_one("flaky", server.url("/flaky.jpg"))
+    assert (gone.reason, gone.attempts, server.hits["/gone.jpg"]) == ("http_404", 1, 1)
+    assert flaky.ok and flaky.attempts == 3
+    assert not is_transient("http_404") and is_transient("http_503") and is_transient("timeout")
+
+
+def test_local_paths_and_file_urls(downloader, tmp_path):
+    picture = tmp_path / "in dir" / "pic.png"
+    picture.parent.mkdir()
+    picture.write_bytes(png16())
+    assert downloader.fetch_one("by-path", str(picture)).ok
+    assert downloader.fetch_one("by-url", picture.as_uri()).ok
+    assert downloader.fetch_one("nothing", str(tmp_path / "absent.jpg")).reason == "missing_file"
+    assert downloader.fetch_one("ftp", "ftp://example.org/a.jpg").reason == "bad_url"
+
+
+def test_a_plain_jpeg_is_kept_byte_for_byte_and_others_are_normalised(downloader, server):
+    plain = jpeg_bytes(120, 80)
+    result = downloader.fetch_one("plain", server.add("/plain.jpg", plain))
+    assert result.kept_original and downloader.store.path_for("plain").read_bytes() == plain
+    assert (result.width, result.height, result.bytes) == (120, 80, len(plain))
+
+    rotated = downloader.fetch_one("rotated", server.add("/rotated.jpg", exif_rotated_jpeg()))
+    assert not rotated.kept_original and stored(downloader, "rotated").size == (20, 60)
+    assert stored(downloader, "rotated").getexif().get(0x0112, 1) == 1
+
+
+def test_conversions_keep_the_picture(downloader, server):
+    for name, body in {
+        "cmyk": cmyk_jpeg(),
+        "png16": png16(),
+        "palette": palette_png_transparent(),
+        "gif": animated_gif(),
+        "webp": webp_bytes(),
+    }.items():
+        assert downloader.fetch_one(name, server.add(f"/{name}", body)).ok, name
+        assert stored(downloader, name).mode == "RGB"
+    grey = np.asarray(stored(downloader, "png16"))[:, :, 0]
+    assert grey[:, 0].mean() < 5 and grey[:, -1].mean() > 245, "16-bit values are scaled, not clipped"
+    assert abs(int(grey[:, 20].mean()) - 128) < 12
+    assert np.asarray(stored(downloader, "palette"))[:, :15].min() > 245, "transparency becomes white"
+    red = np.asarray(stored(downloader, "gif")).reshape(-1, 3).mean(axis=0)
+    assert red[0] > 240 and red[1] < 15 and red[2] < 15, "the first frame of an animation"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(downloader, server):
+    body = bomb_png(20_000, 20_000)
+    rss_before = psutil.Process().memory_info().rss
+    started = time.monotonic()
+    result = downloader.fetch_one("bomb", server.add("/bomb.png", body, content_type="image/png"))
+    assert result.reason == "too_many_pixels"
+    assert time.monotonic() - started < 2.0
+    assert psutil.Process().memory_info().rss - rss_before < 100 * 1024 * 1024
+    with pytest.raises(FetchFailure, match="too_many_pixels"):
+        normalise_image(jpeg_bytes(64, 48), max_pixels=1000)
+
+
+def test_size_cap_is_checked_on_headers_and_bodies(tmp_path, server):
+    big = jpeg_bytes(400, 300, seed=5)
+    with Downloader(ImageStore(tmp_path), max_bytes=len(big) - 1) as downloader:
+        assert downloader.fetch_one("big", server.add("/big.jpg", big)).reason == "too_large"
+    assert not ImageStore(tmp_path).has("big")
+
+
+def test_many_photos_concurrently_with_progress(tmp_path):
+    reports = []
+    with FaultServer(latency_ms=50) as server, Downloader(ImageStore(tmp_path), concurrency=32) as downloader:
+        body = jpeg_bytes(64, 48)
+        items = [(f"p{i}", server.add(f"/p/{i}.jpg", body)) for i in range(160)]
+        started = time.monotonic()
+        results = list(downloader.fetch_all(items, total=len(items), progress=reports.append, progress_every_s=0.05))
+        elapsed = time.monotonic() - started
+    assert sorted(r.photo_id for r in results if r.ok) == sorted(p for p, _ in items)
+    # 160 one-by-one fetches at 50 ms each take at least 8 s; 32 at a time take well under that.
+    assert elapsed < 4.0
+    final = reports[-1]
+    assert (final.done, final.total, final.failed) == (160, 160, 0)
+    assert final.rate > 0 and final.eta_s == 0
+    assert "160/160 (100.0%) photos" in final.describe()
+
+
+def test_writes_are_atomic_and_stale_temporaries_are_removed(tmp_path):
+    target = tmp_path / "b00" / "x.jpg"
+    write_atomic(target, b"first")
+    write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
+    (target.parent / ".x.jpg.abc.tmp").write_bytes(b"half")
+    assert remove_stale_temporaries(target.parent) == 1
+    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
+
+
+def test_photo_ids_cannot_escape_the_store(downloader, server):
+    url = server.add("/ok.jpg", jpeg_bytes())
+    for photo_id in ("../../x", "/etc/passwd", "", "a/b", "..", "x" * 300):
+        assert downloader.fetch_one(photo_id, url).ok, photo_id
+        path = downloader.store.path_for(photo_id).resolve()
+        assert downloader.store.root.resolve() in path.parents
+    assert len({downloader.store.path_for(p) for p in ("../../x", "..%2F..%2Fx", "x")}) == 3
