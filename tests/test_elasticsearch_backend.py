@@ -1,0 +1,534 @@
+"""The Elasticsearch/OpenSearch/ESCloud backend, end to end over HTTP.
+
+Every test taking ``cluster`` runs once per engine against the wire-level fake in
+``tests/es_fake.py`` (a real HTTP server on 127.0.0.1, since no search server can be
+installed here) and, when ``IMAGE_SEARCH_ES_URL`` is set, once more against that real
+cluster (see README, "Search backends"). Tests named ``*_fake_*`` or taking ``fake`` check
+what only a fake can show: the exact bodies on the wire and a server dying mid-build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import ssl
+import traceback
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import trustme
+from elasticsearch7 import Elasticsearch
+from elasticsearch7.exceptions import TransportError, UnsupportedProductError
+
+from resources.backends import open_backend
+from resources.backends.base import STORED_FIELDS, BuildInfo, Filters
+from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTransport
+from resources.config import Settings
+from resources.errors import ImageSearchError
+from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
+
+DIM = 16
+N = 60
+WORDS = ["mountain", "lake", "forest", "city", "street", "beach", "dog", "cat", "snow", "night"]
+COUNTRIES = ["France", "Japan", "Brazil", None]
+COLORS = ["red", "blue", "green", "black", "white"]
+
+#: (fake server profile, IMAGE_SEARCH_ES_ENGINE, the engine the backend must end up using)
+CASES = [
+    ("escloud-7.10", "auto", "escloud"),
+    ("opensearch-2.11", "auto", "opensearch"),
+    ("opensearch-2.11", "escloud", "escloud"),
+    ("opensearch-2.19", "escloud", "escloud"),
+    ("opensearch-3.1", "auto", "opensearch"),
+    ("elasticsearch-7.17", "auto", "elasticsearch"),
+]
+CASE_IDS = [f"{p}-{e}" for p, e, _ in CASES]
+
+
+def corpus(n: int = N, dim: int = DIM, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """``n`` catalog rows with the stored fields and unit vectors; every filter value occurs often."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = []
+    for i in range(n):
+        words = [WORDS[i % len(WORDS)], WORDS[(i * 3 + 1) % len(WORDS)]]
+        rows.append(
+            {
+                "photo_id": f"p{i:05d}",
+                "describe": " ".join(sorted(set(words))),
+                "photo_description": f"A photo of a {WORDS[(i * 7) % len(WORDS)]}" if i % 4 else None,
+                "ai_description": f"{WORDS[(i * 5 + 2) % len(WORDS)]} in daylight",
+                "photo_image_url": f"https://images.example/{i}",
+                "photo_url": f"https://unsplash.example/photos/{i}",
+                "photographer_name": f"Photographer {i % 7}",
+                "photographer_username": f"user{i % 7}",
+                "orientation": ("landscape", "portrait", "square")[i % 3],
+                "dominant_color": COLORS[i % 5],
+                "colors": [COLORS[i % 5], COLORS[(i + 2) % 5]],
+                "photo_location_country": COUNTRIES[i % 4],
+                "photo_submitted_at": pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(days=11 * i, hours=i % 24),
+            }
+        )
+    return pd.DataFrame(rows), vectors
+
+
+def build_info(name: str = "test") -> BuildInfo:
+    return BuildInfo(image_model="tiny-clip", text_model="tiny-text", dim=DIM, count=0, built_at="2026-11-26T00:00:00Z", name=name)
+
+
+@dataclass
+class Cluster:
+    """A server to test against: a fake (``fake`` set) or the real one from the environment."""
+
+    settings: Settings
+    fake: FakeSearchServer | None
+    engine: str | None
+
+    def backend(self, **changes) -> ElasticsearchBackend:
+        return ElasticsearchBackend(dataclasses.replace(self.settings, **changes))
+
+    def raw(self) -> Elasticsearch:
+        """A plain client for looking behind the backend's back (product check done as the backend does)."""
+        s = self.settings
+        auth = (s.es_username, s.es_password or "") if s.es_username else None
+        return Elasticsearch(
+            s.es_url, http_auth=auth, api_key=s.es_api_key, verify_certs=s.es_verify_certs,
+            ca_certs=s.es_ca_certs, transport_class=_CheckedTransport,
+        )
+
+    def indices(self) -> set[str]:
+        return set(self.raw().indices.get_alias(index=f"{self.settings.index_name}_v*"))
+
+    def aliased(self) -> set[str]:
+        return set(self.raw().indices.get_alias(name=self.settings.index_name))
+
+
+def _real_params() -> list:
+    if not os.environ.get("IMAGE_SEARCH_ES_URL"):
+        return [pytest.param(None, marks=pytest.mark.skip(reason="IMAGE_SEARCH_ES_URL not set: no real cluster"), id="real")]
+    return [pytest.param(None, id="real")]
+
+
+@pytest.fixture(params=[pytest.param(c, id=i) for c, i in zip(CASES, CASE_IDS)] + _real_params())
+def cluster(request) -> Iterator[Cluster]:
+    """Each engine on the fake, then the real cluster when ``IMAGE_SEARCH_ES_URL`` names one."""
+    index = f"image_search_test_{uuid.uuid4().hex[:8]}"
+    if request.param is None:
+        settings = dataclasses.replace(Settings.from_env(), backend="elasticsearch", index_name=index)
+        real = Cluster(settings, None, None)
+        yield real
+        real.raw().indices.delete(index=f"{index}_v*", ignore_unavailable=True)
+        return
+    profile, engine, expected = request.param
+    with FakeSearchServer(profile) as fake:
+        yield Cluster(Settings(backend="elasticsearch", es_url=fake.url, es_engine=engine, index_name=index), fake, expected)
+
+
+@pytest.fixture
+def fake_escloud() -> Iterator[FakeSearchServer]:
+    with FakeSearchServer("escloud-7.10") as fake:
+        yield fake
+
+
+def test_open_backend_picks_the_engine_the_server_runs(cluster: Cluster) -> None:
+    backend = open_backend(cluster.settings)
+    assert isinstance(backend, ElasticsearchBackend)
+    if cluster.engine:
+        assert backend.engine == cluster.engine
+
+
+def test_build_publishes_under_the_alias_with_its_build_info(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    assert backend.count() == 0 and backend.info() is None
+    progress: list[tuple[int, int]] = []
+    report = backend.build(docs, vectors, build_info(), progress=lambda done, total: progress.append((done, total)))
+    assert report.count == N and report.errors == {}
+    assert progress[-1] == (N, N)
+    assert cluster.aliased() == {report.name}
+    assert backend.count() == N
+    info = backend.info()
+    assert info is not None
+    assert (info.image_model, info.text_model, info.dim, info.count, info.name) == ("tiny-clip", "tiny-text", DIM, N, report.name)
+    fields, vector = backend.get("p00007")
+    assert fields == {k: _plain(docs.loc[7, k]) for k in STORED_FIELDS}
+    np.testing.assert_allclose(vector, vectors[7], atol=1e-6)
+    assert backend.get("missing") is None
+
+
+def _plain(value):
+    if not isinstance(value, list) and pd.isna(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def test_rebuild_keeps_count_swaps_alias_and_keeps_only_the_previous_build(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    first = backend.build(docs, vectors, build_info())
+    second = backend.build(docs, vectors, build_info())
+    assert backend.count() == N
+    assert cluster.aliased() == {second.name}
+    assert cluster.indices() == {first.name, second.name}
+    third = backend.build(docs, vectors, build_info())
+    assert backend.count() == N
+    assert cluster.aliased() == {third.name}
+    assert cluster.indices() == {second.name, third.name}
+    assert third.details["removed"] == [first.name] and third.details["previous"] == [second.name]
+
+
+def test_refused_documents_are_counted_and_too_many_fail_the_build_leaving_the_old_one(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend(es_max_error_share=0.05)
+    good = backend.build(docs, vectors, build_info())
+
+    some_bad = docs.astype({"photo_submitted_at": object})
+    some_bad.loc[[3, 4], "photo_submitted_at"] = "not a date"
+    report = backend.build(some_bad, vectors, build_info())
+    assert report.errors == {"mapper_parsing_exception": 2}
+    assert report.count == N - 2 == backend.count()
+    assert backend.get("p00003") is None
+
+    all_bad = docs.astype({"photo_submitted_at": object})
+    all_bad["photo_submitted_at"] = "not a date"
+    with pytest.raises(ImageSearchError, match=r"60 of 60 documents were refused .*mapper_parsing_exception.*unchanged"):
+        backend.build(all_bad, vectors, build_info())
+    assert cluster.aliased() == {report.name}
+    assert cluster.indices() == {good.name, report.name}
+    assert backend.count() == N - 2
+    assert backend.knn(vectors[0], 1)[0].photo_id == "p00000"
+
+
+def test_self_retrieval_returns_the_photo_first_with_cosine_one(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs, vectors, build_info())
+    for i in (0, 17, 59):
+        hits = backend.knn(vectors[i], 5)
+        assert hits[0].photo_id == docs.photo_id[i]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0].fields["describe"] == docs["describe"][i]
+
+
+def _probe(vectors: np.ndarray, target: int, cos: float) -> np.ndarray:
+    """A unit vector at cosine ``cos`` to ``vectors[target]``."""
+    rng = np.random.default_rng(1)
+    v = vectors[target].astype(np.float64)
+    u = rng.normal(size=v.shape)
+    u -= (u @ v) * v
+    u /= np.linalg.norm(u)
+    return cos * v + np.sqrt(1 - cos**2) * u
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "filtered"])
+def test_scores_are_cosine_similarity_on_every_engine(cluster: Cluster, filtered: bool) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs, vectors, build_info())
+    probe = _probe(vectors, 5, 0.5)
+    filters = Filters(orientation=docs.orientation[5]) if filtered else None
+    hits = backend.knn(probe, N, filters)
+    by_id = {h.photo_id: h.score for h in hits}
+    assert by_id["p00005"] == pytest.approx(0.5, abs=1e-4)
+    stored = np.round(vectors.astype(np.float64), 6)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    expected = stored @ (probe / np.linalg.norm(probe))
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[int(hit.photo_id[1:])], abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+FILTER_CASES = {
+    "orientation": (Filters(orientation="portrait"), lambda d: d.orientation == "portrait"),
+    "color": (Filters(color="Blue"), lambda d: d.colors.map(lambda c: "blue" in c)),
+    "country": (Filters(country="japan"), lambda d: d.photo_location_country == "Japan"),
+    "dates": (
+        Filters(since=dt.date(2020, 3, 1), until=dt.date(2021, 1, 2)),
+        lambda d: (d.photo_submitted_at >= pd.Timestamp("2020-03-01", tz="UTC"))
+        & (d.photo_submitted_at < pd.Timestamp("2021-01-03", tz="UTC")),
+    ),
+    "combined": (
+        Filters(orientation="landscape", color="red", country="France"),
+        lambda d: (d.orientation == "landscape") & d.colors.map(lambda c: "red" in c) & (d.photo_location_country == "France"),
+    ),
+}
+
+
+def test_filters_apply_inside_the_search_so_k_results_come_back(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs, vectors, build_info())
+    query = vectors[1]
+    for name, (filters, passes) in FILTER_CASES.items():
+        passing = set(docs.photo_id[passes(docs)])
+        assert 0 < len(passing) < N, name
+        k = min(8, len(passing))
+        hits = backend.knn(query, k, filters)
+        assert len(hits) == k, name
+        assert {h.photo_id for h in hits} <= passing, name
+        expected = sorted(passing, key=lambda pid: -float(vectors[int(pid[1:])] @ query))[:k]
+        assert [h.photo_id for h in hits] == expected, name
+        everything = backend.knn(query, len(passing), filters)
+        assert {h.photo_id for h in everything} == passing, name
+
+
+def test_keyword_search_uses_bm25_over_describe_and_descriptions_with_filters(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs, vectors, build_info())
+    text = docs[["describe", "photo_description", "ai_description"]].fillna("").agg(" ".join, axis=1).str.lower()
+    having = set(docs.photo_id[text.str.contains(r"\bsnow\b")])
+    hits = backend.keyword("Snow", N)
+    assert {h.photo_id for h in hits} == having
+    assert all(h.score > 0 for h in hits)
+    portrait = having & set(docs.photo_id[docs.orientation == "portrait"])
+    filtered = backend.keyword("snow", 3, Filters(orientation="portrait"))
+    assert len(filtered) == min(3, len(portrait)) and {h.photo_id for h in filtered} <= portrait
+    with pytest.raises(ImageSearchError, match="empty"):
+        backend.keyword("  ", 5)
+
+
+def test_k_of_a_thousand_and_more(cluster: Cluster) -> None:
+    docs, vectors = corpus(n=1_100, dim=8, seed=3)
+    backend = cluster.backend()
+    backend.build(docs, vectors, dataclasses.replace(build_info(), dim=8))
+    hits = backend.knn(vectors[0], 1_000)
+    assert len(hits) == 1_000 and hits[0].photo_id == "p00000"
+    squares = backend.knn(vectors[0], 1_000, Filters(orientation="square"))
+    assert {h.photo_id for h in squares} == set(docs.photo_id[docs.orientation == "square"])
+    with pytest.raises(ImageSearchError, match="k=10001 is out of range"):
+        backend.knn(vectors[0], 10_001)
+
+
+def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "s3cr3t-Pa55"
+    caplog.set_level(logging.DEBUG)
+    if cluster.fake is not None:
+        url = cluster.fake.url.replace("://", f"://elastic:{secret}@")
+        settings = dataclasses.replace(cluster.settings, es_url=url)
+    else:
+        settings = dataclasses.replace(cluster.settings, es_password=cluster.settings.es_password or secret)
+        secret = settings.es_password
+    backend = ElasticsearchBackend(settings)
+    docs, vectors = corpus()
+    report = backend.build(docs, vectors, build_info())
+    bad = docs.astype({"photo_submitted_at": object})
+    bad["photo_submitted_at"] = "never"
+    with pytest.raises(ImageSearchError) as refused:
+        backend.build(bad, vectors, build_info())
+    dead = settings.es_url.rsplit(":", 1)[0] + ":9" if cluster.fake else f"https://elastic:{secret}@127.0.0.1:9"
+    with pytest.raises(ImageSearchError) as unreachable:
+        ElasticsearchBackend(dataclasses.replace(settings, es_url=dead))
+    assert "***:***@127.0.0.1:9" in str(unreachable.value) and "\n" not in str(unreachable.value)
+    shown = [str(refused.value), str(unreachable.value), repr(report), str(settings), str(settings.describe())]
+    shown += ["".join(traceback.format_exception(e.value)) for e in (refused, unreachable)]
+    shown += [r.getMessage() for r in caplog.records]
+    assert not [s for s in shown if secret in s]
+    if cluster.fake is not None:
+        assert any(h.get("authorization", "").startswith("Basic ") for h in cluster.fake.headers_seen)
+
+
+def test_unknown_engine_setting_and_mismatched_engine_are_refused(cluster: Cluster) -> None:
+    with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE='faiss' is not supported"):
+        cluster.backend(es_engine="faiss")
+    with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_INDEX="):
+        cluster.backend(index_name="Image Search")
+
+
+# -- what only the fake can show ----------------------------------------------------------------
+
+DESIGN_PROPERTIES = {
+    "photo_id": {"type": "keyword"},
+    "photo_url": {"type": "keyword"},
+    "describe": {"type": "text"},
+    "photo_embedding": {"type": "knn_vector", "dimension": DIM},
+}
+DESIGN_SETTINGS = {
+    "index.refresh_interval": "60s",
+    "index.number_of_shards": "3",
+    "index.knn.space_type": "cosinesimil",
+    "index.knn": "true",
+    "index.number_of_replicas": "1",
+}
+
+
+def test_fake_escloud_gets_the_original_designs_mapping_and_queries(fake_escloud: FakeSearchServer) -> None:
+    backend = ElasticsearchBackend(Settings(es_url=fake_escloud.url, index_name="image_search"))
+    assert backend.engine == "escloud"
+    docs, vectors = corpus()
+    report = backend.build(docs, vectors, build_info())
+    (created,) = fake_escloud.bodies("PUT", f"/{report.name}")
+    properties = created["mappings"]["properties"]
+    assert created["mappings"]["dynamic"] == "false"
+    assert {k: properties[k] for k in DESIGN_PROPERTIES} == DESIGN_PROPERTIES
+    live = backend.client.indices.get_settings(index="image_search", flat_settings=True)[report.name]["settings"]
+    assert {k: live[k] for k in DESIGN_SETTINGS} == DESIGN_SETTINGS
+    assert fake_escloud.bodies("PUT", f"/{report.name}/_settings")[0] == {
+        "index": {"refresh_interval": "60s", "number_of_replicas": "1"}
+    }
+    assert created["settings"]["index"]["refresh_interval"] == "-1" and created["settings"]["index"]["number_of_replicas"] == "0"
+
+    backend.knn(vectors[0], 5)
+    plain = fake_escloud.bodies("POST", "/image_search/_search")[-1]
+    rounded = np.round(vectors[0].astype(np.float64), 6).tolist()
+    assert plain["size"] == 5
+    assert plain["query"] == {"knn": {"photo_embedding": {"vector": rounded, "k": 5}}}
+    assert {"describe", "photo_url"} <= set(plain["_source"])
+
+    backend.knn(vectors[0], 5, Filters(orientation="square"))
+    filtered = fake_escloud.bodies("POST", "/image_search/_search")[-1]
+    assert filtered["query"] == {
+        "script_score": {
+            "query": {"bool": {"filter": [{"term": {"orientation": "square"}}]}},
+            "script": {
+                "source": "knn_score",
+                "lang": "knn",
+                "params": {"field": "photo_embedding", "query_value": rounded, "space_type": "cosinesimil"},
+            },
+        }
+    }
+    bulk = fake_escloud.bodies("POST", "/_bulk")[0]
+    assert bulk[0] == {"index": {"_index": report.name, "_id": "p00000"}}
+    assert all(len(repr(x).split(".")[-1]) <= 6 for x in bulk[1]["photo_embedding"])
+    assert fake_escloud.bodies("POST", "/_aliases") == [
+        {"actions": [{"add": {"index": report.name, "alias": "image_search"}}]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("profile", "vector_mapping"),
+    [
+        ("opensearch-3.1", {"type": "knn_vector", "dimension": DIM, "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": "lucene"}}),
+        ("elasticsearch-7.17", {"type": "dense_vector", "dims": DIM}),
+    ],
+)
+def test_fake_other_engines_get_their_own_mapping(profile: str, vector_mapping: dict) -> None:
+    with FakeSearchServer(profile) as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        report = backend.build(*corpus(), build_info())
+        (created,) = fake.bodies("PUT", f"/{report.name}")
+        assert created["mappings"]["properties"]["photo_embedding"] == vector_mapping
+        assert "knn.space_type" not in created["settings"]["index"]
+
+
+def test_fake_server_gone_mid_build_leaves_the_old_index_serving() -> None:
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        fake.drop_bulk = True
+        with pytest.raises(ImageSearchError, match=r"cannot reach http://127\.0\.0\.1:\d+ while loading index"):
+            backend.build(docs, vectors, build_info())
+        fake.drop_bulk = False
+        assert set(fake.indices) == {good.name}
+        assert backend.count() == N and backend.info().name == good.name
+        assert backend.knn(vectors[2], 1)[0].photo_id == "p00002"
+
+
+def test_fake_concrete_index_named_like_the_alias_is_replaced_atomically(fake_escloud: FakeSearchServer) -> None:
+    raw = Elasticsearch(fake_escloud.url, transport_class=_CheckedTransport)
+    raw.indices.create(index="image_search", mappings={"properties": {"describe": {"type": "text"}}})
+    backend = ElasticsearchBackend(Settings(es_url=fake_escloud.url))
+    report = backend.build(*corpus(), build_info())
+    assert fake_escloud.bodies("POST", "/_aliases")[-1]["actions"] == [
+        {"remove_index": {"index": "image_search"}},
+        {"add": {"index": report.name, "alias": "image_search"}},
+    ]
+    assert set(fake_escloud.indices) == {report.name} and backend.count() == N
+
+
+@pytest.mark.parametrize(
+    ("profile", "engine"),
+    [("escloud-7.10", "escloud"), ("opensearch-2.11", "opensearch"), ("opensearch-2.19", "opensearch"),
+     ("opensearch-3.1", "opensearch"), ("elasticsearch-7.17", "elasticsearch")],
+)
+def test_fake_auto_detection_and_the_product_check(profile: str, engine: str) -> None:
+    with FakeSearchServer(profile) as fake:
+        stock = Elasticsearch(fake.url)
+        if PROFILES[profile].opensearch or PROFILES[profile].build_flavor == "oss":
+            with pytest.raises(UnsupportedProductError):
+                stock.info()
+        else:
+            assert stock.info()["version"]["number"] == PROFILES[profile].number
+        assert ElasticsearchBackend(Settings(es_url=fake.url)).engine == engine
+
+
+def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
+    with FakeSearchServer("opensearch-3.1") as fake:
+        with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on OpenSearch 3.1.0"):
+            ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=elasticsearch does not run on OpenSearch"):
+            ElasticsearchBackend(Settings(es_url=fake.url, es_engine="elasticsearch"))
+    with FakeSearchServer("elasticsearch-oss-7.10") as fake:
+        with pytest.raises(ImageSearchError, match="neither a k-NN plugin nor dense_vector"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
+    other = ServerProfile("other", "1.0.0", None, None, "Some other database")
+    with FakeSearchServer(other) as fake:
+        with pytest.raises(ImageSearchError, match="neither Elasticsearch nor OpenSearch"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
+    newer = ServerProfile("es8", "8.15.0", None, "default", "You Know, for Search")
+    with FakeSearchServer(newer) as fake:
+        with pytest.raises(ImageSearchError, match="Elasticsearch 8.15.0 is not supported"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
+
+
+def test_fake_refuses_what_each_real_engine_refuses() -> None:
+    design = {
+        "settings": {"index": {"knn": "true", "knn.space_type": "cosinesimil"}},
+        "mappings": {"properties": {"photo_embedding": {"type": "knn_vector", "dimension": 3}}},
+    }
+    with FakeSearchServer("opensearch-3.1") as fake:
+        with pytest.raises(TransportError) as refused:
+            Elasticsearch(fake.url, transport_class=_CheckedTransport).indices.create(index="x", **design)
+        assert refused.value.status_code == 400 and "index.knn.space_type" in refused.value.info["error"]["reason"]
+    with FakeSearchServer("elasticsearch-7.17") as fake:
+        with pytest.raises(TransportError) as refused:
+            Elasticsearch(fake.url).indices.create(index="x", mappings=design["mappings"])
+        assert refused.value.error == "mapper_parsing_exception"
+    with FakeSearchServer("opensearch-2.11") as fake:
+        raw = Elasticsearch(fake.url, transport_class=_CheckedTransport)
+        raw.indices.create(index="x", **design)
+        result = raw.bulk(body=[{"index": {"_index": "x", "_id": "a"}}, {"photo_embedding": [1.0, 0.0]}])
+        item = result["items"][0]["index"]
+        assert result["errors"] and item["status"] == 400 and item["error"]["type"] == "mapper_parsing_exception"
+        with pytest.raises(TransportError, match="does not support filters"):
+            raw.search(index="x", query={"knn": {"photo_embedding": {"vector": [1, 0, 0], "k": 1, "filter": {"match_all": {}}}}})
+
+
+# -- transport security ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
+    """A server TLS context signed by a throwaway CA, and that CA's bundle path."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return context, str(bundle)
+
+
+def test_tls_verification_is_on_by_default(tls, caplog: pytest.LogCaptureFixture) -> None:
+    context, bundle = tls
+    with FakeSearchServer("opensearch-2.11", ssl_context=context) as fake:
+        assert fake.url.startswith("https://")
+        assert Settings().es_verify_certs is True
+        with pytest.raises(ImageSearchError, match="TLS certificate verification failed for https://127.0.0.1.*IMAGE_SEARCH_ES_CA_CERTS"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
+        trusted = ElasticsearchBackend(Settings(es_url=fake.url, es_ca_certs=bundle))
+        assert trusted.count() == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ElasticsearchBackend(Settings(es_url=fake.url, es_verify_certs=False))
+        assert "TLS certificate verification is off" in caplog.text
