@@ -39,6 +39,7 @@ from resources.dagster_resources import SettingsResource
 from resources.downloader import Downloader, FetchResult, is_transient, remove_stale_temporaries
 from resources.errors import ImageSearchError
 from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
+from resources.locks import holds_store_locks
 
 FAILURE_SHARE_CHECK = "failure_share"
 CONTACT_SHEET_SIZE = 4
@@ -139,6 +140,7 @@ def _manifest_row(result: FetchResult) -> dict:
     ],
     description="Every catalog photo as a validated RGB JPEG under images/<bucket>/, failures in images/ledger/.",
 )
+@holds_store_locks("images")
 def images(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
     """Fetch the missing photos of each bucket of the run; record failures; report progress."""
     buckets = list(context.partition_keys)
