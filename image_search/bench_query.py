@@ -75,3 +75,117 @@ def synthetic_documents(n: int, seed: int = 0) -> pd.DataFrame:
             + pd.to_timedelta(rng.integers(0, 3000, n), unit="D"),
         }
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench query``."""
+    parser = sub.add_parser("query", help="query latency of the local backend: exact, approximate, end to end")
+    parser.add_argument("--docs", type=int, default=25_000, help="documents in the synthetic index (default 25000)")
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per figure (default 200)")
+    parser.add_argument("--clusters", type=int, default=1024, help="cluster centres of the synthetic vectors")
+    parser.add_argument(
+        "--skip-text", action="store_true", help="time kNN only, without loading the configured models"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.set_defaults(handler=run)
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    values = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p95_ms": round(float(np.percentile(values, 95)), 3)}
+
+
+def _timed(fn, items) -> tuple[list[float], list]:
+    times, outs = [], []
+    for item in items:
+        start = time.perf_counter()
+        outs.append(fn(item))
+        times.append(time.perf_counter() - start)
+    return times, outs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the synthetic index, time every path, print the figures."""
+    from resources.backends.base import BuildInfo
+    from resources.backends.local import LocalBackend, exact_top10
+    from resources.config import Settings
+    from resources.errors import ImageSearchError
+
+    if args.docs < 100 or args.queries < 10:
+        raise ImageSearchError("bench query needs --docs >= 100 and --queries >= 10")
+    settings = Settings.from_env()
+    figures: dict[str, object] = {"docs": args.docs, "queries": args.queries}
+    encoder = None
+    dim = 512
+    if not args.skip_text:
+        from search_app.service import _open_encoder
+
+        start = time.perf_counter()
+        encoder = _open_encoder(settings)
+        encoder.encode_texts(["warm up"])
+        figures["model_load_s"] = round(time.perf_counter() - start, 2)
+        figures["image_model"], figures["text_model"], dim = encoder.image_model_id, encoder.text_model_id, encoder.dim
+    figures["dim"] = dim
+
+    start = time.perf_counter()
+    everything = clustered_vectors(args.docs + args.queries, dim, clusters=args.clusters, seed=0)
+    vectors, queries = everything[: args.docs], everything[args.docs :]
+    documents = synthetic_documents(args.docs, seed=0)
+    figures["generate_s"] = round(time.perf_counter() - start, 2)
+
+    with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
+        home_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
+        info = BuildInfo(
+            image_model=encoder.image_model_id if encoder else settings.image_model,
+            text_model=encoder.text_model_id if encoder else settings.text_model,
+            dim=dim,
+            count=args.docs,
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            name="",
+        )
+        backend = LocalBackend(home_settings)
+        report = backend.build(documents, vectors, info)
+        figures["publish_s"] = round(report.seconds, 2)
+        figures["publish_approximate"] = report.details["approximate"]
+        truth = exact_top10(vectors, queries)
+        for q in queries[:10]:
+            vectors @ q
+            backend.knn(q, 10)
+        base_times, _ = _timed(lambda q: np.argsort(-(vectors @ q))[:10], queries)
+        exact_times, exact_rows = _timed(lambda q: backend.knn_rows(q, 10, exact=True)[0], queries)
+        default_times, _ = _timed(lambda q: backend.knn(q, 10), queries)
+        figures["knn_baseline_numpy_argsort"] = _ms(base_times)
+        figures["knn_exact"] = _ms(exact_times)
+        figures["knn_default_with_stored_fields"] = _ms(default_times)
+        figures["exact_matches_truth"] = bool(all(list(e) == list(t) for e, t in zip(exact_rows, truth)))
+
+        if encoder is not None:
+            from search_app.service import SearchService
+
+            service = SearchService(backend, home_settings, encoder=encoder)
+            texts = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(args.queries)]
+            service.search_text(texts[0], k=10)
+            encode_times, _ = _timed(lambda t: encoder.encode_texts([t]), texts)
+            text_times, _ = _timed(lambda t: service.search_text(t, k=10), texts)
+            figures["text_encode"] = _ms(encode_times)
+            figures["text_end_to_end"] = _ms(text_times)
+
+        if report.details["approximate"] is None:
+            backend = LocalBackend(home_settings, ann_min_docs=1)
+            report = backend.build(documents, vectors, info)
+            figures["publish_with_approximate_s"] = round(report.seconds, 2)
+        figures["approximate"] = report.details["approximate"]
+        for q in queries[:10]:
+            backend.knn_rows(q, 10)
+        ann_times, ann_rows = _timed(lambda q: backend.knn_rows(q, 10)[0], queries)
+        figures["knn_approximate"] = _ms(ann_times)
+        figures["recall_at_10_approximate"] = round(
+            float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(ann_rows, truth)])), 4
+        )
+
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<32} {value}")
+    return 0

@@ -219,9 +219,8 @@ def test_approximate_index_recall_against_exact(tmp_path: Path):
     rng = np.random.default_rng(3)
     queries = clustered_vectors(100, DIM, clusters=64, seed=2)[rng.permutation(100)]
     truth = exact_top10(vectors, queries)
-    build = backend._require()
-    found = [backend.knn_rows(build, q, 10)[0] for q in queries]
+    found = [backend.knn_rows(q, 10)[0] for q in queries]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
     assert recall >= 0.98
-    exact = [backend.knn_rows(build, q, 10, exact=True)[0] for q in queries]
+    exact = [backend.knn_rows(q, 10, exact=True)[0] for q in queries]
     assert all(list(e) == list(t) for e, t in zip(exact, truth))

@@ -97,8 +97,8 @@ def _to_plain(value: Any) -> Any:
         return [_to_plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
-    if isinstance(value, (pd.Timestamp, dt.datetime)):
-        return None if pd.isna(value) else value.isoformat()
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else pd.Timestamp(value, tz="UTC").isoformat()
     if isinstance(value, np.generic):
         return value.item()
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -120,10 +120,13 @@ class _Build:
         if len(self.documents) != self.vectors.shape[0]:
             raise ImageSearchError(f"local index build {path} is damaged: documents and vectors differ in count")
         self.rows = pd.Index(self.documents["photo_id"].astype(str))
+        submitted = pd.to_datetime(self.documents["photo_submitted_at"], utc=True, errors="coerce")
+        submitted = submitted.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        self.columns = {name: self.documents[name].to_numpy() for name in STORED_FIELDS}
+        self.columns["photo_submitted_at"] = submitted
         self.orientation = pd.Categorical(self.documents["orientation"])
         self.country = pd.Categorical(self.documents["photo_location_country"].str.lower())
-        submitted = pd.to_datetime(self.documents["photo_submitted_at"], utc=True, errors="coerce")
-        days = submitted.dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
+        days = submitted.astype("datetime64[D]")
         self.submitted_day = np.where(np.isnat(days), np.iinfo(np.int64).min, days.astype(np.int64))
         self._color_rows: dict[str, np.ndarray] | None = None
         self._keyword: KeywordIndex | None = None
@@ -181,12 +184,13 @@ class _Build:
 
     def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits for ``rows`` with their ``scores``, stored fields included."""
-        if len(rows) == 0:
-            return []
-        records = self.documents.iloc[rows].to_dict("records")
         return [
-            Hit(photo_id=str(rec["photo_id"]), score=float(s), fields={k: _to_plain(v) for k, v in rec.items()})
-            for rec, s in zip(records, scores)
+            Hit(
+                photo_id=str(self.columns["photo_id"][row]),
+                score=float(score),
+                fields={name: _to_plain(values[row]) for name, values in self.columns.items()},
+            )
+            for row, score in zip(rows.tolist(), scores.tolist())
         ]
 
 
@@ -277,13 +281,18 @@ class LocalBackend(SearchBackend):
     def knn(self, vector: np.ndarray, k: int, filters: Filters | None = None, *, exact: bool = False) -> list[Hit]:
         """The ``k`` nearest documents by cosine; ``exact=True`` skips the approximate index."""
         build = self._require()
-        rows, scores = self.knn_rows(build, vector, k, filters, exact=exact)
+        rows, scores = self._knn_rows(build, vector, k, filters, exact=exact)
         return build.hits(rows, scores)
 
     def knn_rows(
-        self, build: _Build, vector: np.ndarray, k: int, filters: Filters | None = None, *, exact: bool = False
+        self, vector: np.ndarray, k: int, filters: Filters | None = None, *, exact: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Row numbers and cosine scores of the kNN answer (no stored fields: what benchmarks time)."""
+        """Row numbers and cosine scores of the kNN answer, without stored fields (what benchmarks time)."""
+        return self._knn_rows(self._require(), vector, k, filters, exact=exact)
+
+    def _knn_rows(
+        self, build: _Build, vector: np.ndarray, k: int, filters: Filters | None, *, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         if q.shape[0] != build.vectors.shape[1]:
             raise ImageSearchError(

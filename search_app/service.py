@@ -1,0 +1,295 @@
+"""The one query service: text, image and more-like-this searches over the published index.
+
+Used by the CLI (``image-search query``) and the Streamlit page; it imports no Dagster, so
+a query process loads only the encoder, the backend and what they need.
+
+Models: a build records the image and text models it was made with; the service encodes
+queries with those, so a query vector always lives in the index's space. A service built
+with an encoder whose image model differs from the build's refuses to search (a clear
+:class:`ModelMismatchError`) rather than returning nonsense.
+
+Scores: in ``vector`` mode and for image and more-like-this searches, ``score`` is the
+cosine similarity between the query and the photo's image vector (-1..1). In ``keyword``
+mode it is the BM25 score (``cosine`` is ``None``). In ``hybrid`` mode it is the reciprocal
+rank fusion score, the sum over the kNN and keyword lists of 1/(60 + rank), ranks from 1,
+and ``cosine`` carries the photo's cosine similarity. ``min_score`` cuts on the cosine in
+the vector and hybrid modes, on the BM25 score in keyword mode.
+
+More like this keeps the photo itself: it comes back first with cosine 1.0, which is the
+check that the index and the query path agree; skip it in the caller if it is unwanted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from PIL import Image
+
+from resources.backends import open_backend
+from resources.backends.base import BuildInfo, Filters, Hit, SearchBackend
+from resources.config import Settings
+from resources.downloader import FetchFailure, normalise_image, with_imgix_params
+from resources.errors import ImageSearchError
+from resources.image_store import ImageStore
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+RRF_K = 60
+MODES = ("vector", "keyword", "hybrid")
+Mode = Literal["vector", "keyword", "hybrid"]
+_MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+class ModelMismatchError(ImageSearchError):
+    """The query encoder's image model is not the one the index was built with."""
+
+
+class Encoder(Protocol):
+    """What the service needs of :mod:`resources.clip`'s encoder."""
+
+    image_model_id: str
+    text_model_id: str
+    dim: int
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_image(self, image: Image.Image) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One photo found, with what a result list shows and links to."""
+
+    photo_id: str
+    score: float
+    cosine: float | None
+    describe: str | None
+    image_url: str | None
+    local_path: Path | None
+    photo_url: str | None
+    photographer_name: str | None
+    photographer_username: str | None
+    photographer_url: str | None
+    photo_description: str | None = None
+    ai_description: str | None = None
+    orientation: str | None = None
+    colors: list[str] = field(default_factory=list)
+    country: str | None = None
+    submitted_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready values."""
+        data = asdict(self)
+        data["local_path"] = None if self.local_path is None else str(self.local_path)
+        return data
+
+
+def rrf_fuse(*ranked: list[str], depth_k: int = RRF_K) -> dict[str, float]:
+    """Reciprocal rank fusion: per photo, the sum over lists of 1/(depth_k + rank), ranks from 1."""
+    fused: dict[str, float] = {}
+    for ids in ranked:
+        for rank, photo_id in enumerate(ids, start=1):
+            fused[photo_id] = fused.get(photo_id, 0.0) + 1.0 / (depth_k + rank)
+    return fused
+
+
+def _check_k(k: int) -> int:
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {MAX_K} results")
+    return int(k)
+
+
+def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Image:
+    """An RGB image from a PIL image, raw bytes or a file path; a bad one raises ImageSearchError.
+
+    Bytes and files go through the same validation as downloaded photos (a byte cap, a pixel
+    cap read before decoding, a real decode, EXIF rotation, conversion to RGB), so an upload
+    is never trusted.
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    label = "the uploaded image"
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        label = str(path)
+        if not path.is_file():
+            raise ImageSearchError(f"image file {path} not found: give the path of a JPEG, PNG or WebP file")
+        if path.stat().st_size > _MAX_QUERY_IMAGE_BYTES:
+            raise ImageSearchError(f"image file {path} is larger than 50 MB: give a smaller image")
+        image = path.read_bytes()
+    if len(image) > _MAX_QUERY_IMAGE_BYTES:
+        raise ImageSearchError(f"{label} is larger than 50 MB: give a smaller image")
+    try:
+        data, _, _, _ = normalise_image(bytes(image))
+    except FetchFailure as exc:
+        raise ImageSearchError(f"cannot use {label} as a query: {exc}") from None
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _open_encoder(settings: Settings) -> Encoder:
+    from resources.clip import ClipEncoder
+
+    return ClipEncoder.from_settings(settings)
+
+
+class SearchService:
+    """Searches the published index; one instance per process serves every query."""
+
+    def __init__(self, backend: SearchBackend, settings: Settings, encoder: Encoder | None = None):
+        self.backend = backend
+        self.settings = settings
+        self.store = ImageStore(settings.images_dir)
+        self._encoder = encoder
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "SearchService":
+        """The service over the configured backend; models load on the first query that needs them."""
+        return cls(open_backend(settings), settings)
+
+    # -- models ------------------------------------------------------------------
+
+    def build_info(self) -> BuildInfo:
+        """The published build's info; raises when nothing is published yet."""
+        info = self.backend.info()
+        if info is None:
+            raise ImageSearchError(
+                f"no search index is published on the {self.backend.engine} backend yet: build it with "
+                "`make demo` or `dagster asset materialize -m definitions --select '+search_index'`"
+            )
+        return info
+
+    def encoder(self) -> Encoder:
+        """The encoder for the published build's models, loaded once and checked against the build."""
+        info = self.build_info()
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = _open_encoder(replace(self.settings, image_model=info.image_model, text_model=info.text_model))
+        encoder = self._encoder
+        if encoder.image_model_id != info.image_model or encoder.dim != info.dim:
+            raise ModelMismatchError(
+                f"the index was built with image model {info.image_model} ({info.dim}-d) but queries would be "
+                f"encoded with {encoder.image_model_id} ({encoder.dim}-d): use the index's model "
+                "(IMAGE_SEARCH_IMAGE_MODEL) or rebuild search_index with this one"
+            )
+        return encoder
+
+    def encode_text(self, query: str) -> np.ndarray:
+        """The query text's unit vector in the index's space."""
+        return np.asarray(self.encoder().encode_texts([query])[0], dtype=np.float32)
+
+    # -- searches ------------------------------------------------------------------
+
+    def search_text(
+        self,
+        query: str,
+        k: int = 20,
+        min_score: float | None = None,
+        mode: Mode = "vector",
+        filters: Filters | None = None,
+    ) -> list[SearchResult]:
+        """Photos matching ``query`` (any language) by image vector, by keywords, or both fused."""
+        k = _check_k(k)
+        if not query or not query.strip():
+            raise ImageSearchError("the query text is empty: type some words to search for")
+        if mode not in MODES:
+            raise ImageSearchError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode == "keyword":
+            self.build_info()
+            hits = self.backend.keyword(query, k, filters)
+            return self._results(hits, min_score, cosines=None)
+        vector = self.encode_text(query)
+        if mode == "vector":
+            hits = self.backend.knn(vector, k, filters)
+            return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._hybrid(query, vector, k, min_score, filters)
+
+    def search_image(
+        self,
+        image: Image.Image | bytes | str | os.PathLike,
+        k: int = 20,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[SearchResult]:
+        """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
+        k = _check_k(k)
+        picture = load_query_image(image)
+        vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
+        hits = self.backend.knn(vector, k, filters)
+        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+
+    def more_like_this(
+        self, photo_id: str, k: int = 20, min_score: float | None = None, filters: Filters | None = None
+    ) -> list[SearchResult]:
+        """Photos nearest to an indexed photo's own image vector; the photo itself comes first."""
+        k = _check_k(k)
+        self.build_info()
+        found = self.backend.get(photo_id)
+        if found is None:
+            raise ImageSearchError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
+        hits = self.backend.knn(found[1], k, filters)
+        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+
+    def _hybrid(
+        self, query: str, vector: np.ndarray, k: int, min_score: float | None, filters: Filters | None
+    ) -> list[SearchResult]:
+        depth = max(2 * k, 100)
+        knn_hits = self.backend.knn(vector, depth, filters)
+        keyword_hits = self.backend.keyword(query, depth, filters)
+        fused = rrf_fuse([h.photo_id for h in knn_hits], [h.photo_id for h in keyword_hits])
+        cosines = {h.photo_id: h.score for h in knn_hits}
+        by_id = {h.photo_id: h for h in keyword_hits} | {h.photo_id: h for h in knn_hits}
+        ranked = sorted(fused, key=lambda pid: (-fused[pid], -cosines.get(pid, -2.0)))[:k]
+        for pid in ranked:
+            if pid not in cosines:
+                found = self.backend.get(pid)
+                cosines[pid] = float(np.clip(found[1] @ vector, -1.0, 1.0)) if found else None
+        hits = [Hit(photo_id=pid, score=fused[pid], fields=by_id[pid].fields) for pid in ranked]
+        return self._results(hits, min_score, cosines=cosines)
+
+    def _results(
+        self,
+        hits: list[Hit],
+        min_score: float | None,
+        cosines: dict[str, float | None] | None,
+    ) -> list[SearchResult]:
+        """Results for ``hits``, cut at ``min_score`` on the cosine (on the BM25 score when there is none)."""
+        results = []
+        for hit in hits:
+            cosine = None if cosines is None else cosines.get(hit.photo_id)
+            cut_value = hit.score if cosines is None else cosine
+            if min_score is not None and (cut_value is None or cut_value < min_score):
+                continue
+            results.append(self._result(hit, cosine))
+        return results
+
+    def _result(self, hit: Hit, cosine: float | None) -> SearchResult:
+        f = hit.fields
+        username = f.get("photographer_username")
+        image_url = f.get("photo_image_url")
+        return SearchResult(
+            photo_id=hit.photo_id,
+            score=float(hit.score),
+            cosine=cosine,
+            describe=f.get("describe"),
+            image_url=with_imgix_params(image_url, self.settings.imgix_params) if image_url else None,
+            local_path=self.store.local_path(hit.photo_id),
+            photo_url=f.get("photo_url"),
+            photographer_name=f.get("photographer_name"),
+            photographer_username=username,
+            photographer_url=f"https://unsplash.com/@{username}" if username else None,
+            photo_description=f.get("photo_description"),
+            ai_description=f.get("ai_description"),
+            orientation=f.get("orientation"),
+            colors=list(f.get("colors") or []),
+            country=f.get("photo_location_country"),
+            submitted_at=f.get("photo_submitted_at"),
+        )
