@@ -14,7 +14,7 @@ import sys
 from resources.errors import ImageSearchError
 
 #: Modules under image_search/ that each add one subcommand through ``register(subparsers)``.
-COMMANDS = ("sample", "bench")
+COMMANDS = ("sample", "bench", "query")
 
 
 def build_parser() -> argparse.ArgumentParser:
