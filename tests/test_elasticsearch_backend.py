@@ -17,6 +17,7 @@ import ssl
 import traceback
 import uuid
 import warnings
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -125,7 +126,9 @@ def cluster(request) -> Iterator[Cluster]:
         settings = dataclasses.replace(Settings.from_env(), backend="elasticsearch", index_name=index)
         real = Cluster(settings, None, None)
         yield real
-        real.raw().indices.delete(index=f"{index}_v*", ignore_unavailable=True)
+        leftovers = real.indices()
+        if leftovers:
+            real.raw().indices.delete(index=",".join(sorted(leftovers)))
         return
     profile, engine, expected = request.param
     with FakeSearchServer(profile) as fake:
@@ -311,14 +314,15 @@ def test_k_of_a_thousand_and_more(cluster: Cluster) -> None:
 
 
 def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
-    secret = "s3cr3t-Pa55"
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:
-        url = cluster.fake.url.replace("://", f"://elastic:{secret}@")
-        settings = dataclasses.replace(cluster.settings, es_url=url)
+        secrets = ["s3cr3t-Pa55"]
+        settings = dataclasses.replace(cluster.settings, es_url=cluster.fake.url.replace("://", "://elastic:s3cr3t-Pa55@"))
     else:
-        settings = dataclasses.replace(cluster.settings, es_password=cluster.settings.es_password or secret)
-        secret = settings.es_password
+        settings = cluster.settings
+        secrets = [s for s in (urlsplit(settings.es_url).password, settings.es_password, settings.es_api_key) if s]
+        if not secrets:
+            pytest.skip("the real cluster is used without credentials")
     backend = ElasticsearchBackend(settings)
     docs, vectors = corpus()
     report = backend.build(docs, vectors, build_info())
@@ -326,14 +330,14 @@ def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, 
     bad["photo_submitted_at"] = "never"
     with pytest.raises(ImageSearchError) as refused:
         backend.build(bad, vectors, build_info())
-    dead = settings.es_url.rsplit(":", 1)[0] + ":9" if cluster.fake else f"https://elastic:{secret}@127.0.0.1:9"
+    dead = f"http://elastic:{secrets[0]}@127.0.0.1:9"
     with pytest.raises(ImageSearchError) as unreachable:
         ElasticsearchBackend(dataclasses.replace(settings, es_url=dead))
     assert "***:***@127.0.0.1:9" in str(unreachable.value) and "\n" not in str(unreachable.value)
     shown = [str(refused.value), str(unreachable.value), repr(report), str(settings), str(settings.describe())]
     shown += ["".join(traceback.format_exception(e.value)) for e in (refused, unreachable)]
     shown += [r.getMessage() for r in caplog.records]
-    assert not [s for s in shown if secret in s]
+    assert not [s for s in shown if any(secret in s for secret in secrets)]
     if cluster.fake is not None:
         assert any(h.get("authorization", "").startswith("Basic ") for h in cluster.fake.headers_seen)
 
@@ -482,7 +486,7 @@ def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
             ElasticsearchBackend(Settings(es_url=fake.url))
 
 
-def test_fake_refuses_what_each_real_engine_refuses() -> None:
+def test_fake_refuses_what_each_engine_refuses() -> None:
     design = {
         "settings": {"index": {"knn": "true", "knn.space_type": "cosinesimil"}},
         "mappings": {"properties": {"photo_embedding": {"type": "knn_vector", "dimension": 3}}},
