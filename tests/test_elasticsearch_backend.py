@@ -192,23 +192,25 @@ def test_rebuild_keeps_count_swaps_alias_and_keeps_only_the_previous_build(clust
 
 def test_refused_documents_are_counted_and_too_many_fail_the_build_leaving_the_old_one(cluster: Cluster) -> None:
     docs, vectors = corpus()
-    backend = cluster.backend(es_max_error_share=0.05)
+    backend = cluster.backend(es_max_error_share=0.06)
     good = backend.build(docs, vectors, build_info())
 
     some_bad = docs.astype({"photo_submitted_at": object})
     some_bad.loc[[3, 4], "photo_submitted_at"] = "not a date"
-    report = backend.build(some_bad, vectors, build_info())
-    assert report.errors == {"mapper_parsing_exception": 2}
-    assert report.count == N - 2 == backend.count()
-    assert backend.get("p00003") is None
+    broken = vectors.copy()
+    broken[5] = np.nan
+    report = backend.build(some_bad, broken, build_info())
+    assert report.errors == {"mapper_parsing_exception": 2, "non_finite_vector": 1}
+    assert report.count == N - 3 == backend.count()
+    assert backend.get("p00003") is None and backend.get("p00005") is None
 
     all_bad = docs.astype({"photo_submitted_at": object})
     all_bad["photo_submitted_at"] = "not a date"
-    with pytest.raises(ImageSearchError, match=r"60 of 60 documents were refused .*mapper_parsing_exception.*unchanged"):
+    with pytest.raises(ImageSearchError, match=r"60 of 60 documents could not be indexed .*mapper_parsing_exception.*unchanged"):
         backend.build(all_bad, vectors, build_info())
     assert cluster.aliased() == {report.name}
     assert cluster.indices() == {good.name, report.name}
-    assert backend.count() == N - 2
+    assert backend.count() == N - 3
     assert backend.knn(vectors[0], 1)[0].photo_id == "p00000"
 
 

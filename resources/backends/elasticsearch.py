@@ -359,7 +359,7 @@ def _json_value(value: Any) -> Any:
     """A catalog cell as JSON: missing values become null, timestamps ISO 8601 in UTC."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_json_value(v) for v in value]
-    if value is None or value is pd.NaT:
+    if value is None or value is pd.NaT or value is pd.NA:
         return None
     if isinstance(value, (pd.Timestamp, dt.datetime)):
         stamp = pd.Timestamp(value)
@@ -458,11 +458,13 @@ class ElasticsearchBackend(SearchBackend):
             raise ImageSearchError(
                 f"{len(documents)} documents but vectors of shape {vectors.shape}: rebuild the embeddings"
             )
+        if len(documents) == 0:
+            raise ImageSearchError("there are no documents to index: materialize the catalog and the embeddings first")
         dim = int(vectors.shape[1])
         if dim > self.impl.max_dim:
             raise ImageSearchError(f"{dim}-dimensional vectors exceed the {self.engine} engine's {self.impl.max_dim}")
         index = f"{self.alias}_v{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S%f}"
-        meta = _meta(dataclasses.replace(info, dim=dim, count=0, name=index))
+        meta = dataclasses.asdict(dataclasses.replace(info, dim=dim, count=0, name=index))
         with self._errors(f"creating index {index}"):
             self.client.indices.create(index=index, **self.impl.create_body(dim, meta))
         try:
@@ -472,7 +474,7 @@ class ElasticsearchBackend(SearchBackend):
             if failed > allowed:
                 summary = ", ".join(f"{n} {kind}" for kind, n in errors.most_common())
                 raise ImageSearchError(
-                    f"{failed} of {len(documents)} documents were refused by {self.url} ({summary}), more than"
+                    f"{failed} of {len(documents)} documents could not be indexed on {self.url} ({summary}), more than"
                     f" IMAGE_SEARCH_ES_MAX_ERROR_SHARE={self.settings.es_max_error_share}: the published index"
                     " is unchanged"
                 )
@@ -486,7 +488,7 @@ class ElasticsearchBackend(SearchBackend):
                         " is unchanged; re-run the build"
                     )
                 final = dataclasses.replace(info, dim=dim, count=count, name=index)
-                self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: _meta(final)}})
+                self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: dataclasses.asdict(final)}})
                 previous = self._publish(index)
         except BaseException:
             self._drop(index)
@@ -661,10 +663,6 @@ def _hit(raw: dict[str, Any], score: float) -> Hit:
         score=score,
         fields={name: source.get(name) for name in STORED_FIELDS},
     )
-
-
-def _meta(info: BuildInfo) -> dict[str, Any]:
-    return dataclasses.asdict(info)
 
 
 def _reason(exc: TransportError) -> str:
