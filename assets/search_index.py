@@ -8,8 +8,6 @@ count: documents are keyed by photo_id. The checks in ``assets/checks.py`` compa
 published count with catalog ∩ vectors and probe self-retrieval.
 """
 
-from __future__ import annotations
-
 import datetime as dt
 
 import numpy as np
