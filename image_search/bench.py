@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 #: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
-BENCHMARKS: tuple[str, ...] = ("bench_query",)
+BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
