@@ -174,11 +174,15 @@ class SearchService:
             if self._encoder is None:
                 self._encoder = _open_encoder(replace(self.settings, image_model=info.image_model, text_model=info.text_model))
         encoder = self._encoder
-        if encoder.image_model_id != info.image_model or encoder.dim != info.dim:
+        if encoder.image_model_id != info.image_model:
             raise ModelMismatchError(
-                f"the index was built with image model {info.image_model} ({info.dim}-d) but queries would be "
-                f"encoded with {encoder.image_model_id} ({encoder.dim}-d): use the index's model "
-                "(IMAGE_SEARCH_IMAGE_MODEL) or rebuild search_index with this one"
+                f"the index was built with image model {info.image_model} but queries would be encoded with "
+                f"{encoder.image_model_id}: use the index's model (IMAGE_SEARCH_IMAGE_MODEL) or rebuild search_index"
+            )
+        if encoder.dim != info.dim:
+            raise ModelMismatchError(
+                f"the index holds {info.dim}-d vectors but {encoder.image_model_id} gives {encoder.dim}-d: "
+                "rebuild search_index with this model"
             )
         return encoder
 
