@@ -28,7 +28,7 @@ import email.utils
 import hashlib
 import io
 import os
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -38,7 +38,17 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-import httpx
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    LocationValueError,
+    MaxRetryError,
+    ReadTimeoutError,
+    ResponseError,
+)
+from urllib3.util.retry import Retry
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -62,6 +72,7 @@ USER_AGENT = "image-search/0.1 (+https://github.com/; photo catalog indexer)"
 _ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _TEMP_SUFFIX = ".tmp"
+_CHUNK_BYTES = 256 * 1024
 
 
 #: Ledger reasons that a later run could cure (a server back up, a file put in place);
@@ -195,15 +206,19 @@ def remove_stale_temporaries(folder: Path) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary name carries the process and thread ids: unique among writers at any one
+    time, and cheaper than ``mkstemp``'s random names at hundreds of files a second.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{_TEMP_SUFFIX}")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -270,8 +285,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 class Downloader:
     """Fetches (photo_id, url) pairs into an :class:`ImageStore`, many at a time.
 
-    One instance owns one ``httpx.Client`` (a shared connection pool, safe across
-    threads); use it as a context manager or call :meth:`close`.
+    One instance owns one ``urllib3.PoolManager`` (keep-alive connection pools shared by
+    the worker threads); use it as a context manager or call :meth:`close`. urllib3 rather
+    than httpx: at a few hundred photos a second the client's own CPU time is the limit,
+    and urllib3 spends less than half of httpx's per request (measured, see README).
     """
 
     def __init__(
@@ -300,13 +317,12 @@ class Downloader:
         self._backoff = wait_exponential_jitter(
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=True,
-            max_redirects=max_redirects,
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        self._pool = urllib3.PoolManager(
+            maxsize=concurrency,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=Retry(total=None, connect=0, read=0, status=0, other=0, redirect=max_redirects),
             headers={"User-Agent": USER_AGENT, "Accept": "image/jpeg,image/*;q=0.9"},
-            verify=True,
+            cert_reqs="CERT_REQUIRED",
         )
 
     @classmethod
@@ -328,7 +344,7 @@ class Downloader:
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._client.close()
+        self._pool.clear()
 
     def fetch_all(
         self,
@@ -441,44 +457,56 @@ class Downloader:
             raise FetchFailure("unreadable_file", f"no permission to read {path}") from None
 
     def _read_http(self, url: str) -> bytes:
-        # httpx's timeout bounds each read, not the whole body: a server dripping a byte a
-        # second would never time out, so the body also gets an overall deadline.
+        # The read timeout bounds each socket read, not the whole body: a server dripping a
+        # byte a second would never time out, so the body also gets an overall deadline.
         deadline = time.monotonic() + 3 * self.timeout
         try:
-            with self._client.stream("GET", url) as response:
-                status = response.status_code
-                if status in _RETRY_STATUSES:
-                    raise _Transient(
-                        f"http_{status}", response.reason_phrase,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                    )
-                if status >= 400:
-                    raise FetchFailure(f"http_{status}", response.reason_phrase)
-                if status != 200:
-                    raise FetchFailure(f"http_{status}", "unexpected status for an image")
-                content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if content_type and not content_type.startswith(_ACCEPTED_TYPES):
-                    raise FetchFailure("not_an_image", f"content type {content_type!r}")
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > self.max_bytes:
-                    raise FetchFailure("too_large", f"{length} bytes exceeds the cap of {self.max_bytes}")
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise FetchFailure("too_large", f"more than {self.max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise _Transient("timeout", f"body not received within {3 * self.timeout:g}s")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TooManyRedirects:
-            raise FetchFailure("too_many_redirects", "redirect loop or chain too long") from None
-        except httpx.TimeoutException as exc:
-            raise _Transient("timeout", f"no answer within {self.timeout:g}s ({exc.__class__.__name__})") from None
-        except httpx.RemoteProtocolError as exc:
-            raise _Transient("connection_error", str(exc)[:200]) from None
-        except httpx.TransportError as exc:
-            raise _Transient("connection_error", f"{exc.__class__.__name__}: {exc}"[:200]) from None
-        except httpx.InvalidURL as exc:
-            raise FetchFailure("bad_url", str(exc)) from None
+            response = self._pool.request("GET", url, preload_content=False)
+        except MaxRetryError as exc:
+            raise _transport_failure(exc.reason) from None
+        except (HTTPError, ValueError) as exc:
+            raise _transport_failure(exc) from None
+        try:
+            status = response.status
+            if status in _RETRY_STATUSES:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                raise _Transient(f"http_{status}", response.reason or "", retry_after=retry_after)
+            if status >= 400:
+                raise FetchFailure(f"http_{status}", response.reason or "")
+            if status != 200:
+                raise FetchFailure(f"http_{status}", "unexpected status for an image")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type and not content_type.startswith(_ACCEPTED_TYPES):
+                raise FetchFailure("not_an_image", f"content type {content_type!r}")
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > self.max_bytes:
+                raise FetchFailure("too_large", f"{length} bytes exceeds the cap of {self.max_bytes}")
+            chunks, size = [], 0
+            for chunk in response.stream(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise FetchFailure("too_large", f"more than {self.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise _Transient("timeout", f"body not received within {3 * self.timeout:g}s")
+                chunks.append(chunk)
+        except (HTTPError, OSError) as exc:
+            response.close()
+            raise _transport_failure(exc) from None
+        except FetchFailure:
+            # The body was not read to its end: this connection cannot carry another request.
+            response.close()
+            raise
+        finally:
+            response.release_conn()
+        return b"".join(chunks)
 
+
+def _transport_failure(exc: BaseException | None) -> FetchFailure:
+    """The ledger reason for a urllib3 error: timeouts and dropped connections are worth a retry."""
+    if isinstance(exc, ResponseError):
+        return FetchFailure("too_many_redirects", "redirect loop or chain too long")
+    if isinstance(exc, (TimeoutError, ConnectTimeoutError, ReadTimeoutError)):
+        return _Transient("timeout", f"no answer in time ({exc.__class__.__name__})")
+    if isinstance(exc, (LocationParseError, LocationValueError, ValueError)):
+        return FetchFailure("bad_url", str(exc)[:200])
+    return _Transient("connection_error", f"{exc.__class__.__name__}: {exc}"[:200])

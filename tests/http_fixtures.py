@@ -173,6 +173,19 @@ def gradient(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
+def photo_jpeg(width: int = 640, height: int = 427, seed: int = 0) -> bytes:
+    """A JPEG the size and weight of what imgix returns for ``w=640`` (texture included, ~100 KB)."""
+    noise = np.random.default_rng(seed).normal(0, 18, size=(height, width, 3))
+    pixels = np.clip(np.asarray(gradient(width, height, seed), dtype=np.float32) + noise, 0, 255)
+    return _encode(Image.fromarray(pixels.astype(np.uint8), "RGB"), "JPEG", quality=80)
+
+
+def serve_photos(server: FaultServer, count: int, distinct: int = 16) -> list[tuple[str, str]]:
+    """Register ``count`` photos at ``/photos/<i>.jpg`` (``distinct`` different bodies); returns (id, url)."""
+    bodies = [photo_jpeg(seed=seed) for seed in range(min(distinct, count))]
+    return [(f"photo{i:06d}", server.add(f"/photos/{i}.jpg", bodies[i % len(bodies)])) for i in range(count)]
+
+
 def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0, **options) -> bytes:
     """A plain baseline RGB JPEG."""
     return _encode(gradient(width, height, seed), "JPEG", quality=85, **options)
@@ -299,3 +312,25 @@ def standard_faults(server: FaultServer, timeout_s: float) -> list[FaultCase]:
         server.add(path, **options)
         result.append(FaultCase(name, path, reason))
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve ``--images`` photos in this process until killed; print the base URL first.
+
+    The download benchmark runs it as a separate process, so the server's CPU time is not
+    counted against the client it measures.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="serve generated photos on 127.0.0.1")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = FaultServer(latency_ms=args.latency_ms)
+    serve_photos(server, args.images)
+    print(server.url(""), flush=True)
+    server._httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,7 @@ from tests.http_fixtures import (
     jpeg_bytes,
     palette_png_transparent,
     png16,
+    standard_faults,
     webp_bytes,
 )
 
@@ -203,3 +204,15 @@ def test_photo_ids_cannot_escape_the_store(downloader, server):
         path = downloader.store.path_for(photo_id).resolve()
         assert downloader.store.root.resolve() in path.parents
     assert len({downloader.store.path_for(p) for p in ("../../x", "..%2F..%2Fx", "x")}) == 3
+
+
+def test_every_standard_fault_ends_as_expected_with_retries_only_where_they_can_help(downloader, server):
+    cases = standard_faults(server, timeout_s=0.5)
+    results = {r.photo_id: r for r in downloader.fetch_all([(case.name, server.url(case.path)) for case in cases])}
+    for case in cases:
+        assert results[case.name].reason == case.reason, case.name
+        if case.reason is not None and not is_transient(case.reason) and case.name != "redirect_loop":
+            assert server.hits[case.path] == 1, f"{case.name} is not worth a second request"
+    assert server.hits["/faults/always_500.jpg"] == 4 and results["always_500"].attempts == 4
+    assert server.hits["/faults/redirect_loop.jpg"] == 6, "the first request and five redirects"
+    assert not list(downloader.store.root.rglob("*.tmp"))
