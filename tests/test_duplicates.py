@@ -1,0 +1,212 @@
+"""Near-duplicate groups: the blocked grouping against brute force, the stored table, the asset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.sparse.csgraph import connected_components
+
+from assets import duplicates
+from assets.duplicates import (
+    component_roots,
+    group_table,
+    near_duplicates,
+    near_duplicates_no_giant_group,
+    select_vectors,
+)
+from resources.dagster_resources import ClipResource, SettingsResource
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _catalog(ids, width=1000, height=800, submitted="2020-01-01") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "photo_id": list(ids),
+            "photo_width": width,
+            "photo_height": height,
+            "photo_submitted_at": pd.Timestamp(submitted, tz="UTC"),
+        }
+    )
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labelings split the rows into the same groups."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_blocked_grouping_equals_brute_force_across_tiles_and_merges(monkeypatch):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16))
+    # Planted: exact copies far apart (different tiles), a tight cluster, and a chain whose
+    # ends are below the threshold but join through the middle link.
+    vectors[250] = vectors[3]
+    vectors[40:45] = vectors[40] + 0.02 * rng.standard_normal((5, 16))
+    base, step = rng.standard_normal(16), rng.standard_normal(16)
+    base, step = base / np.linalg.norm(base), step / np.linalg.norm(step)
+    vectors[100], vectors[200], vectors[299] = base, base + 0.35 * step, base + 0.7 * step
+    vectors = _unit(vectors)
+    assert vectors[100] @ vectors[299] < 0.94 <= min(vectors[100] @ vectors[200], vectors[200] @ vectors[299])
+
+    monkeypatch.setattr(duplicates, "MAX_PENDING_LINKS", 3)
+    roots = component_roots(vectors, 0.94, tile=32)
+    _, expected = connected_components(vectors @ vectors.T >= 0.94, directed=False)
+    assert _same_partition(roots, expected)
+    assert roots[250] == roots[3] == 3
+    assert roots[100] == roots[200] == roots[299] == 100
+    assert len(set(roots[40:45].tolist())) == 1
+    # Unrelated random 16-d vectors stay alone.
+    assert np.bincount(roots).max() <= 5
+    assert (np.bincount(roots, minlength=300)[roots] == 1).sum() == 300 - 2 - 5 - 3
+
+
+def test_select_vectors_counts_what_it_leaves_out():
+    vectors = _unit(np.random.default_rng(0).standard_normal((4, 8)))
+    vectors[1] = np.nan
+    vectors[2] = 0
+    used = select_vectors(["a", "b", "c", "gone"], vectors * 3, ["a", "b", "c"])
+    assert used.photo_ids.tolist() == ["a"]
+    assert used.skipped_bad_vector == 2
+    assert used.skipped_not_in_catalog == 1
+    assert np.linalg.norm(used.vectors[0]) == pytest.approx(1.0)
+
+
+def test_group_table_picks_the_biggest_then_earliest_photo_as_representative():
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng.standard_normal((6, 32)))
+    vectors[1] = vectors[0]
+    vectors[2] = _unit(vectors[0:1] + 0.05 * rng.standard_normal((1, 32)))[0]
+    vectors[4] = vectors[3]
+    ids = ["a", "b", "c", "d", "e", "f"]
+    catalog = _catalog(ids)
+    catalog.loc[catalog.photo_id == "c", "photo_width"] = 4000
+    catalog.loc[catalog.photo_id == "e", "photo_submitted_at"] = pd.Timestamp("2015-05-05", tz="UTC")
+    used = select_vectors(ids, vectors, ids)
+    table = group_table(used, component_roots(used.vectors, 0.94), catalog)
+
+    assert table["photo_id"].tolist() == ["c", "a", "b", "e", "d"]
+    assert table["group_id"].tolist() == [1, 1, 1, 2, 2]
+    assert table["group_size"].tolist() == [3, 3, 3, 2, 2]
+    assert table["representative"].tolist() == ["c", "c", "c", "e", "e"]
+    assert table["similarity"].iloc[0] == pytest.approx(1.0)
+    assert table.set_index("photo_id").loc["a", "similarity"] == pytest.approx(float(vectors[0] @ vectors[2]), abs=1e-5)
+    assert "f" not in set(table["photo_id"])
+
+
+def test_group_table_with_no_duplicates_is_empty_but_typed():
+    vectors = np.eye(3, dtype=np.float32)
+    used = select_vectors(["a", "b", "c"], vectors, ["a", "b", "c"])
+    table = group_table(used, component_roots(used.vectors, 0.94), _catalog(["a", "b", "c"]))
+    assert table.empty
+    assert list(table.columns) == list(duplicates.GROUP_COLUMNS)
+
+
+
+#: Above the closest pair of distinct pictures the tiny random model produces on the sample
+#: release (0.9998), below the 1.0 of byte-identical images.
+EXACT_THRESHOLD = "0.99999"
+
+
+@pytest.fixture(scope="module")
+def duplicates_home(tmp_path_factory, search_home, tiny_models, sample_release_info):
+    """A copy of the session's ingested home whose store holds byte-identical copies, with real ``image_embeddings``.
+
+    The sample release also plants 3 near-copies (brightened, cropped, re-encoded), but
+    the tiny CLIP model has random weights: it maps distinct pictures of similar colour as
+    close as those near-copies (cosine up to 0.9998 against 0.991-0.998), so no threshold
+    can separate them and the test does not pretend to. What any model must group is an
+    identical picture, so the test overwrites stored images with exact copies: photo 1 and
+    photo 2 become copies of photo 0, photo 4 a copy of photo 3 (photos that are not
+    planted copies or their originals).
+    """
+    import shutil
+
+    from dagster import DagsterInstance, materialize
+
+    from assets.embeddings import image_embeddings
+    from resources.image_store import ImageStore
+
+    home = tmp_path_factory.mktemp("dup_home")
+    for part in ("tables", "catalog", "images"):
+        shutil.copytree(search_home / part, home / part)
+    planted = {pid for pair in sample_release_info["duplicates"] for pid in pair}
+    ids = [p for p in sample_release_info["photo_ids"] if p not in planted][:5]
+    store = ImageStore(home / "images")
+    for source, copy in ((0, 1), (0, 2), (3, 4)):
+        shutil.copyfile(store.path_for(ids[source]), store.path_for(ids[copy]))
+    clip, text = (str(p) for p in tiny_models)
+    resource = SettingsResource(home=str(home), image_model=clip, text_model=text)
+    instance = DagsterInstance.ephemeral()
+    materialize(
+        [image_embeddings],
+        resources={"settings": resource, "clip": ClipResource(settings=resource)},
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"},
+    )
+    return {"home": home, "resource": resource, "instance": instance, "copies": [set(ids[:3]), set(ids[3:5])]}
+
+
+def _run(env: dict, threshold: str | None):
+    from dagster import materialize
+
+    with pytest.MonkeyPatch.context() as mp:
+        if threshold is None:
+            mp.delenv("IMAGE_SEARCH_DUPLICATE_THRESHOLD", raising=False)
+        else:
+            mp.setenv("IMAGE_SEARCH_DUPLICATE_THRESHOLD", threshold)
+        return materialize(
+            [near_duplicates, near_duplicates_no_giant_group],
+            resources={"settings": env["resource"]},
+            instance=env["instance"],
+        )
+
+
+def test_identical_pictures_are_grouped_and_nothing_else(duplicates_home):
+    result = _run(duplicates_home, EXACT_THRESHOLD)
+    settings = duplicates_home["resource"].get()
+    table = pd.read_parquet(settings.duplicates_path)
+    groups = [set(g) for _, g in table.groupby("group_id")["photo_id"]]
+    assert sorted(groups, key=len, reverse=True) == duplicates_home["copies"]
+    assert table["group_size"].tolist() == [3, 3, 3, 2, 2]
+    assert (table["similarity"] > 0.99999).all()
+    assert set(table["representative"]) <= set().union(*duplicates_home["copies"])
+
+    meta = result.asset_materializations_for_node("near_duplicates")[0].metadata
+    assert meta["groups"].value == 2 and meta["photos_in_groups"].value == 5
+    assert meta["dagster/row_count"].value == 5
+    assert meta["photos_compared"].value == 48 and meta["largest_group"].value == 3
+    assert "| 2 | 1 |" in meta["group_sizes"].md_str and "| 3 | 1 |" in meta["group_sizes"].md_str
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+    assert not list(settings.duplicates_path.parent.glob(".*tmp"))
+
+
+def test_random_model_at_the_default_threshold_chains_everything_and_the_check_warns(duplicates_home):
+    """At 0.94 the random model links distinct pictures, so one group swallows the release: the check says so."""
+    from dagster import AssetCheckSeverity
+
+    result = _run(duplicates_home, None)
+    table = pd.read_parquet(duplicates_home["resource"].get().duplicates_path)
+    assert table["group_size"].max() > 10
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert "IMAGE_SEARCH_DUPLICATE_THRESHOLD" in check.description
+
+
+def test_missing_inputs_fail_with_one_line_that_says_what_to_run(tmp_path, tiny_models):
+    from dagster import DagsterInstance, materialize
+
+    from resources.errors import ImageSearchError
+
+    resource = SettingsResource(home=str(tmp_path), image_model=str(tiny_models[0]))
+    with pytest.raises(ImageSearchError, match="materialize photo_catalog first"):
+        materialize([near_duplicates], resources={"settings": resource}, instance=DagsterInstance.ephemeral())
+    (tmp_path / "catalog").mkdir()
+    _catalog(["a"]).to_parquet(tmp_path / "catalog" / "catalog.parquet")
+    with pytest.raises(ImageSearchError, match="materialize image_embeddings first"):
+        materialize([near_duplicates], resources={"settings": resource}, instance=DagsterInstance.ephemeral())
+    assert not (tmp_path / "duplicates").exists()
