@@ -12,7 +12,14 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetSelection,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets.embeddings import load_embeddings
 from resources.backends import open_backend
@@ -20,6 +27,7 @@ from resources.backends.base import STORED_FIELDS, BuildInfo
 from resources.config import Settings, mask_url
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
+from resources.locks import holds_store_locks
 
 
 def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
@@ -39,7 +47,9 @@ def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     kinds={"numpy", "faiss", "elasticsearch"},
     code_version="1",
     description="Catalog photos with an image vector, searchable by vector and by keywords in the configured backend.",
+    automation_condition=AutomationCondition.eager().ignore(AssetSelection.assets("photo_catalog")),
 )
+@holds_store_locks("search_index")
 def search_index(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
     """Build the index into the configured backend and publish it atomically."""
     config = settings.get()

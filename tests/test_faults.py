@@ -13,12 +13,24 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from dagster import AssetKey, DagsterInstance, build_sensor_context, evaluate_automation_conditions
 
+import sensors
+from assets.embeddings import load_embeddings
+from assets.partitions import photo_bucket
+from image_search.sample import write_release
+from resources.backends import open_backend
+from resources.config import Settings
+from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
+from resources.image_store import BUCKET_KEYS
 from resources.locks import store_lock
 
 ROOT = Path(__file__).resolve().parents[1]
+SEARCH_INDEX = AssetKey("search_index")
 
 _HOLD_LOCK = textwrap.dedent(
     """
@@ -66,3 +78,169 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     started = time.monotonic()
     with store_lock(lock, "search_index", timeout=5):
         assert time.monotonic() - started < 1
+
+
+# -- the pipeline, end to end ------------------------------------------------------------
+
+DOCUMENTS = ("photos", "keywords", "collections", "conversions", "colors")
+ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
+
+
+def mix_release(out: Path, base: Path, drop: set[str], extra: Path, add: set[str], new_urls: dict[str, str]) -> None:
+    """Write a release: ``base`` without the ``drop`` photos, plus the ``add`` photos of ``extra``, with some URLs changed."""
+    out.mkdir(parents=True)
+    for name in DOCUMENTS:
+        header, *rows = (base / f"{name}.tsv000").read_text(encoding="utf-8").splitlines()
+        columns = header.split("\t")
+        id_column = columns.index("photo_id")
+        kept = [row for row in rows if row.split("\t")[id_column] not in drop]
+        _, *extra_rows = (extra / f"{name}.tsv000").read_text(encoding="utf-8").splitlines()
+        kept += [row for row in extra_rows if row.split("\t")[id_column] in add]
+        if name == "photos":
+            url_column = columns.index("photo_image_url")
+            for i, row in enumerate(kept):
+                cells = row.split("\t")
+                if cells[id_column] in new_urls:
+                    cells[url_column] = new_urls[cells[id_column]]
+                    kept[i] = "\t".join(cells)
+        (out / f"{name}.tsv000").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, tiny_models, monkeypatch):
+    """The environment a user would set: a fresh IMAGE_SEARCH_HOME and the tiny models."""
+    image_model, text_model = tiny_models
+    home = tmp_path / "home"
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(home))
+    monkeypatch.setenv("IMAGE_SEARCH_IMAGE_MODEL", str(image_model))
+    monkeypatch.setenv("IMAGE_SEARCH_TEXT_MODEL", str(text_model))
+    monkeypatch.setenv("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", "2")
+    return home
+
+
+def _defs():
+    from definitions import defs
+
+    return defs
+
+
+def run_job(instance, name: str, tags: dict | None = None, raise_on_error: bool = True):
+    """Execute one of the project's jobs in-process, as the daemon would launch it."""
+    return _defs().resolve_job_def(name).execute_in_process(instance=instance, tags=tags, raise_on_error=raise_on_error)
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def indexed(photo_ids) -> set[str]:
+    backend = open_backend(settings())
+    return {photo_id for photo_id in photo_ids if backend.get(photo_id) is not None}
+
+
+def vector_ids() -> list[str]:
+    ids, _ = load_embeddings(settings(), settings().image_model)
+    return list(ids)
+
+
+def catalog_ids() -> set[str]:
+    return set(pd.read_parquet(settings().catalog_path, columns=["photo_id"])["photo_id"])
+
+
+def check_results(result) -> dict[str, bool]:
+    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def build_everything(instance) -> None:
+    run_job(instance, "ingest_release")
+    run_job(instance, "update_vectors", ALL_BUCKETS)
+    run_job(instance, "publish_index")
+
+
+def _tick(sensor, instance, cursor):
+    return sensor.evaluate_tick(
+        build_sensor_context(instance=instance, cursor=cursor, resources={"settings": SettingsResource()})
+    )
+
+
+def _requested(requests) -> list[str]:
+    buckets = []
+    for request in requests:
+        first = BUCKET_KEYS.index(request.tags[sensors.RANGE_START_TAG])
+        last = BUCKET_KEYS.index(request.tags[sensors.RANGE_END_TAG])
+        buckets += BUCKET_KEYS[first : last + 1]
+    return buckets
+
+
+def test_a_refresh_over_a_new_release_touches_only_what_changed(tmp_path, pipeline_env, monkeypatch):
+    """Two generated releases; the second drops 3 photos, adds 3 and changes one photo's image.
+
+    The refresh runs as the daemon would run it: the release sensor, ``ingest_release``, the
+    catalog sensor's bucket runs, then whatever the automation conditions request.
+    """
+    first_dir, extra_dir, second_dir = tmp_path / "r1", tmp_path / "extra", tmp_path / "r2"
+    first = write_release(first_dir, photos=20, seed=21)
+    extra = write_release(extra_dir, photos=5, seed=22)
+    dropped, added = set(first["photo_ids"][:3]), set(extra["photo_ids"][:3])
+    updated = first["photo_ids"][5]
+    new_image = (extra_dir / "images" / f"{extra['photo_ids'][4]}.jpg").resolve().as_uri()
+    mix_release(second_dir, first_dir, dropped, extra_dir, added, {updated: new_image})
+
+    monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(first_dir))
+    with DagsterInstance.ephemeral() as instance:
+        # The automation sensor's first tick, on an empty instance, as the daemon would run it.
+        automation = evaluate_automation_conditions(defs=_defs(), instance=instance)
+        assert automation.total_requested == 0
+        release = _tick(sensors.release_sensor, instance, None)
+        assert len(release.run_requests) == 1
+        run_job(instance, "ingest_release", release.run_requests[0].tags)
+        catalog = _tick(sensors.catalog_change_sensor, instance, None)
+        assert _requested(catalog.run_requests) == BUCKET_KEYS
+        for request in catalog.run_requests:
+            run_job(instance, "update_vectors", request.tags)
+        automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
+        assert automation.get_num_requested(SEARCH_INDEX) == 1
+        assert automation.get_num_requested(AssetKey("image_embeddings")) == 0
+        run_job(instance, "publish_index")
+        automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
+        assert automation.total_requested == 0, "the index just built: nothing to follow"
+        assert indexed(first["photo_ids"]) == set(first["photo_ids"])
+        backend = open_backend(settings())
+        _, vector_before = backend.get(updated)
+
+        monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(second_dir))
+        release = _tick(sensors.release_sensor, instance, release.cursor)
+        assert len(release.run_requests) == 1, release.skip_message
+        ingested = run_job(instance, "ingest_release", release.run_requests[0].tags)
+        automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
+        assert automation.total_requested == 0, "a new catalog alone requests nothing: the catalog sensor decides"
+        changes = ingested.asset_materializations_for_node("photo_catalog")[0].metadata
+        assert (changes["photos_added"].value, changes["photos_removed"].value, changes["photos_updated"].value) == (3, 3, 1)
+
+        catalog = _tick(sensors.catalog_change_sensor, instance, catalog.cursor)
+        changed = {photo_bucket(p) for p in dropped | added | {updated}}
+        assert sorted(_requested(catalog.run_requests)) == sorted(changed)
+        fetched = 0
+        for request in catalog.run_requests:
+            result = run_job(instance, "update_vectors", request.tags)
+            fetched += result.asset_materializations_for_node("images")[0].metadata["fetched"].value
+        assert fetched == len(added) + 1, "only the new photos and the changed image are downloaded"
+
+        automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
+        assert automation.get_num_requested(SEARCH_INDEX) == 1
+        assert automation.get_num_requested(AssetKey("images")) == 0
+        assert automation.get_num_requested(AssetKey("image_embeddings")) == 0
+        published = run_job(instance, "publish_index")
+        assert all(check_results(published).values()), check_results(published)
+
+        expected = (set(first["photo_ids"]) - dropped) | added
+        assert catalog_ids() == expected
+        assert open_backend(settings()).count() == len(expected)
+        assert indexed(expected) == expected and indexed(dropped) == set()
+        ids = vector_ids()
+        assert len(ids) == len(set(ids)) and expected <= set(ids), "every photo has one vector, none twice"
+        _, vector_after = open_backend(settings()).get(updated)
+        assert float(np.dot(vector_before, vector_after)) < 0.9999, "the changed image was encoded again"
+
+        nothing = _tick(sensors.catalog_change_sensor, instance, catalog.cursor)
+        assert nothing.run_requests == []

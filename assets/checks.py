@@ -1,0 +1,163 @@
+"""Cross-stage checks: what one stage wrote agrees with what the stages before it wrote.
+
+The stages check their own output (unique photo_ids, the download failure share, unit
+vectors); these checks compare stages, where a fault between them would otherwise go
+unseen until a search misses a photo:
+
+* ``vectors_cover_images`` (``image_embeddings``, per bucket, blocking): every catalog
+  photo stored in the image store has a vector for the current model. The index is built
+  from catalog ∩ vectors, so a missing vector would silently drop a photo from search.
+* ``index_matches_catalog`` (``search_index``, blocking): the published index holds as many
+  photos as catalog ∩ vectors, no more (removed photos, duplicates of a retried build) and
+  no less, and a sample of them can be looked up by id.
+* ``index_self_retrieval`` (``search_index``, blocking): searched by its own vector, each
+  photo of a sample comes back first. A count can be right while the vectors are wrong
+  (rows shuffled against their ids, a broken metric); this catches that.
+"""
+
+import numpy as np
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, asset_check
+
+from assets.embeddings import image_embeddings, load_embeddings
+from assets.partitions import photo_buckets
+from assets.search_index import search_index
+from resources.backends import open_backend
+from resources.config import Settings
+from resources.dagster_resources import SettingsResource
+from resources.image_store import ImageStore
+
+VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
+INDEX_MATCHES_CATALOG_CHECK = "index_matches_catalog"
+INDEX_SELF_RETRIEVAL_CHECK = "index_self_retrieval"
+#: Photos searched by their own vector in the self-retrieval probe.
+PROBE_SIZE = 32
+#: Photos looked up one by one in the membership check (the count covers the rest).
+MEMBERSHIP_SAMPLE = 256
+#: Ids listed in a failed check's description (the counts say how many there are in all).
+SHOWN_IDS = 5
+#: A hit scoring at least this against the probe is as good as the probe itself (an exact duplicate).
+SAME_VECTOR = 0.9999
+
+
+def _catalog(settings: Settings) -> pd.DataFrame:
+    return pd.read_parquet(settings.catalog_path, columns=["photo_id", "bucket"])
+
+
+def _indexed_vectors(settings: Settings, catalog: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The current model's vectors of the catalog's photos, one per photo_id."""
+    photo_ids, vectors = load_embeddings(settings, settings.image_model)
+    frame = pd.DataFrame({"photo_id": photo_ids, "row": np.arange(len(photo_ids))})
+    frame = frame.drop_duplicates("photo_id", keep="last")
+    frame = frame[frame["photo_id"].isin(set(catalog["photo_id"]))]
+    return frame["photo_id"].tolist(), vectors[frame["row"].to_numpy()]
+
+
+def _shown(ids) -> str:
+    ids = sorted(ids)
+    more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+    return ", ".join(ids[:SHOWN_IDS]) + more
+
+
+@asset_check(
+    asset=image_embeddings,
+    name=VECTORS_COVER_IMAGES_CHECK,
+    blocking=True,
+    partitions_def=photo_buckets,
+    description="Every stored image of a catalog photo in the run's buckets has a vector for the current model.",
+)
+def vectors_cover_images(context: AssetCheckExecutionContext, settings: SettingsResource) -> AssetCheckResult:
+    """Compare, bucket by bucket, the image store's manifest with the vectors written."""
+    config = settings.get()
+    buckets = set(context.partition_keys)
+    catalog = _catalog(config)
+    catalog = catalog[catalog["bucket"].isin(buckets)]
+    store = ImageStore(config.images_dir)
+    stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in sorted(buckets)))
+    stored &= set(catalog["photo_id"])
+    vector_ids, _ = _indexed_vectors(config, catalog)
+    missing = stored - set(vector_ids)
+    return AssetCheckResult(
+        passed=not missing,
+        metadata={
+            "buckets": len(buckets),
+            "catalog_photos": len(catalog),
+            "stored_images": len(stored),
+            "vectors": len(vector_ids),
+            "stored_without_vector": len(missing),
+        },
+        description=None if not missing else (
+            f"{len(missing)} stored image(s) have no {config.image_model} vector ({_shown(missing)}): "
+            "re-materialize image_embeddings for these buckets"
+        ),
+    )
+
+
+@asset_check(
+    asset=search_index,
+    name=INDEX_MATCHES_CATALOG_CHECK,
+    blocking=True,
+    description="The published index holds exactly the catalog's photos that have a vector.",
+)
+def index_matches_catalog(settings: SettingsResource) -> AssetCheckResult:
+    """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
+    config = settings.get()
+    catalog = _catalog(config)
+    vector_ids, _ = _indexed_vectors(config, catalog)
+    store = ImageStore(config.images_dir)
+    buckets = sorted(set(catalog["bucket"]))
+    stored = sum(len(store.read_manifest(bucket)) for bucket in buckets)
+    failed = sum(len(store.read_ledger(bucket)) for bucket in buckets)
+    backend = open_backend(config)
+    indexed = backend.count()
+    sample = np.random.default_rng(0).permutation(vector_ids)[:MEMBERSHIP_SAMPLE]
+    absent = [str(photo_id) for photo_id in sample if backend.get(str(photo_id)) is None]
+    passed = indexed == len(vector_ids) and not absent
+    return AssetCheckResult(
+        passed=passed,
+        metadata={
+            "catalog_photos": len(catalog),
+            "stored_images": stored,
+            "failed_downloads": failed,
+            "vectors": len(vector_ids),
+            "indexed": indexed,
+            "looked_up": len(sample),
+            "missing_from_index": len(absent),
+            "backend": MetadataValue.text(backend.engine),
+        },
+        description=None if passed else (
+            f"the index holds {indexed} photos where catalog ∩ vectors has {len(vector_ids)}"
+            + (f"; missing: {_shown(absent)}" if absent else "")
+            + ": re-materialize search_index"
+        ),
+    )
+
+
+@asset_check(
+    asset=search_index,
+    name=INDEX_SELF_RETRIEVAL_CHECK,
+    blocking=True,
+    description=f"Up to {PROBE_SIZE} indexed photos, searched by their own vector, each come back first.",
+)
+def index_self_retrieval(settings: SettingsResource) -> AssetCheckResult:
+    """Probe the published index with a fixed sample of its photos' own vectors."""
+    config = settings.get()
+    photo_ids, vectors = _indexed_vectors(config, _catalog(config))
+    if not photo_ids:
+        return AssetCheckResult(passed=True, metadata={"probed": 0}, description="nothing indexed to probe")
+    rows = np.random.default_rng(0).choice(len(photo_ids), size=min(PROBE_SIZE, len(photo_ids)), replace=False)
+    backend = open_backend(config)
+    misses = []
+    for row in rows:
+        hits = backend.knn(vectors[row], k=1)
+        found = bool(hits) and (hits[0].photo_id == photo_ids[row] or hits[0].score >= SAME_VECTOR)
+        if not found:
+            misses.append(photo_ids[row])
+    return AssetCheckResult(
+        passed=not misses,
+        metadata={"probed": len(rows), "not_first": len(misses)},
+        description=None if not misses else (
+            f"{len(misses)} of {len(rows)} photos were not their own best match ({_shown(misses)}): "
+            "the index's vectors do not match its ids; rebuild search_index"
+        ),
+    )
