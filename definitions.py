@@ -4,7 +4,7 @@ from dagster import Definitions, load_asset_checks_from_package_module, load_ass
 
 import assets
 from jobs import ingest_job, refresh_schedule, search_job, vectors_job
-from resources.dagster_resources import SettingsResource
+from resources.dagster_resources import ClipResource, SettingsResource
 from sensors import automation_sensor, catalog_change_sensor, release_sensor
 
 defs = Definitions(
@@ -13,5 +13,5 @@ defs = Definitions(
     jobs=[ingest_job, vectors_job, search_job],
     schedules=[refresh_schedule],
     sensors=[release_sensor, catalog_change_sensor, automation_sensor],
-    resources={"settings": SettingsResource()},
+    resources={"settings": SettingsResource(), "clip": ClipResource(settings=SettingsResource())},
 )

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from dagster import ConfigurableResource
 
 from resources.config import Settings
+
+if TYPE_CHECKING:
+    from resources.clip import ClipEncoder
 
 
 class SettingsResource(ConfigurableResource):
@@ -37,3 +40,19 @@ class SettingsResource(ConfigurableResource):
         settings = dataclasses.replace(Settings.from_env(), **overrides)
         settings.validate()
         return settings
+
+
+class ClipResource(ConfigurableResource):
+    """The one CLIP encoder (:class:`~resources.clip.ClipEncoder`) for the run, from the run's settings.
+
+    Models load on first use and at most once per process, so every asset of a run that
+    shares a process shares the loaded weights.
+    """
+
+    settings: SettingsResource
+
+    def get(self) -> "ClipEncoder":
+        """The encoder configured by the settings (models, device, precision, batch size, workers)."""
+        from resources.clip import ClipEncoder
+
+        return ClipEncoder.from_settings(self.settings.get())

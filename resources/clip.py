@@ -1,0 +1,435 @@
+"""The one CLIP encoder: images (pipeline and image queries) and multilingual texts (queries).
+
+:class:`ClipEncoder` owns the image model (``IMAGE_SEARCH_IMAGE_MODEL``) and the text model
+(``IMAGE_SEARCH_TEXT_MODEL``), each loaded lazily and at most once per process, on the
+device and in the precision the settings ask for. Every vector it returns is float32 and
+L2-normalised, so a dot product is a cosine similarity.
+
+:meth:`ClipEncoder.encode_image_files` is the fast batch path of the embeddings asset. It
+keeps the model busy with full batches while a pool of workers decodes and preprocesses
+the next ones (JPEGs decoded at reduced size with PIL's ``draft``, EXIF orientation
+applied, everything converted to RGB), with at most a few batches in flight, so memory
+stays bounded whatever the number of files. On a GPU with torchvision, JPEGs are decoded
+on the GPU itself (nvJPEG), which is what keeps a fast GPU fed. A file that cannot be
+decoded is reported with its reason and never stops the run.
+
+No Dagster import here: the query side uses this module too.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from resources.config import Settings
+from resources.errors import ImageSearchError
+
+log = logging.getLogger(__name__)
+
+_PREFETCH_BATCHES = 3
+_EXIF_ORIENTATION = 0x0112
+_MODELS: dict[tuple[str, str], object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How CLIP expects its input: shortest edge resized to ``size``, centre crop ``crop``, then mean/std."""
+
+    size: int = 224
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class EncodedBatch:
+    """One batch out of :meth:`ClipEncoder.encode_image_files`.
+
+    ``indices`` are positions in the input sequence; ``vectors[i]`` belongs to
+    ``paths[indices[i]]``. ``failures`` lists ``(position, reason)`` for files of this
+    batch that could not be decoded.
+    """
+
+    indices: list[int]
+    vectors: np.ndarray
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ImageSearchError("IMAGE_SEARCH_DEVICE=cuda but torch sees no CUDA GPU: set it to cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, fp32 otherwise."""
+    if precision != "auto":
+        if precision == "fp16" and device == "cpu":
+            raise ImageSearchError("IMAGE_SEARCH_PRECISION=fp16 is GPU-only: use bf16, fp32 or auto on a CPU")
+        return precision
+    if device == "cuda":
+        return "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def _load_model(name: str, variable: str, device: str):
+    """Load a sentence-transformers model once per process: a local folder, the HF cache, or the hub."""
+    key = (name, device)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        from sentence_transformers import SentenceTransformer
+
+        hint = (
+            f"cannot load {variable}={name!r}: it is neither a local model folder nor reachable on the "
+            f"Hugging Face hub; download it once where there is internet and set {variable} to its local path"
+        )
+        local = Path(name).expanduser()
+        try:
+            if local.exists():
+                model = SentenceTransformer(str(local), device=device)
+            else:
+                try:
+                    model = SentenceTransformer(name, device=device, local_files_only=True)
+                except OSError:
+                    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+                        raise ImageSearchError(hint + " (HF_HUB_OFFLINE is set)") from None
+                    model = SentenceTransformer(name, device=device)
+        except ImageSearchError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ImageSearchError(f"{hint} ({type(exc).__name__})") from None
+        model.eval()
+        _MODELS[key] = model
+        return model
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit scaled down, transparency composited onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.float32)
+        scale = 257.0 if image.mode.startswith("I;16") or wide.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(wide / scale, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
+    """One PIL image to the model's input as ``crop x crop x 3`` uint8 (orientation applied, RGB)."""
+    image = _to_rgb(ImageOps.exif_transpose(image))
+    width, height = image.size
+    scale = pre.size / min(width, height)
+    resized = (max(pre.crop, round(width * scale)), max(pre.crop, round(height * scale)))
+    image = image.resize(resized, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (resized[0] - pre.crop) // 2, (resized[1] - pre.crop) // 2
+    return np.asarray(image.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.uint8)
+
+
+def load_prepared(path: str, pre: Preprocess) -> np.ndarray:
+    """Decode and preprocess one image file; JPEGs are decoded at the smallest DCT scale that still fits."""
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (pre.size, pre.size))
+        image.load()
+        return prepare_image(image, pre)
+
+
+def read_for_gpu(path: str) -> bytes | None:
+    """The bytes of a plain upright RGB or greyscale JPEG, which the GPU decoder handles; ``None`` for any other file.
+
+    Only the header is parsed here. Everything else (other formats, CMYK, EXIF rotation,
+    which nvJPEG does not apply, unreadable files) goes to the CPU path, which also
+    reports the failures.
+    """
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            upright = image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            if image.format == "JPEG" and image.mode in ("RGB", "L") and upright:
+                return data
+    except Exception:  # noqa: BLE001 - the CPU path decodes it again and reports why it fails
+        pass
+    return None
+
+
+def _failure_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ClipEncoder:
+    """Image and text encoder into one CLIP space; models load on first use, once per process."""
+
+    def __init__(
+        self,
+        image_model: str,
+        text_model: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 0,
+        decode_workers: int = 0,
+    ):
+        self.image_model_id = image_model
+        self.text_model_id = text_model
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size or (512 if self.device == "cuda" else 32)
+        self.decode_workers = decode_workers or os.cpu_count() or 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ClipEncoder":
+        """The encoder the settings describe (models, device, precision, batch size, workers)."""
+        return cls(
+            settings.image_model,
+            settings.text_model,
+            device=settings.device,
+            precision=settings.precision,
+            batch_size=settings.embed_batch_size,
+            decode_workers=settings.decode_workers,
+        )
+
+    @property
+    def image_model(self):
+        """The sentence-transformers image model (loaded on first access)."""
+        return _load_model(self.image_model_id, "IMAGE_SEARCH_IMAGE_MODEL", self.device)
+
+    @property
+    def text_model(self):
+        """The sentence-transformers multilingual text model (loaded on first access)."""
+        return _load_model(self.text_model_id, "IMAGE_SEARCH_TEXT_MODEL", self.device)
+
+    @property
+    def _clip(self):
+        module = self.image_model[0]
+        clip = getattr(module, "model", None) or getattr(module, "auto_model", None)
+        if clip is None or not hasattr(clip, "get_image_features"):
+            raise ImageSearchError(
+                f"IMAGE_SEARCH_IMAGE_MODEL={self.image_model_id!r} is not a CLIP image model: "
+                "use a sentence-transformers CLIP model such as clip-ViT-B-32"
+            )
+        return clip
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Resize, crop and normalisation constants read from the model's own image processor."""
+        processor = getattr(self.image_model[0], "processor", None)
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is None:
+            return Preprocess()
+        size, crop = image_processor.size, image_processor.crop_size
+        shortest = (size.get("shortest_edge") if hasattr(size, "get") else getattr(size, "shortest_edge", None)) or 224
+        crop_h = (crop.get("height") if hasattr(crop, "get") else getattr(crop, "height", None)) or shortest
+        return Preprocess(
+            size=int(shortest),
+            crop=int(crop_h),
+            mean=tuple(float(v) for v in image_processor.image_mean),
+            std=tuple(float(v) for v in image_processor.image_std),
+        )
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the image vectors (the CLIP projection)."""
+        return int(self._clip.config.projection_dim)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device, dtype=dtype)
+
+    def _pixels_to_vectors(self, pixels) -> np.ndarray:
+        """Normalise a ``N x H x W x 3`` uint8 tensor or array on the device, run the image tower, L2-normalise."""
+        import torch
+
+        clip = self._clip
+        pre = self.preprocess
+        batch = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
+        batch = (batch.permute(0, 3, 1, 2).float().div_(255.0) - mean).div_(std)
+        with torch.inference_mode(), self._autocast():
+            out = clip.get_image_features(pixel_values=batch)
+        out = getattr(out, "pooler_output", out).float()
+        out = torch.nn.functional.normalize(out, dim=-1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._autocast():
+            vectors = self.text_model.encode(
+                list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape[1] != self.dim:
+            raise ImageSearchError(
+                f"IMAGE_SEARCH_TEXT_MODEL={self.text_model_id!r} gives {vectors.shape[1]}-d vectors but the image "
+                f"model gives {self.dim}-d: pick a text model trained for {self.image_model_id}"
+            )
+        return vectors
+
+    def encode_image(self, image: Image.Image) -> np.ndarray:
+        """Encode one query image (an upload, a result's photo): a unit vector of length ``dim``."""
+        return self._pixels_to_vectors(prepare_image(image, self.preprocess)[None].copy())[0]
+
+    def _executor(self) -> Executor:
+        if self.device == "cuda" and self.decode_workers > 1:
+            return ProcessPoolExecutor(self.decode_workers)
+        return ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
+
+    def encode_image_files(self, paths: Sequence[str | Path], batch_size: int | None = None) -> Iterator[EncodedBatch]:
+        """Encode image files in order, one :class:`EncodedBatch` per ``batch_size`` inputs.
+
+        Workers decode and preprocess up to a few batches ahead of the model (bounded
+        memory); on CUDA, JPEGs go through the GPU decoder when torchvision has one.
+        Undecodable files appear in ``failures`` and the other files of their batch are
+        still encoded.
+        """
+        batch_size = batch_size or self.batch_size
+        paths = [str(p) for p in paths]
+        if not paths:
+            return
+        pre = self.preprocess
+        gpu_decoder = _GpuJpegDecoder.create(self.device, pre)
+        starts = iter(range(0, len(paths), batch_size))
+        with self._executor() as pool, ThreadPoolExecutor(8, thread_name_prefix="read") as readers:
+
+            def submit(start: int):
+                positions = list(range(start, min(start + batch_size, len(paths))))
+                if gpu_decoder is not None:
+                    return positions, [readers.submit(read_for_gpu, paths[i]) for i in positions]
+                return positions, [pool.submit(load_prepared, paths[i], pre) for i in positions]
+
+            in_flight: deque = deque(submit(s) for s, _ in zip(starts, range(_PREFETCH_BATCHES)))
+            while in_flight:
+                positions, futures = in_flight.popleft()
+                if (start := next(starts, None)) is not None:
+                    in_flight.append(submit(start))
+                if gpu_decoder is not None:
+                    yield self._encode_gpu_batch(gpu_decoder, pool, paths, positions, futures, pre)
+                else:
+                    yield self._encode_decoded(positions, futures)
+
+    def _encode_decoded(self, positions: list[int], futures: list[Future]) -> EncodedBatch:
+        arrays, ok, failures = [], [], []
+        for position, future in zip(positions, futures):
+            try:
+                arrays.append(future.result())
+                ok.append(position)
+            except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
+                failures.append((position, _failure_reason(exc)))
+        vectors = self._pixels_to_vectors(np.stack(arrays)) if arrays else np.zeros((0, self.dim), np.float32)
+        return EncodedBatch(ok, vectors, failures)
+
+    def _encode_gpu_batch(self, decoder, pool, paths, positions, futures, pre) -> EncodedBatch:
+        import torch
+
+        raw, raw_positions, fallback, failures = [], [], [], []
+        for position, future in zip(positions, futures):
+            data = future.result()
+            if data is not None:
+                raw.append(data)
+                raw_positions.append(position)
+            else:
+                fallback.append(position)
+        tensors, undecoded = decoder.decode(raw)
+        ok = [p for i, p in enumerate(raw_positions) if i not in undecoded]
+        fallback += [raw_positions[i] for i in sorted(undecoded)]
+        cpu_futures = [pool.submit(load_prepared, paths[p], pre) for p in fallback]
+        for position, future in zip(fallback, cpu_futures):
+            try:
+                tensors.append(torch.from_numpy(future.result()).to(self.device))
+                ok.append(position)
+            except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
+                failures.append((position, _failure_reason(exc)))
+        if not ok:
+            return EncodedBatch([], np.zeros((0, self.dim), np.float32), failures)
+        return EncodedBatch(ok, self._pixels_to_vectors(torch.stack(tensors)), failures)
+
+
+class _GpuJpegDecoder:
+    """JPEG decoding on the GPU with torchvision's nvJPEG binding, resized and cropped there too."""
+
+    def __init__(self, device: str, pre: Preprocess):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        self._decode_jpeg, self._mode = decode_jpeg, ImageReadMode.RGB
+        self.device, self.pre = device, pre
+
+    @classmethod
+    def create(cls, device: str, pre: Preprocess) -> "_GpuJpegDecoder | None":
+        """A decoder when ``device`` is CUDA and torchvision is installed, else ``None`` (CPU workers decode)."""
+        if device != "cuda" or os.environ.get("IMAGE_SEARCH_GPU_DECODE", "1") == "0":
+            return None
+        try:
+            return cls(device, pre)
+        except ImportError:
+            log.info("torchvision is not installed: decoding JPEGs with CPU worker processes")
+            return None
+
+    def _prepare(self, image):
+        import torch
+        import torch.nn.functional as F
+
+        _, height, width = image.shape
+        scale = self.pre.size / min(height, width)
+        size = (max(self.pre.crop, round(height * scale)), max(self.pre.crop, round(width * scale)))
+        image = F.interpolate(image[None].float(), size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+        top, left = (size[0] - self.pre.crop) // 2, (size[1] - self.pre.crop) // 2
+        crop = image[:, top : top + self.pre.crop, left : left + self.pre.crop]
+        return crop.clamp_(0, 255).round_().to(torch.uint8).permute(1, 2, 0)
+
+    def decode(self, blobs: list[bytes]) -> tuple[list, set[int]]:
+        """Decode a batch; returns the prepared ``crop x crop x 3`` uint8 tensors and the indices that failed."""
+        import torch
+
+        if not blobs:
+            return [], set()
+        inputs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        try:
+            images = self._decode_jpeg(inputs, mode=self._mode, device=self.device)
+            return [self._prepare(img) for img in images], set()
+        except RuntimeError:
+            prepared, failed = [], set()
+            for i, data in enumerate(inputs):
+                try:
+                    image = self._decode_jpeg(data, mode=self._mode, device=self.device)
+                    prepared.append(self._prepare(image))
+                except RuntimeError:
+                    failed.add(i)
+            return prepared, failed
