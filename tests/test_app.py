@@ -1,0 +1,278 @@
+"""The search page (search_app/app.py), run by ``streamlit.testing`` against a real index.
+
+The index is built once per module from the session's synthetic release and tiny random
+models: the ingestion assets are materialized for real, the release's JPEGs are placed in
+the image store, encoded by the project's encoder and published by the local backend. The
+page then reads everything through the environment, as ``streamlit run`` would.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, materialize
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from assets.catalog import photo_catalog
+from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
+from resources.backends.base import STORED_FIELDS, BuildInfo
+from resources.backends.local import LocalBackend
+from resources.clip import ClipEncoder
+from resources.config import Settings
+from resources.dagster_resources import SettingsResource
+from resources.image_store import ImageStore
+
+APP = str(Path(__file__).resolve().parents[1] / "search_app" / "app.py")
+INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
+
+
+def build_search_home(home: Path, release: Path, models: tuple[Path, Path]) -> Path:
+    """Ingest ``release`` into ``home``, store its images, encode them and publish a local index."""
+    materialize(
+        INGESTION,
+        resources={"settings": SettingsResource(home=str(home), dataset=str(release))},
+        instance=DagsterInstance.ephemeral(),
+    )
+    settings = Settings(home=home, image_model=str(models[0]), text_model=str(models[1]), device="cpu", precision="fp32")
+    catalog = pd.read_parquet(settings.catalog_path)
+    store = ImageStore(settings.images_dir)
+    paths = []
+    for photo_id in catalog["photo_id"]:
+        target = store.path_for(photo_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(release / "images" / f"{photo_id}.jpg", target)
+        paths.append(target)
+    encoder = ClipEncoder.from_settings(settings)
+    vectors = np.concatenate([batch.vectors for batch in encoder.encode_image_files(paths)])
+    info = BuildInfo(
+        image_model=settings.image_model, text_model=settings.text_model, dim=vectors.shape[1],
+        count=len(catalog), built_at="2026-01-01T00:00:00Z", name="",
+    )
+    LocalBackend(settings).build(catalog[list(STORED_FIELDS)].reset_index(drop=True), vectors, info)
+    return home
+
+
+@pytest.fixture(scope="module")
+def search_home(tmp_path_factory, sample_release: Path, tiny_models) -> Path:
+    """An IMAGE_SEARCH_HOME holding a published local index of the sample release."""
+    return build_search_home(tmp_path_factory.mktemp("home"), sample_release, tiny_models)
+
+
+@pytest.fixture
+def page_env(monkeypatch, search_home: Path, tiny_models):
+    """The environment a ``streamlit run`` of the page would get, pointed at the built index."""
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(search_home))
+    monkeypatch.setenv("IMAGE_SEARCH_IMAGE_MODEL", str(tiny_models[0]))
+    monkeypatch.setenv("IMAGE_SEARCH_TEXT_MODEL", str(tiny_models[1]))
+    monkeypatch.setenv("IMAGE_SEARCH_DEVICE", "cpu")
+    monkeypatch.setenv("IMAGE_SEARCH_PRECISION", "fp32")
+    return search_home
+
+
+def run_page(params: dict[str, str] | None = None) -> AppTest:
+    """The page after its first run, opened with ``params`` as the URL's query string."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for name, value in (params or {}).items():
+        at.query_params[name] = value
+    return at.run()
+
+
+def like_buttons(at: AppTest) -> list:
+    return [b for b in at.button if b.key and b.key.startswith("like-")]
+
+
+def assert_clean(at: AppTest) -> None:
+    """No traceback and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def plain(markdown: str) -> str:
+    """Markdown the page escaped, as the visitor reads it."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def result_heading(at: AppTest) -> str:
+    headings = [plain(s.value) for s in at.subheader if "results for" in s.value]
+    assert len(headings) == 1, [s.value for s in at.subheader]
+    return headings[0]
+
+
+def catalog(home: Path) -> pd.DataFrame:
+    return pd.read_parquet(Settings(home=home).catalog_path)
+
+
+def test_landing_page_invites_a_search(page_env):
+    at = run_page()
+    assert_clean(at)
+    assert any("Type some words" in i.value for i in at.info)
+    assert not like_buttons(at)
+
+
+def _search(at: AppTest, query: str) -> AppTest:
+    """Type ``query`` and press the form's Search button."""
+    at.text_input(key="q").input(query)
+    submit = [b for b in at.button if b.label == "Search"]
+    assert len(submit) == 1
+    return submit[0].click().run()
+
+
+@pytest.mark.parametrize("query", ["a red circle", "un círculo rojo", "红色的圆"])
+def test_text_search_in_any_language_shows_results_and_puts_them_in_the_url(page_env, query):
+    at = run_page()
+    at.slider(key="k").set_value(7)
+    at = _search(at, query)
+    assert_clean(at)
+    assert result_heading(at).startswith("7 results for")
+    assert len(like_buttons(at)) == 7
+    assert len(at.image) == 7
+    assert at.query_params["q"] == query
+    assert at.query_params["k"] == "7"
+
+
+def test_each_result_shows_its_stored_image_score_keywords_and_credit(page_env):
+    at = _search(run_page({"k": "4"}), "a blue square")
+    assert_clean(at)
+    rows = catalog(page_env).set_index("photo_id")
+    ids = [b.key.removeprefix("like-") for b in like_buttons(at)]
+    assert len(ids) == 4
+    # Images come from the local store, served by Streamlit's media endpoint, not from Unsplash.
+    assert all("/media/" in image.value[0] and not image.value[0].startswith("http") for image in at.image)
+    scores = [m.value for m in at.markdown if m.value.startswith("cosine **")]
+    assert len(scores) == 4
+    credits = [m.value for m in at.markdown if m.value.startswith("Photo by [")]
+    for photo_id in ids:
+        assert any(f"]({rows.loc[photo_id, 'photo_url']}) on Unsplash" in c for c in credits)
+    describes = {c.value for c in at.caption}
+    assert any(rows.loc[pid, "describe"].split()[0] in " ".join(describes) for pid in ids)
+
+
+def test_upload_finds_the_same_photo_first(page_env, sample_release: Path):
+    at = run_page({"k": "5"})
+    photo_id = catalog(page_env)["photo_id"].iloc[3]
+    data = (sample_release / "images" / f"{photo_id}.jpg").read_bytes()
+    at.file_uploader[0].upload("../../etc/passwd.jpg", data, "image/jpeg")
+    at.run()
+    assert_clean(at)
+    assert result_heading(at) == "5 results for your photo"
+    assert like_buttons(at)[0].key == f"like-{photo_id}"
+    top = [m.value for m in at.markdown if m.value.startswith("cosine **")][0]
+    assert float(top.split("**")[1]) > 0.99
+    assert "q" not in at.query_params
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"this is not an image", "not an image"),
+        (b"", "empty"),
+    ],
+)
+def test_unreadable_upload_is_a_message_not_a_traceback(page_env, data, reason):
+    at = run_page()
+    at.file_uploader[0].upload("photo.jpg", data, "image/jpeg")
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "uploaded image" in at.error[0].value and reason in at.error[0].value
+    assert not like_buttons(at)
+
+
+def test_truncated_upload_says_it_cannot_be_decoded(page_env):
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), "red").save(buffer, format="PNG")
+    at = run_page()
+    at.file_uploader[0].upload("photo.png", buffer.getvalue()[:200], "image/png")
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "uploaded image" in at.error[0].value
+
+
+def test_more_like_this_searches_with_that_photo_and_goes_in_the_url(page_env):
+    at = _search(run_page({"k": "6"}), "a green triangle")
+    first = like_buttons(at)[2].key.removeprefix("like-")
+    at = like_buttons(at)[2].click().run()
+    assert_clean(at)
+    assert at.query_params["like"] == first
+    assert "q" not in at.query_params
+    assert at.text_input(key="q").value == ""
+    assert result_heading(at) == f"6 results for photo {first}"
+    assert any(image.captions == ["More like this photo"] for image in at.image)
+    assert first not in [b.key.removeprefix("like-") for b in like_buttons(at)]
+
+
+def test_opening_a_shared_url_runs_its_search(page_env):
+    at = run_page({"q": "red", "mode": "keyword", "k": "3"})
+    assert_clean(at)
+    assert at.text_input(key="q").value == "red"
+    assert at.radio(key="mode").value == "keyword"
+    assert result_heading(at) == "3 results for “red” (keyword)"
+    assert len([m for m in at.markdown if m.value.startswith("BM25 **")]) == 3
+
+    photo_id = catalog(page_env)["photo_id"].iloc[0]
+    at = run_page({"like": photo_id, "k": "2"})
+    assert_clean(at)
+    assert result_heading(at) == f"2 results for photo {photo_id}"
+
+
+def test_unusable_url_values_are_explained_and_defaulted(page_env):
+    at = run_page({"q": "red", "k": "lots", "mode": "fuzzy", "since": "yesterday"})
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "k='lots'" in warnings and "mode='fuzzy'" in warnings and "since='yesterday'" in warnings
+    assert result_heading(at).startswith("12 results for")
+
+
+def test_nothing_above_the_minimum_score_says_so(page_env):
+    at = run_page({"q": "a red circle", "min_score": "0.99"})
+    assert_clean(at)
+    assert not like_buttons(at)
+    assert any("No photo matches" in w.value and "0.99" in w.value for w in at.warning)
+
+
+def test_orientation_filter_applies_inside_the_search(page_env):
+    rows = catalog(page_env)
+    portrait = set(rows.loc[rows["orientation"] == "portrait", "photo_id"])
+    assert 0 < len(portrait) < len(rows)
+    at = run_page({"q": "a shape", "k": "60"})
+    at.selectbox(key="orientation").set_value("portrait").run()
+    assert_clean(at)
+    assert at.query_params["orientation"] == "portrait"
+    assert {b.key.removeprefix("like-") for b in like_buttons(at)} == portrait
+
+
+def test_no_index_yet_names_the_command_that_builds_it(monkeypatch, tmp_path: Path, tiny_models):
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(tmp_path / "empty"))
+    at = run_page({"q": "red"})
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "no search index" in at.error[0].value and "materialize" in at.error[0].value
+
+
+def test_unreachable_backend_names_the_masked_url(monkeypatch, tmp_path: Path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("IMAGE_SEARCH_BACKEND", "elasticsearch")
+    monkeypatch.setenv("IMAGE_SEARCH_ES_URL", f"http://admin:s3cret@127.0.0.1:{port}")
+    at = run_page({"q": "red"})
+    assert not at.exception
+    assert len(at.error) == 1
+    message = plain(at.error[0].value)
+    assert f"http://***:***@127.0.0.1:{port}" in message and "s3cret" not in message
+
+
+def test_a_bad_setting_is_a_message(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("IMAGE_SEARCH_BACKEND", "solr")
+    at = run_page({"q": "red"})
+    assert not at.exception
+    assert len(at.error) == 1 and "IMAGE_SEARCH_BACKEND='solr'" in plain(at.error[0].value)
+
