@@ -13,12 +13,14 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import ssl
 import traceback
 import uuid
 import warnings
 from urllib.parse import urlsplit
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -315,6 +317,23 @@ def test_k_of_a_thousand_and_more(cluster: Cluster) -> None:
         backend.knn(vectors[0], 10_001)
 
 
+def test_query_service_more_like_this_and_keywords_over_the_cluster(cluster: Cluster, tmp_path) -> None:
+    """The one query service (no encoder needed for these two) on top of this backend."""
+    from search_app.service import SearchService
+
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs, vectors, build_info())
+    service = SearchService(backend, dataclasses.replace(cluster.settings, home=tmp_path))
+    similar = service.more_like_this("p00011", k=5)
+    assert similar[0].photo_id == "p00011" and similar[0].cosine == pytest.approx(1.0, abs=1e-5)
+    assert similar[0].photographer_name == docs["photographer_name"][11]
+    assert len(service.more_like_this("p00011", k=5, filters=Filters(country="Brazil"))) == 5
+    found = service.search_text("lake", k=100, mode="keyword", filters=Filters(orientation="square"))
+    assert found and all("lake" in f"{r.describe} {r.photo_description} {r.ai_description}".lower() for r in found)
+    assert all(r.orientation == "square" for r in found)
+
+
 def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:
@@ -349,6 +368,64 @@ def test_unknown_engine_setting_and_mismatched_engine_are_refused(cluster: Clust
         cluster.backend(es_engine="faiss")
     with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_INDEX="):
         cluster.backend(index_name="Image Search")
+
+
+@pytest.fixture(scope="module")
+def embedded_home(search_home, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildInfo]:
+    """A copy of the shared search home with ``image_embeddings`` materialized, and its models."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.embeddings import image_embeddings
+    from resources.dagster_resources import ClipResource, SettingsResource
+
+    home = tmp_path_factory.mktemp("es_home") / "home"
+    shutil.copytree(search_home, home)
+    models = open_backend(Settings(home=home)).info()
+    resource = SettingsResource(home=str(home), image_model=models.image_model, text_model=models.text_model)
+    tags = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
+    resources = {"settings": resource, "clip": ClipResource(settings=resource)}
+    assert materialize([image_embeddings], resources=resources, instance=DagsterInstance.ephemeral(), tags=tags).success
+    return home, models
+
+
+@pytest.mark.parametrize("profile", ["escloud-7.10", "opensearch-3.1", "elasticsearch-7.17"])
+def test_dagster_materializes_search_index_into_the_cluster_and_the_service_finds_photos(
+    profile: str, embedded_home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """search_index and its blocking checks materialized for real into the fake; a photo's own image finds it first."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.checks import index_matches_catalog, index_self_retrieval
+    from assets.search_index import search_index
+    from resources.dagster_resources import ClipResource, SettingsResource
+    from resources.image_store import ImageStore
+    from search_app.service import SearchService
+
+    home, models = embedded_home
+    with FakeSearchServer(profile) as fake:
+        monkeypatch.setenv("IMAGE_SEARCH_ES_URL", fake.url)
+        monkeypatch.setenv("IMAGE_SEARCH_INDEX", "photos")
+        resource = SettingsResource(
+            home=str(home), image_model=models.image_model, text_model=models.text_model, backend="elasticsearch"
+        )
+        resources = {"settings": resource, "clip": ClipResource(settings=resource)}
+        result = materialize(
+            [search_index, index_matches_catalog, index_self_retrieval], resources=resources, instance=DagsterInstance.ephemeral()
+        )
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 2 and all(e.passed for e in checks)
+        metadata = result.asset_materializations_for_node("search_index")[0].metadata
+        assert metadata["backend"].value == "elasticsearch"
+        assert metadata["engine"].value == ElasticsearchBackend(resource.get()).engine
+        assert metadata["dagster/row_count"].value == models.count == metadata["published_count"].value
+        assert set(fake.aliases) == {"photos"}
+
+        settings = resource.get()
+        (live,) = fake.aliases["photos"]
+        photo_id = sorted(fake.indices[live].visible)[0]
+        found = SearchService.from_settings(settings).search_image(ImageStore(settings.images_dir).path_for(photo_id), k=3)
+        assert found[0].photo_id == photo_id and found[0].cosine == pytest.approx(1.0, abs=1e-3)
 
 
 # -- what only the fake can show ----------------------------------------------------------------
