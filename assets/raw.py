@@ -213,6 +213,10 @@ def _download_once(client: httpx.Client, url: str, part: Path, log) -> str | Non
         return response.headers.get("etag")
 
 
+class _CorruptZip(Exception):
+    """The zip could not be read or a member failed its CRC check."""
+
+
 def extract(zip_path: Path, dest: Path) -> Path:
     """Extract ``zip_path`` into ``dest`` (replacing it only once the whole zip extracted cleanly).
 
@@ -251,10 +255,6 @@ def extract(zip_path: Path, dest: Path) -> Path:
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
-
-
-class _CorruptZip(Exception):
-    """The zip could not be read or a member failed its CRC check."""
 
 
 def fetch_release(settings: Settings, log) -> dict:

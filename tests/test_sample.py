@@ -117,3 +117,11 @@ def test_cli_writes_a_release(tmp_path: Path):
     assert len(list((out / "images").glob("*.jpg"))) == 12
     bad = subprocess.run([sys.executable, "-m", "image_search.cli", "sample", str(out), "--photos", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--photos" in bad.stderr
+
+
+def test_models_flag_writes_both_tiny_models(tmp_path: Path):
+    """Loading them through SentenceTransformer is tests/test_tiny_models.py's job; here: the flag wires them in."""
+    info = write_release(tmp_path, photos=2, images=False, models=True, seed=2)
+    models = Path(info["models_dir"])
+    assert models == tmp_path / "models"
+    assert (models / "clip" / "modules.json").is_file() and (models / "text" / "modules.json").is_file()
