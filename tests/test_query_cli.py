@@ -1,0 +1,99 @@
+"""``image-search query`` run as a real subprocess against a published index of the sample release."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from resources.image_store import ImageStore
+
+ROOT = Path(__file__).parents[1]
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    env["IMAGE_SEARCH_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "image_search.cli", "query", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def catalog(search_home: Path) -> pd.DataFrame:
+    return pd.read_parquet(search_home / "catalog" / "catalog.parquet")
+
+
+def test_text_query_json_with_filters(search_home: Path, catalog: pd.DataFrame):
+    out = _cli(search_home, "ein Hund am Strand", "-k", "5", "--orientation", "landscape", "--json")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["query"] == {"text": "ein Hund am Strand"} and body["mode"] == "vector"
+    assert body["filters"] == {"orientation": "landscape"}
+    results = body["results"]
+    assert len(results) == min(5, int((catalog["orientation"] == "landscape").sum()))
+    assert all(r["orientation"] == "landscape" for r in results)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    for key in ("photo_id", "score", "cosine", "describe", "image_url", "local_path", "photographer_name", "photo_url"):
+        assert key in results[0]
+
+
+def test_image_query_returns_the_photo_first(search_home: Path, catalog: pd.DataFrame):
+    photo_id = catalog["photo_id"][2]
+    path = ImageStore(search_home / "images").path_for(photo_id)
+    out = _cli(search_home, "--image", str(path), "-k", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)["results"][0]
+    assert top["photo_id"] == photo_id and top["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_like_returns_the_photo_first_with_cosine_one(search_home: Path, catalog: pd.DataFrame):
+    photo_id = catalog["photo_id"][7]
+    out = _cli(search_home, "--like", photo_id, "-k", "1000", "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)["results"]
+    assert results[0]["photo_id"] == photo_id and results[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert len(results) == len(catalog)
+
+
+def test_keyword_mode_prints_a_table(search_home: Path, catalog: pd.DataFrame):
+    word = catalog["describe"].dropna().iloc[0].split()[0]
+    out = _cli(search_home, word, "--mode", "keyword", "-k", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["#", "bm25", "photo_id"]
+    assert 1 <= len(lines) - 1 <= 3
+    assert lines[1].split()[0] == "1" and float(lines[1].split()[1]) > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "/no/such/picture.jpg"], "not found"),
+        (["--like", "no-such-photo"], "not in the index"),
+        (["cat", "-k", "0"], "out of range"),
+        (["cat", "-k", "5000"], "out of range"),
+        (["cat", "--since", "2020-13-45"], "not a date"),
+        (["cat", "--since", "2021-01-01", "--until", "2020-01-01"], "after"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
+    out = _cli(search_home, *args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")
+
+
+def test_no_index_yet_names_the_command_that_builds_it(tmp_path: Path):
+    out = _cli(tmp_path, "--like", "anything")
+    assert out.returncode == 2 and "make demo" in out.stderr and len(out.stderr.strip().splitlines()) == 1
