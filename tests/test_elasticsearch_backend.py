@@ -546,6 +546,13 @@ def test_fake_auto_detection_and_the_product_check(profile: str, engine: str) ->
         assert ElasticsearchBackend(Settings(es_url=fake.url)).engine == engine
 
 
+def test_fake_an_elasticsearch_7_with_the_knn_plugin_gets_the_design_engine() -> None:
+    vendor = ServerProfile("vendor", "7.10.2", None, "default", "You Know, for Search", ("opendistro-knn",))
+    with FakeSearchServer(vendor) as fake:
+        assert ElasticsearchBackend(Settings(es_url=fake.url)).engine == "escloud"
+        assert ElasticsearchBackend(Settings(es_url=fake.url, es_engine="elasticsearch")).engine == "elasticsearch"
+
+
 def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
     with FakeSearchServer("opensearch-3.1") as fake:
         with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on OpenSearch 3.1.0"):

@@ -313,7 +313,7 @@ def choose_engine(requested: str, server: ServerInfo) -> Engine:
             f"IMAGE_SEARCH_ES_ENGINE={requested!r} is not supported: use one of {', '.join(ENGINE_NAMES)}"
         )
     if requested == "auto":
-        for name in ("opensearch", "elasticsearch", "escloud"):
+        for name in ("opensearch", "escloud", "elasticsearch"):
             engine = ENGINES[name](server)
             if engine.supports(server):
                 return engine
@@ -416,7 +416,9 @@ class ElasticsearchBackend(SearchBackend):
             return None
         try:
             rows = self.client.cat.plugins(format="json")
-        except (AuthenticationException, AuthorizationException):
+        except EsConnectionError:
+            raise
+        except TransportError:
             return None
         return [str(row.get("component", "")) for row in rows]
 
