@@ -1,8 +1,8 @@
 """A wire-level fake of Elasticsearch 7.17, Open Distro/ESCloud 7.10 and OpenSearch 2.x/3.x.
 
-No real search server can be installed on the development machines (see
-docs and ``engines.md``), so this is a real HTTP server on 127.0.0.1 that answers the
-subset of the REST API the project uses, as the engine under test would:
+No real search server can be installed from the package registries the development
+machines reach, so this is a real HTTP server on 127.0.0.1 that answers the subset of the
+REST API the project uses, as the engine under test would:
 
 - ``GET /`` with that engine's version, distribution, tagline and build flavour, and the
   ``X-Elastic-Product`` header only where Elasticsearch 7.14+ sends it;
