@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--country", help="country of the photo's location (any case)")
     parser.add_argument("--since", metavar="YYYY-MM-DD", help="submitted on or after this day")
     parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
+    duplicates = parser.add_mutually_exclusive_group()
+    duplicates.add_argument(
+        "--hide-duplicates", dest="hide_duplicates", action="store_true", default=True,
+        help="show only the best photo of each near-duplicate group (the default)",
+    )
+    duplicates.add_argument(
+        "--show-duplicates", dest="hide_duplicates", action="store_false", help="show near-duplicates too"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 
@@ -76,13 +84,20 @@ def run(args: argparse.Namespace) -> int:
     service = SearchService.from_settings(Settings.from_env())
     if args.image:
         query, mode = {"image": args.image}, "image"
-        results = service.search_image(args.image, k=args.k, min_score=args.min_score, filters=filters)
+        results = service.search_image(
+            args.image, k=args.k, min_score=args.min_score, filters=filters, collapse_duplicates=args.hide_duplicates
+        )
     elif args.like:
         query, mode = {"like": args.like}, "like"
-        results = service.more_like_this(args.like, k=args.k, min_score=args.min_score, filters=filters)
+        results = service.more_like_this(
+            args.like, k=args.k, min_score=args.min_score, filters=filters, collapse_duplicates=args.hide_duplicates
+        )
     else:
         query, mode = {"text": args.text}, args.mode
-        results = service.search_text(args.text, k=args.k, min_score=args.min_score, mode=args.mode, filters=filters)
+        results = service.search_text(
+            args.text, k=args.k, min_score=args.min_score, mode=args.mode, filters=filters,
+            collapse_duplicates=args.hide_duplicates,
+        )
     if args.json:
         shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in vars(filters).items() if v}
         json.dump(

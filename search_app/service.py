@@ -17,6 +17,12 @@ the vector and hybrid modes, on the BM25 score in keyword mode.
 
 More like this keeps the photo itself: it comes back first with cosine 1.0, which is the
 check that the index and the query path agree; skip it in the caller if it is unwanted.
+
+Duplicates: with ``collapse_duplicates=True`` every search keeps only the best-ranked photo
+of each near-duplicate group the ``near_duplicates`` asset stored (``duplicates/`` under
+``IMAGE_SEARCH_HOME``), asking the backend for more results so ``k`` still come back. The
+groups are read lazily and again when the file changes, so neither the index nor the
+service needs rebuilding; with no file, collapsing changes nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 from resources.backends import open_backend
@@ -101,6 +108,20 @@ def rrf_fuse(*ranked: list[str], depth_k: int = RRF_K) -> dict[str, float]:
     return fused
 
 
+def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[SearchResult]:
+    """``results`` in order, without any photo whose duplicate group already has a better-ranked one."""
+    seen: set[int] = set()
+    kept = []
+    for result in results:
+        group = groups.get(result.photo_id)
+        if group is not None:
+            if group in seen:
+                continue
+            seen.add(group)
+        kept.append(result)
+    return kept
+
+
 def _check_k(k: int) -> int:
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {MAX_K} results")
@@ -149,6 +170,8 @@ class SearchService:
         self.store = ImageStore(settings.images_dir)
         self._encoder = encoder
         self._lock = threading.Lock()
+        self._groups: dict[str, int] = {}
+        self._groups_stamp: tuple[int, int] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SearchService":
@@ -190,6 +213,44 @@ class SearchService:
         """The query text's unit vector in the index's space."""
         return np.asarray(self.encoder().encode_texts([query])[0], dtype=np.float32)
 
+    # -- duplicates ----------------------------------------------------------------
+
+    def duplicate_groups(self) -> dict[str, int]:
+        """photo_id -> group of every photo in a stored near-duplicate group; empty when none are stored.
+
+        Costs one ``stat`` when the file is unchanged. An unreadable file is logged and
+        treated as no groups, so a damaged grouping never stops searches.
+        """
+        path = self.settings.duplicates_path
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            if stamp != self._groups_stamp:
+                try:
+                    table = pq.read_table(path, columns=["photo_id", "group_id"]).to_pydict()
+                    self._groups = dict(zip(table["photo_id"], table["group_id"]))
+                except Exception as exc:  # noqa: BLE001 - any damage means "no groups", reported once
+                    log.warning("ignoring the near-duplicate groups in %s: %s", path, exc)
+                    self._groups = {}
+                self._groups_stamp = stamp
+            return self._groups
+
+    def _collapsed(self, search: Callable[[int], list[SearchResult]], k: int) -> list[SearchResult]:
+        """The first ``k`` of ``search``'s results with one per duplicate group, searching deeper until ``k`` remain."""
+        groups = self.duplicate_groups()
+        if not groups:
+            return search(k)
+        limit = min(MAX_K, k + len(groups))
+        depth = min(limit, 2 * k)
+        while True:
+            kept = one_per_group(search(depth), groups)
+            if len(kept) >= k or depth >= limit:
+                return kept[:k]
+            depth = min(limit, 2 * depth)
+
     # -- searches ------------------------------------------------------------------
 
     def search_text(
@@ -199,9 +260,12 @@ class SearchService:
         min_score: float | None = None,
         mode: Mode = "vector",
         filters: Filters | None = None,
+        collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos matching ``query`` (any language) by image vector, by keywords, or both fused."""
         k = _check_k(k)
+        if collapse_duplicates:
+            return self._collapsed(lambda depth: self.search_text(query, depth, min_score, mode, filters), k)
         if not query or not query.strip():
             raise ImageSearchError("the query text is empty: type some words to search for")
         if mode not in MODES:
@@ -222,19 +286,29 @@ class SearchService:
         k: int = 20,
         min_score: float | None = None,
         filters: Filters | None = None,
+        collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
         k = _check_k(k)
+        if collapse_duplicates:
+            return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
         vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
         hits = self.backend.knn(vector, k, filters)
         return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
 
     def more_like_this(
-        self, photo_id: str, k: int = 20, min_score: float | None = None, filters: Filters | None = None
+        self,
+        photo_id: str,
+        k: int = 20,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos nearest to an indexed photo's own image vector; the photo itself comes first."""
         k = _check_k(k)
+        if collapse_duplicates:
+            return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
         self.build_info()
         found = self.backend.get(photo_id)
         if found is None:

@@ -210,3 +210,115 @@ def test_missing_inputs_fail_with_one_line_that_says_what_to_run(tmp_path, tiny_
     with pytest.raises(ImageSearchError, match="materialize image_embeddings first"):
         materialize([near_duplicates], resources={"settings": resource}, instance=DagsterInstance.ephemeral())
     assert not (tmp_path / "duplicates").exists()
+
+
+# -- collapsing in the query service and the CLI ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collapse_home(tmp_path_factory, search_home):
+    """A copy of the session's published index (no duplicate groups yet); the tests write the groups."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("collapse_home")
+    for part in ("catalog", "index"):
+        shutil.copytree(search_home / part, home / part)
+    return home
+
+
+def _write_groups(home, groups: list[list[str]]) -> None:
+    """Store ``groups`` the way the asset does (first photo the representative)."""
+    from resources.config import Settings
+
+    rows = [
+        {"photo_id": pid, "group_id": gid, "group_size": len(g), "representative": g[0], "similarity": 1.0}
+        for gid, g in enumerate(groups, start=1)
+        for pid in g
+    ]
+    table = pd.DataFrame(rows).astype({name: kind for name, (kind, _) in duplicates.GROUP_COLUMNS.items()})
+    duplicates.write_groups(table, Settings(home=home).duplicates_path, 0.94, "test")
+
+
+@pytest.fixture(scope="module")
+def service(collapse_home):
+    from resources.config import Settings
+    from search_app.service import SearchService
+
+    return SearchService.from_settings(Settings(home=collapse_home))
+
+
+def _ids(results) -> list[str]:
+    return [r.photo_id for r in results]
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_collapsing_keeps_the_best_of_each_group_and_still_returns_k(service, collapse_home, mode):
+    query = "blue circle"
+    full = _ids(service.search_text(query, k=30, mode=mode))
+    assert len(full) >= 12
+    # Group the 2nd with the 4th and 9th, the 3rd with the 5th; the 7th with a photo outside the list.
+    outside = next(p for p in pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"] if p not in full)
+    _write_groups(collapse_home, [[full[3], full[1], full[8]], [full[2], full[4]], [full[6], outside]])
+    hidden = {full[3], full[8], full[4]}
+    expected = [p for p in full if p not in hidden][:8]
+
+    collapsed = _ids(service.search_text(query, k=8, mode=mode, collapse_duplicates=True))
+    assert collapsed == expected
+    assert full[1] in collapsed and full[6] in collapsed
+    assert _ids(service.search_text(query, k=8, mode=mode)) == full[:8]
+
+
+def test_collapsing_more_like_this_and_with_filters(service, collapse_home):
+    from resources.backends.base import Filters
+
+    seed = pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"][0]
+    full = _ids(service.more_like_this(seed, k=20))
+    _write_groups(collapse_home, [full[0:3], full[5:8]])
+    collapsed = _ids(service.more_like_this(seed, k=10, collapse_duplicates=True))
+    assert collapsed == [p for p in full if p not in {full[1], full[2], full[6], full[7]}][:10]
+    assert collapsed[0] == seed
+
+    only = Filters(orientation="landscape")
+    filtered = _ids(service.more_like_this(seed, k=20, filters=only))
+    _write_groups(collapse_home, [filtered[0:4]])
+    results = service.more_like_this(seed, k=5, filters=only, collapse_duplicates=True)
+    assert _ids(results) == [filtered[0]] + filtered[4:8]
+    assert all(r.orientation == "landscape" for r in results)
+
+
+def test_no_or_damaged_groups_change_nothing(service, collapse_home, caplog):
+    path = collapse_home / "duplicates" / "groups.parquet"
+    path.unlink(missing_ok=True)
+    full = _ids(service.search_text("red", k=10, mode="keyword"))
+    assert _ids(service.search_text("red", k=10, mode="keyword", collapse_duplicates=True)) == full
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"not parquet")
+    with caplog.at_level("WARNING"):
+        assert _ids(service.search_text("red", k=10, mode="keyword", collapse_duplicates=True)) == full
+    assert "ignoring the near-duplicate groups" in caplog.text
+
+
+def test_cli_hides_duplicates_by_default_and_shows_them_on_request(collapse_home):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    seed = pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"][0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    env["IMAGE_SEARCH_HOME"] = str(collapse_home)
+
+    def query(*flags: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "image_search.cli", "query", f"--like={seed}", "-k", "6", "--json", *flags],
+            capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        return [r["photo_id"] for r in json.loads(out.stdout)["results"]]
+
+    shown = query("--show-duplicates")
+    _write_groups(collapse_home, [shown[0:3]])
+    assert query() == query("--hide-duplicates") != shown
+    assert query()[:4] == [shown[0], *shown[3:6]]
+    assert query("--show-duplicates") == shown
