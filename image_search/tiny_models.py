@@ -96,7 +96,8 @@ def _write_clip(target: Path, full_size: bool) -> None:
 def _write_text(target: Path) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Pooling, Transformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
     vocab = _wordpiece_vocab()

@@ -26,6 +26,7 @@ from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -335,7 +336,7 @@ class ClipEncoder:
                     return positions, [readers.submit(read_for_gpu, paths[i]) for i in positions]
                 return positions, [pool.submit(load_prepared, paths[i], pre) for i in positions]
 
-            in_flight: deque = deque(submit(s) for s, _ in zip(starts, range(_PREFETCH_BATCHES)))
+            in_flight: deque = deque(submit(s) for s in islice(starts, _PREFETCH_BATCHES))
             while in_flight:
                 positions, futures = in_flight.popleft()
                 if (start := next(starts, None)) is not None:
