@@ -6,6 +6,7 @@ project's own sensors and automation conditions."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from resources.backends import open_backend
 from resources.config import Settings
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
-from resources.image_store import BUCKET_KEYS
+from resources.image_store import BUCKET_KEYS, ImageStore
 from resources.locks import store_lock
+from tests.http_fixtures import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_INDEX = AssetKey("search_index")
@@ -244,3 +246,78 @@ def test_a_refresh_over_a_new_release_touches_only_what_changed(tmp_path, pipeli
 
         nothing = _tick(sensors.catalog_change_sensor, instance, catalog.cursor)
         assert nothing.run_requests == []
+
+
+def served_release(out: Path, server, photos: int, seed: int) -> dict:
+    """A generated release whose images are served by ``server`` (a FaultServer) under /img/."""
+    info = write_release(out, photos=photos, seed=seed, image_base_url=server.url("/img"))
+    for photo_id in info["photo_ids"]:
+        server.add(f"/img/{photo_id}.jpg", (out / "images" / f"{photo_id}.jpg").read_bytes())
+    return info
+
+
+def _cli(args: list[str], dagster_home: Path, log: Path) -> subprocess.Popen:
+    """``dagster asset materialize`` in its own process, as a user runs it, its log in ``log``."""
+    dagster_home.mkdir(exist_ok=True)
+    shutil.copy(ROOT / ".dagster" / "dagster.yaml", dagster_home / "dagster.yaml")
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", *args],
+            cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(dagster_home)}, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def kill_when(child: subprocess.Popen, ready, timeout: float = 180) -> None:
+    """SIGKILL ``child`` as soon as ``ready()``; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert child.poll() is None, f"the run ended (rc {child.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, f"not ready to kill within {timeout} s"
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+
+def _journaled(home: Path) -> int:
+    journals = (home / "images" / "manifest").glob("*.journal.jsonl")
+    return sum(len(path.read_bytes().splitlines()) for path in journals)
+
+
+def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the_next(tmp_path, pipeline_env, monkeypatch):
+    """A real ``dagster asset materialize`` process, SIGKILLed in each long stage, then run again."""
+    monkeypatch.setenv("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY", "1")
+    dagster_home, log = tmp_path / "dagster_home", tmp_path / "run.log"
+    all_buckets = ["--select", "group:vectors", "--partition-range", "b00...b63"]
+    with FaultServer(latency_ms=150) as server:
+        release = served_release(tmp_path / "release", server, photos=12, seed=31)
+        monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(tmp_path / "release"))
+        photo_ids = set(release["photo_ids"])
+        with DagsterInstance.ephemeral() as instance:
+            run_job(instance, "ingest_release")
+
+            kill_when(_cli(all_buckets, dagster_home, log), lambda: _journaled(pipeline_env) >= 3)
+            stored = {p for b in {photo_bucket(p) for p in photo_ids} for p in ImageStore(settings().images_dir).read_manifest(b)["photo_id"]}
+            assert 3 <= len(stored) < len(photo_ids), "killed mid-download"
+
+            kill_when(_cli(all_buckets, dagster_home, log), lambda: "to encode with" in log.read_text())
+            assert set(vector_ids()) < photo_ids, "killed mid-encoding"
+
+            finished = run_job(instance, "update_vectors", ALL_BUCKETS)
+            assert all(check_results(finished).values()), check_results(finished)
+            ids = vector_ids()
+            assert sorted(ids) == sorted(photo_ids), "every photo has exactly one vector"
+            assert max(server.hits.values()) <= 2, "a photo is fetched again at most once (in flight at the kill)"
+            assert not list(settings().home.rglob("*.tmp")) and not list(settings().home.rglob(".part-*"))
+
+            run_job(instance, "publish_index")
+            before = open_backend(settings()).info()
+            kill_when(_cli(["--select", "search_index"], dagster_home, log), lambda: "building the local index" in log.read_text())
+            survivor = open_backend(settings())
+            assert survivor.info() == before and survivor.count() == len(photo_ids), "the published build keeps serving"
+            probe_id = sorted(photo_ids)[0]
+            assert survivor.knn(survivor.get(probe_id)[1], k=1)[0].photo_id == probe_id
+
+            rebuilt = run_job(instance, "publish_index")
+            assert all(check_results(rebuilt).values()), check_results(rebuilt)
+            assert open_backend(settings()).count() == len(photo_ids)
