@@ -65,19 +65,23 @@ def read_catalog_buckets(settings: Settings, buckets: list[str]) -> pd.DataFrame
 
 
 def _plan_bucket(store: ImageStore, rows: pd.DataFrame, bucket: str):
-    """Split a bucket's catalog rows into (manifest kept, ledger carried, rows to fetch, removed ids)."""
+    """Split a bucket's catalog rows into (manifest kept, ledger carried, rows to fetch, stale ids).
+
+    Stale ids are stored photos that left the catalog or whose URL changed: their files
+    no longer show the catalog's photo and are deleted before fetching.
+    """
     manifest = store.read_manifest(bucket)
     ledger = store.read_ledger(bucket)
     wanted = dict(zip(rows["photo_id"], rows["url"]))
     same_url = manifest["photo_id"].map(wanted) == manifest["url"]
     kept = manifest[same_url]
-    gone = set(manifest["photo_id"]) - set(wanted)
+    stale = set(manifest["photo_id"]) - set(kept["photo_id"])
     permanent = ledger[
         (ledger["photo_id"].map(wanted) == ledger["url"]) & ~ledger["reason"].map(is_transient).astype(bool)
     ]
     done = set(kept["photo_id"]) | set(permanent["photo_id"])
     todo = rows[~rows["photo_id"].isin(done)]
-    return kept, permanent, todo, gone
+    return kept, permanent, todo, stale
 
 
 def _contact_sheet(store: ImageStore, photo_ids: list[str]) -> str:
@@ -156,10 +160,10 @@ def images(context: AssetExecutionContext, settings: SettingsResource) -> Materi
     for bucket in buckets:
         remove_stale_temporaries(store.bucket_dir(bucket))
         rows = catalog[catalog["bucket"] == bucket]
-        kept[bucket], carried[bucket], bucket_todo, gone = _plan_bucket(store, rows, bucket)
-        for photo_id in gone:
+        kept[bucket], carried[bucket], bucket_todo, stale = _plan_bucket(store, rows, bucket)
+        for photo_id in stale:
             store.path_for(photo_id).unlink(missing_ok=True)
-        removed += len(gone)
+        removed += len(stale - set(rows["photo_id"]))
         todo.append(bucket_todo)
     todo_rows = pd.concat(todo, ignore_index=True)
     skipped = sum(len(frame) for frame in kept.values())

@@ -361,7 +361,7 @@ class Downloader:
         ``progress_every_s`` seconds and once at the end.
         """
         started = time.monotonic()
-        done = failed = 0
+        done = failed = reported = 0
         last_report = started
         pending: set[Future[FetchResult]] = set()
         iterator = iter(items)
@@ -385,9 +385,9 @@ class Downloader:
                     yield result
                 now = time.monotonic()
                 if progress is not None and now - last_report >= progress_every_s:
-                    last_report = now
+                    last_report, reported = now, done
                     progress(Progress(done, total, failed, now - started))
-        if progress is not None:
+        if progress is not None and (done != reported or done == 0):
             progress(Progress(done, total, failed, time.monotonic() - started))
 
     def fetch_one(self, photo_id: str, url: str) -> FetchResult:
@@ -433,6 +433,8 @@ class Downloader:
 
     def _read(self, url: str) -> bytes:
         """The raw bytes behind ``url`` (http, https, file:// or a local path), capped in size."""
+        if not url:
+            raise FetchFailure("no_url", "the catalog has no image URL for this photo")
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):

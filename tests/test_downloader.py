@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -216,3 +219,18 @@ def test_every_standard_fault_ends_as_expected_with_retries_only_where_they_can_
     assert server.hits["/faults/always_500.jpg"] == 4 and results["always_500"].attempts == 4
     assert server.hits["/faults/redirect_loop.jpg"] == 6, "the first request and five redirects"
     assert not list(downloader.store.root.rglob("*.tmp"))
+
+
+def test_bench_download_cli_prints_both_rates():
+    completed = subprocess.run(
+        [sys.executable, "-m", "image_search.cli", "bench", "download"]
+        + ["--images", "40", "--baseline-images", "5", "--latency-ms", "10", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(completed.stdout)
+    assert (figures["images"], figures["stored"], figures["failed"], figures["baseline_images"]) == (40, 40, 0, 5)
+    assert figures["baseline_images_per_s"] > 0 and figures["project_images_per_s"] > 0
+    assert figures["kept_original"] == 40, "plain baseline JPEGs are kept as they are"

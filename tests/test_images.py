@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,11 +37,11 @@ def write_catalog(home: Path, rows: list[tuple[str, str]]) -> None:
     frame.to_parquet(path, index=False)
 
 
-def run_images(home: Path, tags=ALL_BUCKETS, partition_key=None, raise_on_error=True):
+def run_images(home: Path, tags=ALL_BUCKETS, partition_key=None, raise_on_error=True, instance=None):
     return materialize(
         [images],
         resources={"settings": SettingsResource(home=str(home))},
-        instance=DagsterInstance.ephemeral(),
+        instance=instance or DagsterInstance.ephemeral(),
         tags=None if partition_key else tags,
         partition_key=partition_key,
         raise_on_error=raise_on_error,
@@ -71,7 +72,8 @@ def test_every_bad_input_is_stored_or_in_the_ledger_and_reruns_fetch_nothing(
     # A sixth of the photos fail by design: allow that share so the check passes here.
     monkeypatch.setenv("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", "0.25")
 
-    result = run_images(tmp_path)
+    instance = DagsterInstance.ephemeral()
+    result = run_images(tmp_path, instance=instance)
 
     store = ImageStore(tmp_path / "images")
     ledger = pd.concat([store.read_ledger(b) for b in {photo_bucket(p) for p, _ in rows}], ignore_index=True)
@@ -101,6 +103,8 @@ def test_every_bad_input_is_stored_or_in_the_ledger_and_reruns_fetch_nothing(
     assert sheet.startswith("![") and "data:image/jpeg;base64," in sheet and len(sheet) < 8000
     check = result.get_asset_check_evaluations()[0]
     assert check.check_name == FAILURE_SHARE_CHECK and check.passed
+    progress = re.compile(rf"images: {len(rows)}/{len(rows)} \(100\.0%\) photos, [\d.]+/s, ETA 0s, {failing} failed")
+    assert any(progress.search(entry.user_message) for entry in instance.all_logs(result.run_id))
 
     hits_before = dict(server.hits)
     again = run_images(tmp_path)
@@ -125,11 +129,13 @@ def test_failure_share_check_fails_above_the_threshold(tmp_path, server, fast_do
     assert result.asset_materializations_for_node("images")[0].metadata["stored"].value == 7
 
 
-def test_one_partition_touches_only_its_bucket_and_a_changed_url_is_fetched_again(tmp_path, server, fast_downloads):
-    rows = [(f"p{i}", server.add(f"/a/{i}.jpg", jpeg_bytes(seed=i))) for i in range(30)]
-    write_catalog(tmp_path, rows)
+def test_one_partition_touches_only_its_bucket_and_follows_catalog_changes(tmp_path, server, fast_downloads):
     bucket = photo_bucket("p0")
-    in_bucket = [p for p, _ in rows if photo_bucket(p) == bucket]
+    same = [i for i in range(3000) if photo_bucket(f"p{i}") == bucket][:5]
+    others = [i for i in range(3000) if photo_bucket(f"p{i}") != bucket][:20]
+    rows = [(f"p{i}", server.add(f"/a/{i}.jpg", jpeg_bytes(seed=i))) for i in same + others]
+    write_catalog(tmp_path, rows)
+    in_bucket = [f"p{i}" for i in same]
 
     run_images(tmp_path, partition_key=bucket)
 
@@ -146,6 +152,18 @@ def test_one_partition_touches_only_its_bucket_and_a_changed_url_is_fetched_agai
     manifest = store.read_manifest(bucket).set_index("photo_id")
     assert manifest.loc["p0", "url"] == server.url("/b/0.jpg")
     assert manifest.loc["p0", "sha256"] and manifest.loc["p0", "bytes"] == store.path_for("p0").stat().st_size
+
+    moved = in_bucket[1]
+    rows = [(p, server.url("/gone.jpg") if p == moved else url) for p, url in rows if p != in_bucket[2]]
+    write_catalog(tmp_path, rows)
+    result = run_images(tmp_path, partition_key=bucket, raise_on_error=False)
+
+    assert not result.get_asset_check_evaluations()[0].passed, "one failure in four photos"
+    assert not store.has(moved), "the old image of a photo whose new URL fails is not kept"
+    assert not store.has(in_bucket[2]), "a photo that left the catalog is deleted"
+    assert store.read_ledger(bucket).set_index("photo_id").loc[moved, "reason"] == "http_404"
+    metadata = result.asset_materializations_for_node("images")[0].metadata
+    assert (metadata["removed_from_catalog"].value, metadata["failed"].value) == (1, 1)
 
 
 def test_missing_catalog_is_one_clear_error(tmp_path):
