@@ -321,3 +321,39 @@ def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the
             rebuilt = run_job(instance, "publish_index")
             assert all(check_results(rebuilt).values()), check_results(rebuilt)
             assert open_backend(settings()).count() == len(photo_ids)
+
+
+def test_an_image_server_failing_for_a_while_then_recovering(tmp_path, pipeline_env, monkeypatch):
+    """Half the photos fail twice (healed by the downloader's retries), half fail past one run's retries.
+
+    The first run stores what it can and its blocking failure-share check keeps the vectors
+    from running on a half-fetched store; once the server is back, the next run fetches only
+    the missing photos and everything reaches the index.
+    """
+    with FaultServer() as server:
+        release = served_release(tmp_path / "release", server, photos=10, seed=41)
+        monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(tmp_path / "release"))
+        ids = release["photo_ids"]
+        brief, long = ids[:5], ids[5:]
+        for photo_id, failures in [(p, 2) for p in brief] + [(p, 6) for p in long]:
+            route = server.routes[f"/img/{photo_id}.jpg"]
+            route.fail_first = [(503, {"Retry-After": "0"})] * failures
+        with DagsterInstance.ephemeral() as instance:
+            run_job(instance, "ingest_release")
+            outage = run_job(instance, "update_vectors", ALL_BUCKETS, raise_on_error=False)
+            assert not outage.success
+            assert check_results(outage)["failure_share"] is False
+            metadata = outage.asset_materializations_for_node("images")[0].metadata
+            assert (metadata["stored"].value, metadata["failed"].value) == (len(brief), len(long))
+            assert not outage.asset_materializations_for_node("image_embeddings"), "blocked by the failed check"
+
+            recovered = run_job(instance, "update_vectors", ALL_BUCKETS)
+            metadata = recovered.asset_materializations_for_node("images")[0].metadata
+            assert (metadata["fetched"].value, metadata["stored"].value, metadata["failed"].value) == (len(long), len(ids), 0)
+            assert all(check_results(recovered).values()), check_results(recovered)
+            assert all(server.hits[f"/img/{p}.jpg"] == 3 for p in brief)
+            assert all(server.hits[f"/img/{p}.jpg"] == 7 for p in long)
+
+            published = run_job(instance, "publish_index")
+            assert all(check_results(published).values())
+            assert indexed(ids) == set(ids)
