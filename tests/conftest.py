@@ -38,47 +38,33 @@ def sample_release(sample_release_info: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def search_home(tmp_path_factory: pytest.TempPathFactory, sample_release: Path, tiny_models: tuple[Path, Path]) -> Path:
-    """An ``IMAGE_SEARCH_HOME`` with the sample release ingested, its images stored, and a local index published.
+    """An ``IMAGE_SEARCH_HOME`` where the whole pipeline ran on the sample release with the tiny models.
 
-    Catalog and images come from real materializations; the vectors are the tiny CLIP
-    model's encodings of the stored images (``ClipEncoder.encode_image_files``), published
-    with ``LocalBackend.build``. Treat it as read-only.
+    Real materializations: ingestion, images, image_embeddings (every bucket in one run) and
+    search_index on the local backend, with their asset checks. Treat it as read-only.
     """
-    import numpy as np
-    import pandas as pd
     from dagster import DagsterInstance, materialize
 
     from assets.catalog import photo_catalog
+    from assets.checks import index_matches_catalog, index_self_retrieval
+    from assets.embeddings import image_embeddings
     from assets.images import images
     from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
-    from resources.backends.base import STORED_FIELDS, BuildInfo
-    from resources.backends.local import LocalBackend
-    from resources.clip import ClipEncoder
-    from resources.config import Settings
-    from resources.dagster_resources import SettingsResource
-    from resources.image_store import ImageStore
+    from assets.search_index import search_index
+    from resources.dagster_resources import ClipResource, SettingsResource
 
     home = tmp_path_factory.mktemp("search_home")
     clip, text = (str(p) for p in tiny_models)
-    resource = SettingsResource(home=str(home), dataset=str(sample_release), image_model=clip, text_model=text)
+    settings = SettingsResource(home=str(home), dataset=str(sample_release), image_model=clip, text_model=text)
+    resources = {"settings": settings, "clip": ClipResource(settings=settings)}
     instance = DagsterInstance.ephemeral()
     ingest = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
-    materialize(ingest, resources={"settings": resource}, instance=instance)
+    materialize(ingest, resources=resources, instance=instance)
     materialize(
-        [images],
-        resources={"settings": resource},
+        [images, image_embeddings],
+        resources=resources,
         instance=instance,
         tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"},
     )
-    settings = Settings(home=home, image_model=clip, text_model=text)
-    store = ImageStore(settings.images_dir)
-    catalog = pd.read_parquet(settings.catalog_path)
-    catalog = catalog[[store.has(p) for p in catalog["photo_id"]]].reset_index(drop=True)
-    encoder = ClipEncoder.from_settings(settings)
-    vectors = np.zeros((len(catalog), encoder.dim), dtype=np.float32)
-    for batch in encoder.encode_image_files([store.path_for(p) for p in catalog["photo_id"]]):
-        assert not batch.failures, batch.failures
-        vectors[batch.indices] = batch.vectors
-    info = BuildInfo(image_model=clip, text_model=text, dim=encoder.dim, count=0, built_at="", name="")
-    LocalBackend(settings).build(catalog[list(STORED_FIELDS)], vectors, info)
+    materialize([search_index, index_matches_catalog, index_self_retrieval], resources=resources, instance=instance)
     return home
