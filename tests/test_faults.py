@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,7 @@ from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS, ImageStore
 from resources.locks import store_lock
+from tests.es_fake import FakeSearchServer
 from tests.http_fixtures import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,3 +359,53 @@ def test_an_image_server_failing_for_a_while_then_recovering(tmp_path, pipeline_
             published = run_job(instance, "publish_index")
             assert all(check_results(published).values())
             assert indexed(ids) == set(ids)
+
+
+def _failure_message(result, node: str) -> str:
+    """The message of the error that failed ``node`` (the innermost cause, what the user reads)."""
+    failure = result.failure_data_for_node(node)
+    assert failure is not None, f"{node} did not fail"
+    error = failure.error
+    while error.cause is not None:
+        error = error.cause
+    return f"{error.cls_name}: {error.message}"
+
+
+def test_an_unreachable_search_backend_fails_the_build_clearly_and_the_published_index_keeps_serving(
+    tmp_path, pipeline_env, monkeypatch
+):
+    """Elasticsearch (the wire-level fake of tests/es_fake.py, a real HTTP server): first
+    nothing listening at the address, then a cluster that drops the connection mid-bulk."""
+    release = write_release(tmp_path / "release", photos=8, seed=51)
+    ids = set(release["photo_ids"])
+    monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(tmp_path / "release"))
+    monkeypatch.setenv("IMAGE_SEARCH_BACKEND", "elasticsearch")
+    with FakeSearchServer("opensearch-2.11") as cluster, DagsterInstance.ephemeral() as instance:
+        monkeypatch.setenv("IMAGE_SEARCH_ES_URL", cluster.url)
+        build_everything(instance)
+        published = open_backend(settings()).info()
+        assert open_backend(settings()).count() == len(ids)
+
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            nowhere = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        monkeypatch.setenv("IMAGE_SEARCH_ES_URL", nowhere)
+        result = run_job(instance, "publish_index", raise_on_error=False)
+        message = _failure_message(result, "search_index")
+        assert nowhere in message and "\n" not in message.strip(), message
+
+        monkeypatch.setenv("IMAGE_SEARCH_ES_URL", cluster.url)
+        cluster.drop_bulk = True
+        result = run_job(instance, "publish_index", raise_on_error=False)
+        message = _failure_message(result, "search_index")
+        assert cluster.url in message or "bulk" in message.lower(), message
+
+        serving = open_backend(settings())
+        assert serving.info() == published and serving.count() == len(ids)
+        probe = sorted(ids)[0]
+        assert serving.knn(serving.get(probe)[1], k=1)[0].photo_id == probe
+
+        cluster.drop_bulk = False
+        rebuilt = run_job(instance, "publish_index")
+        assert all(check_results(rebuilt).values()), check_results(rebuilt)
+        assert open_backend(settings()).info() != published and open_backend(settings()).count() == len(ids)
