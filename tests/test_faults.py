@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -409,3 +410,44 @@ def test_an_unreachable_search_backend_fails_the_build_clearly_and_the_published
         rebuilt = run_job(instance, "publish_index")
         assert all(check_results(rebuilt).values()), check_results(rebuilt)
         assert open_backend(settings()).info() != published and open_backend(settings()).count() == len(ids)
+
+
+def test_two_materializations_of_the_same_buckets_at_once_do_not_corrupt_the_store(tmp_path, pipeline_env, monkeypatch):
+    """Two runs of ``update_vectors`` over the same buckets, started together (two threads,
+    two instances, as two launches would be): the second waits on the bucket locks, then finds
+    the work done; nothing is fetched or encoded twice."""
+    with FaultServer(latency_ms=100) as server:
+        release = served_release(tmp_path / "release", server, photos=8, seed=61)
+        monkeypatch.setenv("IMAGE_SEARCH_DATASET", str(tmp_path / "release"))
+        ids = release["photo_ids"]
+        with DagsterInstance.ephemeral() as instance:
+            run_job(instance, "ingest_release")
+        results, instances = {}, {name: DagsterInstance.ephemeral() for name in ("first", "second")}
+
+        def launch(name: str) -> None:
+            results[name] = run_job(instances[name], "update_vectors", ALL_BUCKETS)
+
+        threads = [threading.Thread(target=launch, args=(name,)) for name in instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert set(results) == {"first", "second"} and all(r.success for r in results.values())
+
+        fetched = [r.asset_materializations_for_node("images")[0].metadata["fetched"].value for r in results.values()]
+        encoded = [r.asset_materializations_for_node("image_embeddings")[0].metadata["encoded"].value for r in results.values()]
+        assert sorted(fetched) == [0, len(ids)] and sorted(encoded) == [0, len(ids)]
+        assert all(server.hits[f"/img/{p}.jpg"] == 1 for p in ids)
+        waited = [
+            entry.user_message
+            for name, result in results.items()
+            for entry in instances[name].all_logs(result.run_id)
+            if "waiting for another run" in (entry.user_message or "")
+        ]
+        assert waited, "one run waited on the other's locks"
+        assert sorted(vector_ids()) == sorted(ids)
+        store = ImageStore(settings().images_dir)
+        manifest = pd.concat([store.read_manifest(b) for b in {photo_bucket(p) for p in ids}])
+        assert sorted(manifest["photo_id"]) == sorted(ids)
+        for instance in instances.values():
+            instance.dispose()
