@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
 import threading
 from collections import deque
@@ -264,6 +265,11 @@ class ClipEncoder:
         """Dimension of the image vectors (the CLIP projection)."""
         return int(self._clip.config.projection_dim)
 
+    @property
+    def gpu_jpeg_decode(self) -> bool:
+        """Whether :meth:`encode_image_files` decodes JPEGs on the GPU (CUDA with torchvision)."""
+        return _GpuJpegDecoder.create(self.device, Preprocess()) is not None
+
     def _autocast(self):
         import torch
 
@@ -279,6 +285,9 @@ class ClipEncoder:
         clip = self._clip
         pre = self.preprocess
         batch = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        if batch.is_cuda:
+            # Made on the decode thread's stream: tell the allocator this stream uses it too.
+            batch.record_stream(torch.cuda.current_stream())
         mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
         batch = (batch.permute(0, 3, 1, 2).float().div_(255.0) - mean).div_(std)
@@ -310,16 +319,18 @@ class ClipEncoder:
 
     def _executor(self) -> Executor:
         if self.device == "cuda" and self.decode_workers > 1:
-            return ProcessPoolExecutor(self.decode_workers)
+            # Worker processes for the GPU case; forkserver, since forking a process that
+            # holds a CUDA context is unsafe.
+            return ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("forkserver"))
         return ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
 
     def encode_image_files(self, paths: Sequence[str | Path], batch_size: int | None = None) -> Iterator[EncodedBatch]:
         """Encode image files in order, one :class:`EncodedBatch` per ``batch_size`` inputs.
 
         Workers decode and preprocess up to a few batches ahead of the model (bounded
-        memory); on CUDA, JPEGs go through the GPU decoder when torchvision has one.
-        Undecodable files appear in ``failures`` and the other files of their batch are
-        still encoded.
+        memory). On CUDA with torchvision, one thread decodes JPEGs on the GPU on its own
+        stream, overlapping the model's work on the previous batch. Undecodable files
+        appear in ``failures`` and the other files of their batch are still encoded.
         """
         batch_size = batch_size or self.batch_size
         paths = [str(p) for p in paths]
@@ -328,69 +339,52 @@ class ClipEncoder:
         pre = self.preprocess
         gpu_decoder = _GpuJpegDecoder.create(self.device, pre)
         starts = iter(range(0, len(paths), batch_size))
-        with self._executor() as pool, ThreadPoolExecutor(8, thread_name_prefix="read") as readers:
+        with (
+            self._executor() as pool,
+            ThreadPoolExecutor(8, thread_name_prefix="read") as readers,
+            ThreadPoolExecutor(1, thread_name_prefix="gpu-decode") as gpu,
+        ):
 
             def submit(start: int):
                 positions = list(range(start, min(start + batch_size, len(paths))))
-                if gpu_decoder is not None:
-                    return positions, [readers.submit(read_for_gpu, paths[i]) for i in positions]
-                return positions, [pool.submit(load_prepared, paths[i], pre) for i in positions]
+                if gpu_decoder is None:
+                    return positions, [pool.submit(load_prepared, paths[i], pre) for i in positions]
+                reads = [readers.submit(read_for_gpu, paths[i]) for i in positions]
+                return positions, gpu.submit(gpu_decoder.prepare_batch, positions, reads, paths, pool)
 
             in_flight: deque = deque(submit(s) for s in islice(starts, _PREFETCH_BATCHES))
             while in_flight:
-                positions, futures = in_flight.popleft()
+                positions, pending = in_flight.popleft()
                 if (start := next(starts, None)) is not None:
                     in_flight.append(submit(start))
-                if gpu_decoder is not None:
-                    yield self._encode_gpu_batch(gpu_decoder, pool, paths, positions, futures, pre)
-                else:
-                    yield self._encode_decoded(positions, futures)
+                ok, pixels, failures = _collect(positions, pending) if gpu_decoder is None else pending.result()
+                vectors = self._pixels_to_vectors(pixels) if ok else np.zeros((0, self.dim), np.float32)
+                yield EncodedBatch(ok, vectors, failures)
 
-    def _encode_decoded(self, positions: list[int], futures: list[Future]) -> EncodedBatch:
-        arrays, ok, failures = [], [], []
-        for position, future in zip(positions, futures):
-            try:
-                arrays.append(future.result())
-                ok.append(position)
-            except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
-                failures.append((position, _failure_reason(exc)))
-        vectors = self._pixels_to_vectors(np.stack(arrays)) if arrays else np.zeros((0, self.dim), np.float32)
-        return EncodedBatch(ok, vectors, failures)
 
-    def _encode_gpu_batch(self, decoder, pool, paths, positions, futures, pre) -> EncodedBatch:
-        import torch
-
-        raw, raw_positions, fallback, failures = [], [], [], []
-        for position, future in zip(positions, futures):
-            data = future.result()
-            if data is not None:
-                raw.append(data)
-                raw_positions.append(position)
-            else:
-                fallback.append(position)
-        tensors, undecoded = decoder.decode(raw)
-        ok = [p for i, p in enumerate(raw_positions) if i not in undecoded]
-        fallback += [raw_positions[i] for i in sorted(undecoded)]
-        cpu_futures = [pool.submit(load_prepared, paths[p], pre) for p in fallback]
-        for position, future in zip(fallback, cpu_futures):
-            try:
-                tensors.append(torch.from_numpy(future.result()).to(self.device))
-                ok.append(position)
-            except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
-                failures.append((position, _failure_reason(exc)))
-        if not ok:
-            return EncodedBatch([], np.zeros((0, self.dim), np.float32), failures)
-        return EncodedBatch(ok, self._pixels_to_vectors(torch.stack(tensors)), failures)
+def _collect(positions: list[int], futures: list[Future]):
+    """Wait for one batch of CPU decodes: (positions decoded, their stacked pixels, failures)."""
+    arrays, ok, failures = [], [], []
+    for position, future in zip(positions, futures):
+        try:
+            arrays.append(future.result())
+            ok.append(position)
+        except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
+            failures.append((position, _failure_reason(exc)))
+    return ok, (np.stack(arrays) if arrays else None), failures
 
 
 class _GpuJpegDecoder:
     """JPEG decoding on the GPU with torchvision's nvJPEG binding, resized and cropped there too."""
 
     def __init__(self, device: str, pre: Preprocess):
+        import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
         self._decode_jpeg, self._mode = decode_jpeg, ImageReadMode.RGB
         self.device, self.pre = device, pre
+        self.stream = torch.cuda.Stream()
+        self.disabled = False
 
     @classmethod
     def create(cls, device: str, pre: Preprocess) -> "_GpuJpegDecoder | None":
@@ -414,6 +408,38 @@ class _GpuJpegDecoder:
         top, left = (size[0] - self.pre.crop) // 2, (size[1] - self.pre.crop) // 2
         crop = image[:, top : top + self.pre.crop, left : left + self.pre.crop]
         return crop.clamp_(0, 255).round_().to(torch.uint8).permute(1, 2, 0)
+
+    def prepare_batch(self, positions: list[int], reads: list[Future], paths: list[str], pool: Executor):
+        """Decode one batch on the GPU (other files on CPU workers): (positions decoded, NHWC uint8 tensor, failures).
+
+        Runs on the decode thread and its own CUDA stream, synchronised before returning,
+        so the model can use the tensor while the next batch is being decoded.
+        """
+        import torch
+
+        raw, raw_positions, fallback, failures = [], [], [], []
+        for position, future in zip(positions, reads):
+            data = None if self.disabled else future.result()
+            (fallback if data is None else raw_positions).append(position)
+            if data is not None:
+                raw.append(data)
+        with torch.cuda.stream(self.stream):
+            tensors, undecoded = self.decode(raw)
+            if raw and len(undecoded) == len(raw):
+                log.warning("the GPU JPEG decoder failed on a whole batch: decoding on CPU workers from now on")
+                self.disabled = True
+            ok = [p for i, p in enumerate(raw_positions) if i not in undecoded]
+            fallback += [raw_positions[i] for i in sorted(undecoded)]
+            cpu_futures = [pool.submit(load_prepared, paths[p], self.pre) for p in fallback]
+            for position, future in zip(fallback, cpu_futures):
+                try:
+                    tensors.append(torch.from_numpy(future.result()).to(self.device))
+                    ok.append(position)
+                except Exception as exc:  # noqa: BLE001 - any decode error is a per-file failure
+                    failures.append((position, _failure_reason(exc)))
+            batch = torch.stack(tensors) if tensors else None
+        self.stream.synchronize()
+        return ok, batch, failures
 
     def decode(self, blobs: list[bytes]) -> tuple[list, set[int]]:
         """Decode a batch; returns the prepared ``crop x crop x 3`` uint8 tensors and the indices that failed."""
