@@ -272,7 +272,7 @@ EXECUTORS = {"k8s": "k8s", "celery": "celery"}
 
 
 def _load_deploy_defs(name: str):
-    namespace = runpy.run_path(str(ROOT / "deploy" / name / "definitions.py"))
+    namespace = runpy.run_path(str(ROOT / "deploy" / name / f"{name}_definitions.py"))
     return namespace["defs"]
 
 

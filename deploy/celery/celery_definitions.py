@@ -7,6 +7,6 @@ start workers with ``dagster-celery worker start -y deploy/celery/run_config.yam
 from dagster import Definitions
 from dagster_celery import celery_executor
 
-from definitions import defs as project_defs
+import definitions
 
-defs = Definitions.merge(project_defs, Definitions(executor=celery_executor))
+defs = Definitions.merge(definitions.defs, Definitions(executor=celery_executor))
