@@ -308,3 +308,21 @@ def test_dagster_cli_validates_each_workspace(workspace, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_definitions_wire_pools_retries_automation_and_default_running_operations():
+    from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
+
+    from definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    embeddings = graph.get(AssetKey("image_embeddings"))
+    assert embeddings.pools == {"clip_model"}
+    images_node = defs.resolve_job_def("update_vectors").graph.node_named("images")
+    assert images_node.definition.retry_policy is not None and images_node.definition.retry_policy.max_retries >= 1
+    for key in ("image_embeddings", "search_index", "near_duplicates"):
+        assert graph.get(AssetKey(key)).automation_condition is not None, key
+    assert graph.get(AssetKey("images")).automation_condition is None, "images run for changed buckets only (the sensor)"
+    assert defs.resolve_schedule_def("refresh_schedule").default_status == DefaultScheduleStatus.RUNNING
+    for name in ("release_sensor", "catalog_change_sensor", "automation_sensor"):
+        assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
