@@ -246,7 +246,7 @@ def _without_source(results: list[SearchResult], photo_id: str, k: int) -> list[
     if source is not None:
         image = _image_of(source)
         if image:
-            st.image(image, caption="More like this photo", width=160)
+            st.image(image, caption="The photo you started from", width=160)
     return [r for r in results if r.photo_id != photo_id][:k]
 
 

@@ -1,69 +1,25 @@
 """The search page (search_app/app.py), run by ``streamlit.testing`` against a real index.
 
-The index is built once per module from the session's synthetic release and tiny random
-models: the ingestion assets are materialized for real, the release's JPEGs are placed in
-the image store, encoded by the project's encoder and published by the local backend. The
-page then reads everything through the environment, as ``streamlit run`` would.
+The index is conftest's ``search_home``: the synthetic release ingested and its images
+stored by real materializations, encoded by the tiny random models and published by the
+local backend. The page reads everything through the environment, as ``streamlit run`` would.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import shutil
 import socket
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, materialize
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from assets.catalog import photo_catalog
-from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
-from resources.backends.base import STORED_FIELDS, BuildInfo
-from resources.backends.local import LocalBackend
-from resources.clip import ClipEncoder
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
-from resources.image_store import ImageStore
 
 APP = str(Path(__file__).resolve().parents[1] / "search_app" / "app.py")
-INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
-
-
-def build_search_home(home: Path, release: Path, models: tuple[Path, Path]) -> Path:
-    """Ingest ``release`` into ``home``, store its images, encode them and publish a local index."""
-    materialize(
-        INGESTION,
-        resources={"settings": SettingsResource(home=str(home), dataset=str(release))},
-        instance=DagsterInstance.ephemeral(),
-    )
-    settings = Settings(home=home, image_model=str(models[0]), text_model=str(models[1]), device="cpu", precision="fp32")
-    catalog = pd.read_parquet(settings.catalog_path)
-    store = ImageStore(settings.images_dir)
-    paths = []
-    for photo_id in catalog["photo_id"]:
-        target = store.path_for(photo_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(release / "images" / f"{photo_id}.jpg", target)
-        paths.append(target)
-    encoder = ClipEncoder.from_settings(settings)
-    vectors = np.concatenate([batch.vectors for batch in encoder.encode_image_files(paths)])
-    info = BuildInfo(
-        image_model=settings.image_model, text_model=settings.text_model, dim=vectors.shape[1],
-        count=len(catalog), built_at="2026-01-01T00:00:00Z", name="",
-    )
-    LocalBackend(settings).build(catalog[list(STORED_FIELDS)].reset_index(drop=True), vectors, info)
-    return home
-
-
-@pytest.fixture(scope="module")
-def search_home(tmp_path_factory, sample_release: Path, tiny_models) -> Path:
-    """An IMAGE_SEARCH_HOME holding a published local index of the sample release."""
-    return build_search_home(tmp_path_factory.mktemp("home"), sample_release, tiny_models)
 
 
 @pytest.fixture
@@ -72,8 +28,6 @@ def page_env(monkeypatch, search_home: Path, tiny_models):
     monkeypatch.setenv("IMAGE_SEARCH_HOME", str(search_home))
     monkeypatch.setenv("IMAGE_SEARCH_IMAGE_MODEL", str(tiny_models[0]))
     monkeypatch.setenv("IMAGE_SEARCH_TEXT_MODEL", str(tiny_models[1]))
-    monkeypatch.setenv("IMAGE_SEARCH_DEVICE", "cpu")
-    monkeypatch.setenv("IMAGE_SEARCH_PRECISION", "fp32")
     return search_home
 
 
@@ -204,7 +158,7 @@ def test_more_like_this_searches_with_that_photo_and_goes_in_the_url(page_env):
     assert "q" not in at.query_params
     assert at.text_input(key="q").value == ""
     assert result_heading(at) == f"6 results for photo {first}"
-    assert any(image.captions == ["More like this photo"] for image in at.image)
+    assert any(image.captions == ["The photo you started from"] for image in at.image)
     assert first not in [b.key.removeprefix("like-") for b in like_buttons(at)]
 
 
@@ -276,3 +230,23 @@ def test_a_bad_setting_is_a_message(monkeypatch, tmp_path: Path):
     assert not at.exception
     assert len(at.error) == 1 and "IMAGE_SEARCH_BACKEND='solr'" in plain(at.error[0].value)
 
+
+
+def test_the_service_loads_once_per_process_for_every_visitor(page_env, monkeypatch):
+    import streamlit as st
+
+    from search_app.service import SearchService
+
+    loads = []
+    real = SearchService.from_settings.__func__
+
+    def counted(cls, settings):
+        loads.append(settings.home)
+        return real(cls, settings)
+
+    monkeypatch.setattr(SearchService, "from_settings", classmethod(counted))
+    st.cache_resource.clear()
+    for query in ("a red circle", "a blue square"):
+        assert_clean(_search(run_page(), query))
+    assert_clean(run_page({"q": "yellow", "mode": "hybrid"}))
+    assert loads == [page_env]

@@ -1,0 +1,119 @@
+"""End to end: the page started with ``streamlit run`` on 127.0.0.1, driven in headless Chromium.
+
+Chromium is Debian's ``chromium`` package (``.ci/run`` installs it); Playwright drives that
+binary and never downloads a browser. The page searches conftest's ``search_home`` index
+with the tiny random models, so results are real but their order means nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from resources.config import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def page_url(search_home: Path, tiny_models, tmp_path: Path):
+    """The page served by a real ``streamlit run`` on a free port, stopped after the test."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        IMAGE_SEARCH_HOME=str(search_home),
+        IMAGE_SEARCH_IMAGE_MODEL=str(tiny_models[0]),
+        IMAGE_SEARCH_TEXT_MODEL=str(tiny_models[1]),
+    )
+    log = open(tmp_path / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "search_app/app.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "streamlit did not answer its health check within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, search_home: Path, sample_release: Path, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo_id = pd.read_parquet(Settings(home=search_home).catalog_path)["photo_id"].iloc[5]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            page.goto(f"{page_url}/?k=8")
+            like = page.get_by_role("button", name="More like this", exact=True)
+
+            page.get_by_label("Search in any language").fill("红色的圆")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.get_by_text("8 results for “红色的圆” (vector)")).to_be_visible()
+            expect(like).to_have_count(8)
+            assert "q=%E7%BA%A2" in page.url and "k=8" in page.url
+            expect(page.get_by_text("cosine").first).to_be_visible()
+            expect(page.get_by_role("link", name="Photo").first).to_be_visible()
+
+            page.locator("input[type=file]").set_input_files(str(sample_release / "images" / f"{photo_id}.jpg"))
+            expect(page.get_by_text("8 results for your photo")).to_be_visible()
+            expect(page.get_by_text("Your photo", exact=True)).to_be_visible()
+            assert "q=" not in page.url
+
+            like.first.click()
+            expect(page.get_by_text("The photo you started from")).to_be_visible()
+            heading = page.get_by_text("8 results for photo")
+            expect(heading).to_be_visible()
+            expect(like).to_have_count(8)
+            assert "like=" in page.url
+            shared = page.url
+            page.wait_for_load_state("networkidle")
+            # Streamlit scrolls inside its own container, so a tall viewport is what shows every result.
+            page.set_viewport_size({"width": 1400, "height": 2200})
+            page.screenshot(path=str(tmp_path / "more-like-this.png"), full_page=True)
+
+            # The address alone reproduces the search in a fresh tab.
+            other = browser.new_page(viewport={"width": 1400, "height": 1100})
+            other.goto(shared)
+            expect(other.get_by_text("The photo you started from")).to_be_visible()
+            expect(other.get_by_role("button", name="More like this", exact=True)).to_have_count(8)
+        finally:
+            browser.close()
+    assert (tmp_path / "more-like-this.png").stat().st_size > 10_000
