@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 #: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
-BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest", "bench_download")
+BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest", "bench_download", "bench_relevance", "bench_embed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

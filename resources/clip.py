@@ -202,6 +202,7 @@ class ClipEncoder:
         precision: str = "auto",
         batch_size: int = 0,
         decode_workers: int = 0,
+        gpu_decode: bool = True,
     ):
         self.image_model_id = image_model
         self.text_model_id = text_model
@@ -209,6 +210,7 @@ class ClipEncoder:
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size or (512 if self.device == "cuda" else 32)
         self.decode_workers = decode_workers or os.cpu_count() or 1
+        self.gpu_decode = gpu_decode
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ClipEncoder":
@@ -220,6 +222,7 @@ class ClipEncoder:
             precision=settings.precision,
             batch_size=settings.embed_batch_size,
             decode_workers=settings.decode_workers,
+            gpu_decode=settings.gpu_decode,
         )
 
     @property
@@ -268,7 +271,7 @@ class ClipEncoder:
     @property
     def gpu_jpeg_decode(self) -> bool:
         """Whether :meth:`encode_image_files` decodes JPEGs on the GPU (CUDA with torchvision)."""
-        return _GpuJpegDecoder.create(self.device, Preprocess()) is not None
+        return self.gpu_decode and _GpuJpegDecoder.create(self.device, Preprocess()) is not None
 
     def _autocast(self):
         import torch
@@ -337,7 +340,7 @@ class ClipEncoder:
         if not paths:
             return
         pre = self.preprocess
-        gpu_decoder = _GpuJpegDecoder.create(self.device, pre)
+        gpu_decoder = _GpuJpegDecoder.create(self.device, pre) if self.gpu_decode else None
         starts = iter(range(0, len(paths), batch_size))
         with (
             self._executor() as pool,
@@ -389,12 +392,12 @@ class _GpuJpegDecoder:
     @classmethod
     def create(cls, device: str, pre: Preprocess) -> "_GpuJpegDecoder | None":
         """A decoder when ``device`` is CUDA and torchvision is installed, else ``None`` (CPU workers decode)."""
-        if device != "cuda" or os.environ.get("IMAGE_SEARCH_GPU_DECODE", "1") == "0":
+        if device != "cuda":
             return None
         try:
             return cls(device, pre)
-        except ImportError:
-            log.info("torchvision is not installed: decoding JPEGs with CPU worker processes")
+        except (ImportError, OSError, RuntimeError) as exc:
+            log.info(f"no GPU JPEG decoder ({type(exc).__name__}: {exc}): decoding JPEGs with CPU worker processes")
             return None
 
     def _prepare(self, image):

@@ -110,6 +110,7 @@ class Settings:
     lock_timeout: float = 3600.0
     embed_batch_size: int = 0
     decode_workers: int = 0
+    gpu_decode: bool = True
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -142,6 +143,7 @@ class Settings:
             lock_timeout=_env_float("IMAGE_SEARCH_LOCK_TIMEOUT", 3600.0),
             embed_batch_size=_env_int("IMAGE_SEARCH_EMBED_BATCH_SIZE", 0),
             decode_workers=_env_int("IMAGE_SEARCH_DECODE_WORKERS", 0),
+            gpu_decode=_env_bool("IMAGE_SEARCH_GPU_DECODE", True),
         )
         settings.validate()
         return settings

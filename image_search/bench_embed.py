@@ -1,0 +1,322 @@
+"""``image-search bench embed``: the project's embedding path against the original design's loop.
+
+In one process, on the same image files and the same model, it times
+
+(a) the original design: ``model.encode(Image.open(path))``, one image per call, fp32;
+(b) the project's path: :meth:`resources.clip.ClipEncoder.encode_image_files` from files
+    on disk to unit vectors (parallel decoding, full batches, the configured precision);
+
+and prints both throughputs, their ratio, the process's peak resident memory, and the
+mean and minimum cosine between (b)'s vectors and (a)'s fp32 ones. Both sides run one
+warm-up call first, so one-time initialisation is not timed.
+
+Without real photos, ``--make N`` writes N 640x427 JPEGs (the size Unsplash's ``w=640``
+returns) into ``--images``. ``--asset N`` instead runs the real ``image_embeddings``
+asset in a child process over N stored images and reports that child's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from resources.errors import ImageSearchError
+
+BENCH_SIZE = (640, 427)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_image(seed: int) -> Image.Image:
+    """A photo-like 640x427 picture: soft gradients, shapes and grain, different for each seed."""
+    rng = np.random.default_rng(seed)
+    width, height = BENCH_SIZE
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    pixels = a * (1 - y) + b * y + 40 * np.sin(6 * x + rng.uniform(0, 6))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
+        box = (x0, y0, x0 + rng.integers(20, 240), y0 + rng.integers(20, 200))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(1.5))
+    grain = rng.normal(0, 6, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+def _write_one(args: tuple[Path, int]) -> None:
+    folder, seed = args
+    final = folder / f"bench-{seed:06d}.jpg"
+    if not final.exists():
+        partial = folder / f".bench-{seed:06d}.tmp"
+        _bench_image(seed).save(partial, "JPEG", quality=85)
+        os.replace(partial, final)
+
+
+def write_bench_images(folder: Path, count: int, workers: int | None = None) -> list[Path]:
+    """Write ``count`` benchmark JPEGs into ``folder`` (those already there are kept) and return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+        list(pool.map(_write_one, [(folder, seed) for seed in range(count)], chunksize=32))
+    return [folder / f"bench-{seed:06d}.jpg" for seed in range(count)]
+
+
+def _image_files(folder: Path, limit: int | None) -> list[Path]:
+    if not folder.is_dir():
+        raise ImageSearchError(f"--images {folder} is not a folder: give a folder of images, or add --make N")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ImageSearchError(f"--images {folder} holds no .jpg/.png/.webp/.gif files: add --make N to write some")
+    return files[:limit] if limit else files
+
+
+class _PeakRss:
+    """Samples this process's resident memory every 20 ms while running (ru_maxrss covers all time)."""
+
+    def __init__(self):
+        import psutil
+
+        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_bench(
+    files: list[Path],
+    model: str,
+    *,
+    device: str,
+    precision: str,
+    batch_size: int,
+    workers: int,
+    baseline_limit: int,
+    gpu_decode: bool = True,
+) -> dict:
+    """Time (a) and (b) on ``files`` with ``model``; return every figure."""
+    import torch
+
+    from resources.clip import ClipEncoder
+
+    encoder = ClipEncoder(
+        model, model, device=device, precision=precision, batch_size=batch_size, decode_workers=workers,
+        gpu_decode=gpu_decode,
+    )
+    st_model = encoder.image_model
+    baseline_files = files[: baseline_limit or len(files)]
+
+    st_model.encode(Image.open(baseline_files[0]))
+    started = time.perf_counter()
+    reference = np.stack([st_model.encode(Image.open(p)) for p in baseline_files]).astype(np.float32)
+    baseline_s = time.perf_counter() - started
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+
+    list(encoder.encode_image_files(files[: encoder.batch_size]))
+    if encoder.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    vectors = np.zeros((len(files), encoder.dim), dtype=np.float32)
+    encoded, failed = 0, 0
+    with _PeakRss() as rss:
+        started = time.perf_counter()
+        for batch in encoder.encode_image_files(files):
+            vectors[batch.indices] = batch.vectors
+            encoded += len(batch.indices)
+            failed += len(batch.failures)
+        project_s = time.perf_counter() - started
+    cosines = np.sum(vectors[: len(baseline_files)] * reference, axis=1)
+    baseline_rate = len(baseline_files) / baseline_s
+    project_rate = encoded / project_s
+    figures = {
+        "images": len(files),
+        "baseline_images": len(baseline_files),
+        "model": model,
+        "dim": encoder.dim,
+        "device": encoder.device,
+        "precision": encoder.precision,
+        "batch_size": encoder.batch_size,
+        "decode_workers": encoder.decode_workers,
+        "gpu_jpeg_decode": encoder.gpu_jpeg_decode,
+        "baseline_img_per_s": round(baseline_rate, 2),
+        "project_img_per_s": round(project_rate, 2),
+        "speedup": round(project_rate / baseline_rate, 2),
+        "project_failures": failed,
+        "cosine_mean": round(float(cosines.mean()), 5),
+        "cosine_min": round(float(cosines.min()), 5),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "project_peak_rss_mb": round(rss.peak / 2**20),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if encoder.device == "cuda":
+        figures["gpu"] = torch.cuda.get_device_name()
+        figures["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return figures
+
+
+_ASSET_CHILD = """
+import resource, sys
+from dagster import DagsterInstance, materialize
+from assets.embeddings import image_embeddings
+from resources.dagster_resources import ClipResource, SettingsResource
+settings = SettingsResource(home=sys.argv[1], image_model=sys.argv[2], text_model=sys.argv[2])
+result = materialize([image_embeddings], resources={"settings": settings, "clip": ClipResource(settings=settings)},
+                     instance=DagsterInstance.ephemeral(),
+                     tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"})
+meta = result.get_asset_materialization_events()[0].materialization.metadata
+print(meta["encoded"].value, meta["throughput_img_per_s"].value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def run_asset(sources: list[Path], count: int, model: str) -> dict:
+    """Run the real ``image_embeddings`` asset over ``count`` stored images (hard links to ``sources``) in a child."""
+    import pandas as pd
+
+    from assets.partitions import photo_bucket
+    from resources.image_store import ImageStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-embed-asset-") as tmp:
+        home = Path(tmp) / "home"
+        ids = [f"bench{i:06d}" for i in range(count)]
+        catalog = pd.DataFrame({"photo_id": ids, "photo_image_url": [f"file:///bench/{i}.jpg" for i in ids]})
+        catalog["bucket"] = catalog["photo_id"].map(photo_bucket)
+        (home / "catalog").mkdir(parents=True)
+        catalog.to_parquet(home / "catalog" / "catalog.parquet", index=False)
+        store = ImageStore(home / "images")
+        for i, photo_id in enumerate(ids):
+            target = store.path_for(photo_id)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(sources[i % len(sources)], target)
+            except OSError:
+                target.write_bytes(sources[i % len(sources)].read_bytes())
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        started = time.perf_counter()
+        child = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(_ASSET_CHILD), str(home), model],
+            env=env, cwd=REPO, capture_output=True, text=True,
+        )
+        elapsed = time.perf_counter() - started
+    if child.returncode != 0:
+        tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ImageSearchError(f"the image_embeddings run failed: {tail}")
+    encoded, throughput, maxrss_kb = child.stdout.strip().splitlines()[-1].split()
+    return {
+        "asset_images": count,
+        "asset_encoded": int(encoded),
+        "asset_img_per_s": float(throughput),
+        "asset_wall_s": round(elapsed, 1),
+        "asset_peak_rss_mb": round(int(maxrss_kb) / 1024),
+        "model": model,
+    }
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench embed``."""
+    parser = sub.add_parser("embed", help="project embedding path vs the original one-image-per-call loop")
+    parser.add_argument("--images", type=Path, help="folder of images (default: a temporary folder; needs --make)")
+    parser.add_argument("--make", type=int, default=0, metavar="N", help="first write N 640x427 benchmark JPEGs there")
+    parser.add_argument("--model", help="image model name or path (default: IMAGE_SEARCH_IMAGE_MODEL)")
+    parser.add_argument("--limit", type=int, default=0, metavar="N", help="use at most N images")
+    parser.add_argument("--baseline-limit", type=int, default=0, metavar="N",
+                        help="time the original loop on the first N images only (default: all)")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: IMAGE_SEARCH_DEVICE)")
+    parser.add_argument("--precision", help="fp32, bf16, fp16 or auto (default: IMAGE_SEARCH_PRECISION)")
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: IMAGE_SEARCH_EMBED_BATCH_SIZE)")
+    parser.add_argument("--workers", type=int, help="decode workers (default: IMAGE_SEARCH_DECODE_WORKERS)")
+    parser.add_argument("--asset", type=int, default=0, metavar="N",
+                        help="instead, run the image_embeddings asset on N stored images and report its peak RSS")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``image-search bench embed``."""
+    from resources.config import Settings
+
+    settings = Settings.from_env()
+    model = args.model or settings.image_model
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
+        folder = args.images or Path(tmp)
+        if args.make:
+            write_bench_images(folder, args.make)
+        files = _image_files(folder, args.limit or None)
+        if args.asset:
+            figures = run_asset(files, args.asset, model)
+        else:
+            figures = run_bench(
+                files,
+                model,
+                device=args.device or settings.device,
+                precision=args.precision or settings.precision,
+                batch_size=args.batch_size if args.batch_size is not None else settings.embed_batch_size,
+                workers=args.workers if args.workers is not None else settings.decode_workers,
+                baseline_limit=args.baseline_limit,
+                gpu_decode=settings.gpu_decode,
+            )
+    if args.json:
+        print(json.dumps(figures))
+    elif args.asset:
+        print(f"image_embeddings asset on {figures['asset_images']} stored images ({figures['model']}): "
+              f"{figures['asset_encoded']} encoded at {figures['asset_img_per_s']} img/s, "
+              f"{figures['asset_wall_s']} s wall, peak RSS {figures['asset_peak_rss_mb']} MB")
+    else:
+        f = figures
+        print(f"images: {f['images']} ({f['baseline_images']} for the baseline); model {f['model']} "
+              f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}, {f['cpu_count']} CPUs")
+        print(f"(a) original loop, one image per model.encode call, fp32: {f['baseline_img_per_s']} img/s")
+        print(f"(b) project path, files to unit vectors ({f['precision']}, batch {f['batch_size']}, "
+              f"{f['decode_workers']} decode workers, GPU JPEG decode {f['gpu_jpeg_decode']}): "
+              f"{f['project_img_per_s']} img/s, {f['project_failures']} failures")
+        print(f"speed-up (b)/(a): {f['speedup']}x")
+        print(f"cosine (b) vs fp32 (a): mean {f['cosine_mean']}, min {f['cosine_min']}")
+        print(f"peak RSS: {f['peak_rss_mb']} MB (process), {f['project_peak_rss_mb']} MB during (b)"
+              + (f"; GPU peak {f['gpu_peak_mb']} MB" if "gpu_peak_mb" in f else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m image_search.bench_embed ...``: the same benchmark without the rest of the CLI.
+
+    The full ``image-search`` CLI imports every command's module (Dagster among them); a
+    bare GPU machine may have only torch and the model libraries.
+    """
+    parser = argparse.ArgumentParser(prog="python -m image_search.bench_embed")
+    register(parser.add_subparsers(dest="bench", required=True))
+    args = parser.parse_args(["embed", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.handler(args)
+    except ImageSearchError as exc:
+        print(f"image-search: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
