@@ -41,6 +41,7 @@ URL_DEFAULTS: dict[str, Any] = {
     "country": "",
     "since": None,
     "until": None,
+    "hide_duplicates": True,
 }
 LIKE = "like"
 
@@ -109,6 +110,12 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
             values[name] = min(max(cast(raw), low), high)
         except ValueError:
             problems.append(f"{name}={raw!r} in the address is not a number: using {URL_DEFAULTS[name]}.")
+    raw = params.get("hide_duplicates")
+    if raw is not None:
+        if raw.lower() in ("true", "false"):
+            values["hide_duplicates"] = raw.lower() == "true"
+        else:
+            problems.append(f"hide_duplicates={raw!r} in the address is not true or false: hiding them.")
     for name in ("since", "until"):
         raw = params.get(name)
         if raw is None:
@@ -120,6 +127,15 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
     return values, problems
 
 
+def _url_value(value: Any) -> str:
+    """A widget value as the URL spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
 def _write_url(values: dict[str, Any], like: str | None) -> None:
     """Put the current search in the URL, leaving out values at their defaults to keep links short."""
     params = st.query_params
@@ -128,7 +144,7 @@ def _write_url(values: dict[str, Any], like: str | None) -> None:
         if value == default or value is None:
             params.pop(name, None)
         else:
-            params[name] = value.isoformat() if isinstance(value, dt.date) else str(value)
+            params[name] = _url_value(value)
     if like:
         params[LIKE] = like
     else:
@@ -182,6 +198,8 @@ def _controls() -> Filters:
         st.text_input("Country", key="country", placeholder="e.g. Iceland")
         st.date_input("Submitted on or after", key="since", format="YYYY-MM-DD")
         st.date_input("Submitted on or before", key="until", format="YYYY-MM-DD")
+        st.toggle("Hide duplicates", key="hide_duplicates",
+                  help="Show one photo per group of near-identical photos (the best-ranked one).")
     state = st.session_state
     return Filters(
         orientation=None if state.orientation == ANY else state.orientation,
@@ -292,7 +310,8 @@ def main() -> None:
     state = st.session_state
     _write_url({name: state[name] for name in URL_DEFAULTS}, state.like)
     # A minimum of 0 means no cut, so random test models (cosines around 0) still show results.
-    k, min_score = state.k, state.min_score or None
+    options = {"k": state.k, "min_score": state.min_score or None, "filters": filters,
+               "collapse_duplicates": state.hide_duplicates}
     keyword = False
     if upload is not None:
         try:
@@ -301,16 +320,16 @@ def main() -> None:
             st.error(_message(str(exc)))
             return
         st.image(image, caption="Your photo", width=160)
-        results = _run(lambda s: s.search_image(image, k=k, min_score=min_score, filters=filters), settings)
+        results = _run(lambda s: s.search_image(image, **options), settings)
         what = "your photo"
     elif state.like:
         like = state.like
-        found = _run(lambda s: s.more_like_this(like, k=k + 1, min_score=min_score, filters=filters), settings)
-        results = None if found is None else _without_source(found, like, k)
+        found = _run(lambda s: s.more_like_this(like, **{**options, "k": state.k + 1}), settings)
+        results = None if found is None else _without_source(found, like, state.k)
         what = f"photo {_escape(like)}"
     elif state.q:
         q, mode = state.q, state.mode
-        results = _run(lambda s: s.search_text(q, k=k, min_score=min_score, mode=mode, filters=filters), settings)
+        results = _run(lambda s: s.search_text(q, mode=mode, **options), settings)
         what = f"“{_escape(q)}” ({mode})"
         keyword = mode == "keyword"
     else:

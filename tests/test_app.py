@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -250,3 +251,90 @@ def test_the_service_loads_once_per_process_for_every_visitor(page_env, monkeypa
         assert_clean(_search(run_page(), query))
     assert_clean(run_page({"q": "yellow", "mode": "hybrid"}))
     assert loads == [page_env]
+
+
+@pytest.fixture(scope="module")
+def duplicates_home(tmp_path_factory, search_home: Path, sample_release: Path, sample_release_info: dict, tiny_models):
+    """A copy of ``search_home`` with near_duplicates materialized, and the planted pair it groups.
+
+    The tiny random model puts every photo close to every other, so the grouping threshold
+    is set just under the cosine of the closest planted pair rather than at the default.
+    """
+    from dagster import DagsterInstance, materialize
+
+    from assets.duplicates import near_duplicates
+    from resources.dagster_resources import SettingsResource
+    from search_app.service import SearchService
+
+    models = {"image_model": str(tiny_models[0]), "text_model": str(tiny_models[1])}
+    service = SearchService.from_settings(Settings(home=search_home, **models))
+    cosines = {}
+    for original, copy in sample_release_info["duplicates"]:
+        results = service.more_like_this(original, k=len(sample_release_info["photo_ids"]))
+        cosines[(original, copy)] = next(r.cosine for r in results if r.photo_id == copy)
+    pair, cosine = max(cosines.items(), key=lambda item: item[1])
+    home = tmp_path_factory.mktemp("dups") / "home"
+    shutil.copytree(search_home, home)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGE_SEARCH_DUPLICATE_THRESHOLD", f"{cosine - 1e-4:.6f}")
+        materialize(
+            [near_duplicates],
+            resources={"settings": SettingsResource(home=str(home), dataset=str(sample_release), **models)},
+            instance=DagsterInstance.ephemeral(),
+        )
+    return home, pair
+
+
+def test_hide_duplicates_is_on_by_default_and_can_be_turned_off(monkeypatch, duplicates_home, tiny_models):
+    home, (original, copy) = duplicates_home
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(home))
+    monkeypatch.setenv("IMAGE_SEARCH_IMAGE_MODEL", str(tiny_models[0]))
+    monkeypatch.setenv("IMAGE_SEARCH_TEXT_MODEL", str(tiny_models[1]))
+
+    def shown(at: AppTest) -> set[str]:
+        return {b.key.removeprefix("like-") for b in like_buttons(at)}
+
+    at = run_page({"like": original, "k": "10"})
+    assert_clean(at)
+    assert at.toggle(key="hide_duplicates").value is True
+    assert copy not in shown(at) and len(shown(at)) == 10
+    at.toggle(key="hide_duplicates").set_value(False).run()
+    assert_clean(at)
+    assert at.query_params["hide_duplicates"] == "false"
+    assert copy in shown(at) and len(shown(at)) == 10
+
+
+def _expected(rows: pd.DataFrame, control: str) -> tuple[dict[str, str], set[str]]:
+    """URL parameters setting one filter control, and the photos of the catalog that pass it."""
+    if control == "color":
+        colour = rows["colors"].explode().value_counts().index[0]
+        passing = rows["colors"].map(lambda colors: colour in list(colors))
+        return {"color": colour}, set(rows.loc[passing, "photo_id"])
+    if control == "country":
+        country = rows["photo_location_country"].value_counts().index[0]
+        passing = rows["photo_location_country"].str.lower() == country.lower()
+        return {"country": country.upper()}, set(rows.loc[passing, "photo_id"])
+    days = pd.to_datetime(rows["photo_submitted_at"], utc=True).dt.date
+    since, until = sorted(days)[len(days) // 4], sorted(days)[len(days) // 2]
+    return {"since": since.isoformat(), "until": until.isoformat()}, set(rows.loc[(days >= since) & (days <= until), "photo_id"])
+
+
+@pytest.mark.parametrize("control", ["color", "country", "dates"])
+def test_filter_controls_from_the_url_apply_inside_the_search(page_env, control):
+    params, passing = _expected(catalog(page_env), control)
+    assert 0 < len(passing) < 48
+    at = run_page({"q": "a shape", "k": "60", **params})
+    assert_clean(at)
+    assert {b.key.removeprefix("like-") for b in like_buttons(at)} == passing
+    for name, value in params.items():
+        assert at.query_params[name] == (value.lower() if name == "color" else value)
+
+
+def test_an_unknown_photo_id_in_the_url_is_a_message(page_env):
+    at = run_page({"like": "[no](https://example.com)"})
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "is not in the index" in plain(message)
+    # The id comes from the URL: its brackets are escaped, so it shows as text, never as a link.
+    assert "\\[no\\](https://example.com)" in message
