@@ -14,6 +14,7 @@ once per server process and shared by every visitor.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Callable
 
 import streamlit as st
@@ -107,9 +108,13 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
         if raw is None:
             continue
         try:
-            values[name] = min(max(cast(raw), low), high)
+            number = cast(raw)
         except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
             problems.append(f"{name}={raw!r} in the address is not a number: using {URL_DEFAULTS[name]}.")
+        else:
+            values[name] = min(max(number, low), high)
     raw = params.get("hide_duplicates")
     if raw is not None:
         if raw.lower() in ("true", "false"):
