@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImageSearchError("bench query needs --docs >= 100 and --queries >= 10")
     settings = Settings.from_env()
     figures: dict[str, object] = {"docs": args.docs, "queries": args.queries}
+    figures["load_average_at_start"] = round(os.getloadavg()[0], 2)
     encoder = None
     dim = 512
     if not args.skip_text:
@@ -183,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(ann_rows, truth)])), 4
         )
 
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    figures["cpus"] = os.cpu_count()
     if args.json:
         print(json.dumps(figures))
     else:

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from resources.backends import open_backend
+from resources.backends import BUILD_HINT, open_backend
 from resources.backends.base import BuildInfo, Filters, Hit, SearchBackend
 from resources.config import Settings
 from resources.downloader import FetchFailure, normalise_image, with_imgix_params
@@ -184,10 +184,7 @@ class SearchService:
         """The published build's info; raises when nothing is published yet."""
         info = self.backend.info()
         if info is None:
-            raise ImageSearchError(
-                f"no search index is published on the {self.backend.engine} backend yet: build it with "
-                "`make demo` or `dagster asset materialize -m definitions --select '+search_index'`"
-            )
+            raise ImageSearchError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
         return info
 
     def encoder(self) -> Encoder:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from resources.backends import BUILD_HINT
 from resources.backends.base import (
     STORED_FIELDS,
     BuildInfo,
@@ -250,10 +251,7 @@ class LocalBackend(SearchBackend):
     def _require(self) -> _Build:
         build = self._published()
         if build is None:
-            raise IndexNotBuiltError(
-                f"no search index under {self.root} yet: build it with `make demo` or "
-                "`dagster asset materialize -m definitions --select '+search_index'`"
-            )
+            raise IndexNotBuiltError(f"no search index under {self.root} yet: {BUILD_HINT}")
         return build
 
     def info(self) -> BuildInfo | None:
