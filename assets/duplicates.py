@@ -26,8 +26,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    AssetSelection,
-    AutomationCondition,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -38,6 +36,7 @@ from dagster import (
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
@@ -212,7 +211,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     deps=["image_embeddings", "photo_catalog"],
     kinds={"numpy", "parquet"},
     code_version="1",
-    automation_condition=AutomationCondition.eager().ignore(AssetSelection.assets("photo_catalog")),
+    automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("near_duplicates")
 def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:

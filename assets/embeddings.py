@@ -27,8 +27,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetSelection,
-    AutomationCondition,
     BackfillPolicy,
     Failure,
     MaterializeResult,
@@ -39,6 +37,7 @@ from dagster import (
     asset_check,
 )
 
+from assets.automation import FOLLOW_CHECKED_PARENTS
 from assets.images import read_catalog_buckets
 from assets.partitions import photo_buckets
 from resources.config import Settings
@@ -200,7 +199,7 @@ def _failures_md(failures: list[tuple[str, str]]) -> str:
     code_version="1",
     pool="clip_model",
     description="One unit CLIP vector per stored image, as Parquet chunks under embeddings/<model key>/<bucket>/.",
-    automation_condition=AutomationCondition.eager().ignore(AssetSelection.assets("photo_catalog")),
+    automation_condition=FOLLOW_CHECKED_PARENTS,
 )
 @holds_store_locks("embeddings")
 def image_embeddings(context: AssetExecutionContext, settings: SettingsResource, clip: ClipResource) -> MaterializeResult:

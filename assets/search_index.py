@@ -12,15 +12,9 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from dagster import (
-    AssetExecutionContext,
-    AssetSelection,
-    AutomationCondition,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
 from resources.backends import open_backend
 from resources.backends.base import STORED_FIELDS, BuildInfo
@@ -47,7 +41,7 @@ def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     kinds={"numpy", "faiss", "elasticsearch"},
     code_version="1",
     description="Catalog photos with an image vector, searchable by vector and by keywords in the configured backend.",
-    automation_condition=AutomationCondition.eager().ignore(AssetSelection.assets("photo_catalog")),
+    automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("search_index")
 def search_index(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:

@@ -5,6 +5,7 @@ project's own sensors and automation conditions."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -260,12 +261,17 @@ def served_release(out: Path, server, photos: int, seed: int) -> dict:
 
 
 def _cli(args: list[str], dagster_home: Path, log: Path) -> subprocess.Popen:
-    """``dagster asset materialize`` in its own process, as a user runs it, its log in ``log``."""
+    """``dagster asset materialize`` in its own process, as a user runs it, its log in ``log``.
+
+    Steps run inside that process (the in-process executor), so one SIGKILL stops the run
+    as a lost node or an out-of-memory kill would.
+    """
     dagster_home.mkdir(exist_ok=True)
     shutil.copy(ROOT / ".dagster" / "dagster.yaml", dagster_home / "dagster.yaml")
     with log.open("w") as out:
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", *args],
+            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", *args,
+             "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})],
             cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(dagster_home)}, stdout=out, stderr=subprocess.STDOUT,
         )
 
@@ -342,6 +348,7 @@ def test_an_image_server_failing_for_a_while_then_recovering(tmp_path, pipeline_
             route = server.routes[f"/img/{photo_id}.jpg"]
             route.fail_first = [(503, {"Retry-After": "0"})] * failures
         with DagsterInstance.ephemeral() as instance:
+            automation = evaluate_automation_conditions(defs=_defs(), instance=instance)
             run_job(instance, "ingest_release")
             outage = run_job(instance, "update_vectors", ALL_BUCKETS, raise_on_error=False)
             assert not outage.success
@@ -349,6 +356,8 @@ def test_an_image_server_failing_for_a_while_then_recovering(tmp_path, pipeline_
             metadata = outage.asset_materializations_for_node("images")[0].metadata
             assert (metadata["stored"].value, metadata["failed"].value) == (len(brief), len(long))
             assert not outage.asset_materializations_for_node("image_embeddings"), "blocked by the failed check"
+            automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
+            assert automation.total_requested == 0, "automation does not encode past a failed blocking check either"
 
             recovered = run_job(instance, "update_vectors", ALL_BUCKETS)
             metadata = recovered.asset_materializations_for_node("images")[0].metadata
