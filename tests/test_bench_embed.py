@@ -48,8 +48,8 @@ def test_bench_compares_both_paths_on_the_same_images(tmp_path, tiny_models):
 
 def test_asset_run_reports_the_peak_memory_of_a_real_materialization(tmp_path, tiny_models):
     sources = write_bench_images(tmp_path / "images", 4, workers=1)
-    figures = run_asset(sources, 50, str(tiny_models[0]))
-    assert figures["asset_images"] == figures["asset_encoded"] == 50
+    figures = run_asset(sources, 20, str(tiny_models[0]))
+    assert figures["asset_images"] == figures["asset_encoded"] == 20
     assert figures["asset_peak_rss_mb"] > 100 and figures["asset_img_per_s"] > 0
 
 
