@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("text", nargs="?", help="words in any language")
     what.add_argument("--image", metavar="PATH", help="an image file to search with")
-    what.add_argument("--like", metavar="PHOTO_ID", help="an indexed photo to find more like")
+    what.add_argument(
+        "--like",
+        metavar="PHOTO_ID",
+        help="an indexed photo to find more like (write --like=ID for an id starting with '-')",
+    )
     parser.add_argument("-k", type=int, default=10, help="how many results (1-1000, default 10)")
     parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
     parser.add_argument("--mode", choices=MODES, default="vector", help="text search mode (default vector)")

@@ -12,7 +12,8 @@ models take (``SentenceTransformer(path)``):
   default ``CLIPConfig``: 88 M image-tower parameters, 224x224 input, 32x32 patches), which
   is what a benchmark must time.
 - ``text``: a multilingual text student shaped like ``clip-ViT-B-32-multilingual-v1``
-  (a DistilBERT transformer, mean pooling, a Dense layer onto the CLIP space). Its
+  (a DistilBERT transformer, mean pooling, a Dense layer onto the CLIP space); tiny by
+  default, DistilBERT-base (6 layers, 768 wide) with ``full_size=True``. Its
   WordPiece vocabulary holds Latin letters with accents and the CJK ideographs, so Spanish
   and Chinese queries turn into real tokens rather than ``[UNK]``.
 
@@ -93,7 +94,7 @@ def _write_clip(target: Path, full_size: bool) -> None:
     )
 
 
-def _write_text(target: Path) -> None:
+def _write_text(target: Path, full_size: bool) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
@@ -109,9 +110,12 @@ def _write_text(target: Path) -> None:
             tokenize_chinese_chars=True,
             model_max_length=128,
         )
-        config = DistilBertConfig(
-            vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=128
-        )
+        if full_size:
+            config = DistilBertConfig(vocab_size=len(vocab))
+        else:
+            config = DistilBertConfig(
+                vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=128
+            )
         torch.manual_seed(1)
         DistilBertModel(config).eval().save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
@@ -126,16 +130,17 @@ def write_tiny_models(models_dir: Path, *, full_size: bool = False) -> tuple[Pat
 
     Each folder is written under a temporary name and renamed into place, so an
     interrupted call never leaves a half-written model that a later load would trust.
-    ``full_size`` makes the CLIP towers the real ViT-B/32 architecture (for timing).
+    ``full_size`` makes the CLIP towers the real ViT-B/32 architecture and the text model a
+    DistilBERT-base student like clip-ViT-B-32-multilingual-v1 (random weights, for timing).
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, writer in (("clip", lambda p: _write_clip(p, full_size)), ("text", _write_text)):
+    for name, writer in (("clip", _write_clip), ("text", _write_text)):
         final = models_dir / name
         partial = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
         try:
-            writer(partial)
+            writer(partial, full_size)
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)

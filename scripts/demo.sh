@@ -14,6 +14,8 @@ if [[ "${SAMPLE:-0}" == "1" ]]; then
     echo "=================================================================="
     echo " SAMPLE=1: SYNTHETIC DATA AND TINY RANDOM MODELS, NOT UNSPLASH."
     echo " Results are meaningless; this only shows the platform working."
+    echo " Near-duplicates: only identical images group (random vectors are"
+    echo " all alike), unless IMAGE_SEARCH_DUPLICATE_THRESHOLD says otherwise."
     echo " Release: $sample_dir"
     echo "=================================================================="
     rm -rf "$sample_dir"
@@ -21,6 +23,7 @@ if [[ "${SAMPLE:-0}" == "1" ]]; then
     export IMAGE_SEARCH_DATASET=$sample_dir
     export IMAGE_SEARCH_IMAGE_MODEL=$sample_dir/models/clip
     export IMAGE_SEARCH_TEXT_MODEL=$sample_dir/models/text
+    export IMAGE_SEARCH_DUPLICATE_THRESHOLD=${IMAGE_SEARCH_DUPLICATE_THRESHOLD:-0.99999}
 fi
 
 # Per-pool limits live in the instance's database: one encoder at a time (see .dagster/dagster.yaml).
