@@ -8,6 +8,9 @@ BIN=$VENV/bin
 HOST=${HOST:-127.0.0.1}
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster}
 export IMAGE_SEARCH_HOME=${IMAGE_SEARCH_HOME:-$PWD/data}
+# Short OpenBLAS spin, so kNN threads do not steal the cores the next query's encoding needs
+# (see image_search/cli.py; it halves text-query latency on a 2-core machine).
+export OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-4}
 
 if [[ "${SAMPLE:-0}" == "1" ]]; then
     sample_dir=$IMAGE_SEARCH_HOME/sample-release
