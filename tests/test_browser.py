@@ -71,6 +71,15 @@ def page_url(search_home: Path, tiny_models, tmp_path: Path):
         log.close()
 
 
+def _wait_until_idle(page) -> None:
+    """Wait for the page's script run to finish, so a click lands on the widgets it rendered.
+
+    Streamlit replaces the results while a run is in flight; a click on a button of the
+    previous render is lost.
+    """
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
 def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, search_home: Path, sample_release: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -84,6 +93,7 @@ def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, searc
             page.goto(f"{page_url}/?k=8")
             like = page.get_by_role("button", name="More like this", exact=True)
 
+            _wait_until_idle(page)
             page.get_by_label("Search in any language").fill("红色的圆")
             page.get_by_role("button", name="Search", exact=True).click()
             expect(page.get_by_text("8 results for “红色的圆” (vector)")).to_be_visible()
@@ -92,11 +102,13 @@ def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, searc
             expect(page.get_by_text("cosine").first).to_be_visible()
             expect(page.get_by_role("link", name="Photo").first).to_be_visible()
 
+            _wait_until_idle(page)
             page.locator("input[type=file]").set_input_files(str(sample_release / "images" / f"{photo_id}.jpg"))
             expect(page.get_by_text("8 results for your photo")).to_be_visible()
             expect(page.get_by_text("Your photo", exact=True)).to_be_visible()
             assert "q=" not in page.url
 
+            _wait_until_idle(page)
             like.first.click()
             expect(page.get_by_text("The photo you started from")).to_be_visible()
             heading = page.get_by_text("8 results for photo")
