@@ -83,7 +83,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder.wait(timeout=10)
     started = time.monotonic()
     with store_lock(lock, "search_index", timeout=5):
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 4, "a stale lock would have made it wait for the timeout"
 
 
 # -- the pipeline, end to end ------------------------------------------------------------
