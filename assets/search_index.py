@@ -8,7 +8,6 @@ count: documents are keyed by photo_id. The checks in ``assets/checks.py`` compa
 published count with catalog ∩ vectors and probe self-retrieval.
 """
 
-import datetime as dt
 
 import numpy as np
 import pandas as pd
@@ -53,14 +52,7 @@ def search_index(context: AssetExecutionContext, settings: SettingsResource) -> 
             f"no catalog photo has a vector for image model {config.image_model}: materialize image_embeddings first"
         )
     backend = open_backend(config)
-    info = BuildInfo(
-        image_model=config.image_model,
-        text_model=config.text_model,
-        dim=int(vectors.shape[1]),
-        count=len(documents),
-        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        name="",
-    )
+    info = BuildInfo.for_vectors(config.image_model, config.text_model, vectors)
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"search_index build: {done}/{total}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import tempfile
@@ -137,13 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
         home_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
-        info = BuildInfo(
-            image_model=encoder.image_model_id if encoder else settings.image_model,
-            text_model=encoder.text_model_id if encoder else settings.text_model,
-            dim=dim,
-            count=args.docs,
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-            name="",
+        info = BuildInfo.for_vectors(
+            encoder.image_model_id if encoder else settings.image_model,
+            encoder.text_model_id if encoder else settings.text_model,
+            vectors,
         )
         backend = LocalBackend(home_settings)
         report = backend.build(documents, vectors, info)

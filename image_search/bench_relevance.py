@@ -170,7 +170,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the held-out evaluation index, run every query in every mode, print the figures."""
     import dataclasses
-    import datetime as dt
     import sys
     import tempfile
     import time
@@ -219,14 +218,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-relevance-") as tmp:
         eval_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
         backend = LocalBackend(eval_settings, ann_min_docs=len(documents) + 1)
-        info = BuildInfo(
-            image_model=settings.image_model,
-            text_model=settings.text_model,
-            dim=int(vectors.shape[1]),
-            count=len(documents),
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            name="",
-        )
+        info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
         say(f"bench relevance: evaluation index of {len(documents)} photos, {len(queries)} queries")
         backend.build(documents, vectors, info)
         service = SearchService(backend, eval_settings)

@@ -68,6 +68,18 @@ class BuildInfo:
     built_at: str
     name: str
 
+    @classmethod
+    def for_vectors(cls, image_model: str, text_model: str, vectors: np.ndarray) -> "BuildInfo":
+        """The info of a build of ``vectors`` made now; the backend fills in ``name`` when it publishes."""
+        return cls(
+            image_model=image_model,
+            text_model=text_model,
+            dim=int(vectors.shape[1]),
+            count=int(vectors.shape[0]),
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            name="",
+        )
+
 
 @dataclass
 class Hit:
