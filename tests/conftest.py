@@ -68,3 +68,14 @@ def search_home(tmp_path_factory: pytest.TempPathFactory, sample_release: Path, 
     )
     materialize([search_index, index_matches_catalog, index_self_retrieval], resources=resources, instance=instance)
     return home
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module: on a 2-core machine shared by many suites, it avoids spin-waits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

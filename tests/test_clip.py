@@ -37,14 +37,7 @@ from tests.http_fixtures import (
 
 DIM = 512
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The shared 2-core test machine runs many suites at once; one intra-op thread avoids spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

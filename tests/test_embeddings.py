@@ -33,6 +33,8 @@ ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_part
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
 REPO = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _settings(home: Path, models: tuple[Path, Path], **extra) -> SettingsResource:
     return SettingsResource(home=str(home), image_model=str(models[0]), text_model=str(models[1]), **extra)
@@ -66,17 +68,6 @@ def _stored_ids(home: Path) -> list[str]:
 
 def _stored_rows(home: Path, model_id: str) -> int:
     return sum(pq.read_metadata(p).num_rows for p in (home / "embeddings" / model_key(model_id)).glob("*/part-*.parquet"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The shared 2-core test machine runs many suites at once; one intra-op thread avoids spin-waits."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
