@@ -25,6 +25,7 @@ Why each step:
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import io
 import os
@@ -164,12 +165,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+@functools.lru_cache(maxsize=16384)
 def with_imgix_params(url: str, params: str) -> str:
     """``url`` with ``params`` merged into its query when it is an Unsplash imgix URL.
 
     imgix serves any size on request: asking for ``w=640&fm=jpg`` fetches a ~100 KB JPEG
     instead of a multi-megabyte original, and CLIP sees 224 x 224 anyway. The configured
-    parameters win over ones already in the URL.
+    parameters win over ones already in the URL. Cached, since every search result
+    rewrites the URL of a photo that is often shown again.
     """
     parts = urlsplit(url)
     if not params or parts.hostname != IMGIX_HOST:

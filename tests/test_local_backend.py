@@ -13,7 +13,7 @@ import pytest
 from image_search.bench_query import clustered_vectors, synthetic_documents
 from resources.backends import open_backend
 from resources.backends.base import BuildInfo, Filters
-from resources.backends.local import IndexNotBuiltError, LocalBackend, exact_top10
+from resources.backends.local import _SCREEN_MIN_DOCS, IndexNotBuiltError, LocalBackend, exact_top10
 from resources.config import Settings
 from resources.errors import ImageSearchError
 
@@ -120,7 +120,9 @@ def test_reader_switches_to_new_build_and_never_sees_half_of_one(tmp_path: Path,
     def read():
         while not stop.is_set():
             try:
-                seen.add((reader.count(), len(reader.knn(vectors[0], 1000))))
+                # Two calls, so a switch may fall between them: each must see a whole build.
+                seen.add(("count", reader.count()))
+                seen.add(("knn", len(reader.knn(vectors[0], 1000))))
             except Exception as exc:  # noqa: BLE001 - any failure of a reader is what the test looks for
                 errors.append(exc)
 
@@ -133,7 +135,7 @@ def test_reader_switches_to_new_build_and_never_sees_half_of_one(tmp_path: Path,
         stop.set()
         thread.join()
     assert not errors
-    assert seen <= {(400, 400), (N, N)}
+    assert seen <= {("count", 400), ("count", N), ("knn", 400), ("knn", N)}
     assert reader.count() == N and reader.info().name == writer.info().name
 
 
@@ -224,3 +226,48 @@ def test_approximate_index_recall_against_exact(tmp_path: Path):
     assert recall >= 0.98
     exact = [backend.knn_rows(q, 10, exact=True)[0] for q in queries]
     assert all(list(e) == list(t) for e, t in zip(exact, truth))
+
+
+def test_exact_search_screens_in_float16_and_still_orders_near_ties_like_float32(tmp_path: Path):
+    """Neighbours whose cosines differ by less than float16 can resolve still come back in float32 order."""
+    n = _SCREEN_MIN_DOCS + 1_000
+    docs, vectors = synthetic_documents(n, seed=4), clustered_vectors(n, DIM, clusters=64, seed=4)
+    rng = np.random.default_rng(4)
+    queries = clustered_vectors(3, DIM, clusters=64, seed=5)
+    planted = rng.permutation(n)[: 3 * 40].reshape(3, 40)
+    for q, rows in zip(queries, planted):
+        # Cosines 0.95, 0.95002, 0.95004, ...: steps of 2e-5 are far above float32's rounding
+        # but far below the float16 screen's error of about 1e-3.
+        for j, row in enumerate(rows):
+            other = rng.standard_normal(DIM).astype(np.float32)
+            other -= (other @ q) * q
+            other /= np.linalg.norm(other)
+            cosine = 0.95 + j * 2e-5
+            vectors[row] = cosine * q + np.sqrt(1 - cosine**2) * other
+    backend = LocalBackend(Settings(home=tmp_path))
+    report = backend.build(docs, vectors, _info())
+    assert (backend.builds_dir / report.name / "vectors_f16.npy").exists()
+    for q, rows in zip(queries, planted):
+        found, scores = backend.knn_rows(q, 40, exact=True)
+        assert list(found) == list(rows[::-1])
+        assert np.all(np.diff(scores) < 0)
+    landscape = docs["orientation"].to_numpy() == "landscape"
+    for q in clustered_vectors(20, DIM, clusters=64, seed=6):
+        scores = vectors @ q
+        for k in (1, 10, 1000):
+            rows, got = backend.knn_rows(q, k, exact=True)
+            want = np.sort(scores)[::-1][:k]
+            # The same ranking as one float32 pass, up to float32 rounding: two summation
+            # orders may swap documents whose cosines agree to 1e-7.
+            assert len(set(rows)) == k
+            assert np.allclose(scores[rows], want, atol=1e-6) and np.allclose(got, want, atol=1e-6)
+        rows, _ = backend.knn_rows(q, 10, Filters(orientation="landscape"), exact=True)
+        assert landscape[rows].all()
+        assert np.allclose(scores[rows], np.sort(scores[landscape])[::-1][:10], atol=1e-6)
+
+
+def test_small_builds_carry_no_float16_copy(backend: LocalBackend, data):
+    docs, vectors = data
+    report = backend.build(docs, vectors, _info())
+    assert not (backend.builds_dir / report.name / "vectors_f16.npy").exists()
+    assert list(backend.knn_rows(vectors[3], 5, exact=True)[0]) == list(np.argsort(-(vectors @ vectors[3]))[:5])
