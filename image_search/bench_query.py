@@ -8,7 +8,9 @@ noise would be a needlessly hard case for approximate search), in one process:
   backend's exact search, and its approximate index (built for the run whatever the size);
   recall@10 of the approximate answers against exact ones;
 - text queries end to end (encode with the configured text model, kNN, stored fields)
-  through :class:`search_app.service.SearchService`, when the models can be loaded.
+  through :class:`search_app.service.SearchService`, when the models can be loaded, and
+  the encode alone, beside the baseline: the same model's own ``encode`` on PyTorch, as
+  the original design called it.
 
 Figures are p50/p95 over ``--queries`` queries after a warm-up.
 """
@@ -163,9 +165,19 @@ def run(args: argparse.Namespace) -> int:
             service = SearchService(backend, home_settings, encoder=encoder)
             texts = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(args.queries)]
             service.search_text(texts[0], k=10)
-            encode_times, _ = _timed(lambda t: encoder.encode_texts([t]), texts)
+            baseline_times, baseline = _timed(
+                lambda t: encoder.text_model.encode([t], convert_to_numpy=True, normalize_embeddings=True)[0], texts
+            )
+            encode_times, vectors_out = _timed(lambda t: encoder.encode_texts([t])[0], texts)
             text_times, _ = _timed(lambda t: service.search_text(t, k=10), texts)
+            figures["text_runtime"] = f"{encoder.text_runtime} ({encoder.precision} on {encoder.device})"
+            tokenizer = encoder.text_model.tokenizer
+            figures["text_tokens_mean"] = round(float(np.mean([len(tokenizer(t)["input_ids"]) for t in texts])), 1)
+            figures["text_encode_baseline_torch"] = _ms(baseline_times)
             figures["text_encode"] = _ms(encode_times)
+            figures["text_encode_min_cosine_to_baseline"] = round(
+                float(min(np.dot(a, b) for a, b in zip(vectors_out, baseline))), 6
+            )
             figures["text_end_to_end"] = _ms(text_times)
 
         if report.details["approximate"] is None:

@@ -100,6 +100,18 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def resolve_text_runtime(runtime: str, device: str, precision: str) -> str:
+    """``auto``: ONNX Runtime for float32 on a CPU (about 3x faster per query), PyTorch otherwise."""
+    if runtime == "auto":
+        return "onnx" if device == "cpu" and precision == "fp32" else "torch"
+    if runtime == "onnx" and (device != "cpu" or precision != "fp32"):
+        raise ImageSearchError(
+            f"IMAGE_SEARCH_TEXT_RUNTIME=onnx runs float32 on the CPU, not {precision} on {device}: "
+            "set IMAGE_SEARCH_DEVICE=cpu and IMAGE_SEARCH_PRECISION=fp32, or the runtime to auto"
+        )
+    return runtime
+
+
 def _load_model(name: str, variable: str, device: str):
     """Load a sentence-transformers model once per process: a local folder, the HF cache, or the hub."""
     key = (name, device)
@@ -203,11 +215,17 @@ class ClipEncoder:
         batch_size: int = 0,
         decode_workers: int = 0,
         gpu_decode: bool = True,
+        text_runtime: str = "auto",
+        onnx_dir: Path | None = None,
     ):
         self.image_model_id = image_model
         self.text_model_id = text_model
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self._text_runtime_setting = text_runtime
+        self.text_runtime = resolve_text_runtime(text_runtime, self.device, self.precision)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.onnx_dir = onnx_dir or cache / "image-search" / "onnx"
         self.batch_size = batch_size or (512 if self.device == "cuda" else 32)
         self.decode_workers = decode_workers or os.cpu_count() or 1
         self.gpu_decode = gpu_decode
@@ -223,6 +241,8 @@ class ClipEncoder:
             batch_size=settings.embed_batch_size,
             decode_workers=settings.decode_workers,
             gpu_decode=settings.gpu_decode,
+            text_runtime=settings.text_runtime,
+            onnx_dir=settings.onnx_dir,
         )
 
     @property
@@ -234,6 +254,37 @@ class ClipEncoder:
     def text_model(self):
         """The sentence-transformers multilingual text model (loaded on first access)."""
         return _load_model(self.text_model_id, "IMAGE_SEARCH_TEXT_MODEL", self.device)
+
+    @property
+    def onnx_text_model(self):
+        """The text model on ONNX Runtime (:mod:`resources.onnx_text`), or ``None`` where PyTorch runs it.
+
+        With ``IMAGE_SEARCH_TEXT_RUNTIME=auto`` a model that cannot be exported or does not
+        verify falls back to PyTorch with one warning; with ``onnx`` that is an error.
+        """
+        if self.text_runtime != "onnx":
+            return None
+        from resources.onnx_text import OnnxTextError, OnnxTextModel
+
+        model = self.text_model
+        key = (self.text_model_id, "onnx")
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                try:
+                    _MODELS[key] = OnnxTextModel.load(model, self.onnx_dir)
+                except OnnxTextError as exc:
+                    _MODELS[key] = exc
+            loaded = _MODELS[key]
+        if isinstance(loaded, OnnxTextError):
+            if self._text_runtime_setting == "onnx":
+                raise ImageSearchError(
+                    f"IMAGE_SEARCH_TEXT_RUNTIME=onnx but the text model {self.text_model_id!r} cannot run on "
+                    f"ONNX Runtime: {loaded}; set the runtime to torch"
+                )
+            log.warning("text model %s runs on PyTorch: ONNX Runtime is unusable (%s)", self.text_model_id, loaded)
+            self.text_runtime = "torch"
+            return None
+        return loaded
 
     @property
     def _clip(self):
@@ -304,10 +355,14 @@ class ClipEncoder:
         """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._autocast():
-            vectors = self.text_model.encode(
-                list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
-            )
+        onnx_model = self.onnx_text_model
+        if onnx_model is not None:
+            vectors = onnx_model.encode(list(texts), batch_size=batch_size)
+        else:
+            with self._autocast():
+                vectors = self.text_model.encode(
+                    list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+                )
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ImageSearchError(

@@ -21,6 +21,7 @@ DEFAULT_TEXT_MODEL = "clip-ViT-B-32-multilingual-v1"
 BACKENDS = ("local", "elasticsearch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEXT_RUNTIMES = ("auto", "onnx", "torch")
 
 
 class ConfigError(ImageSearchError):
@@ -89,6 +90,7 @@ class Settings:
     text_model: str = DEFAULT_TEXT_MODEL
     device: str = "auto"
     precision: str = "auto"
+    text_runtime: str = "auto"
     backend: str = "local"
     es_url: str | None = field(default=None, repr=False)
     es_username: str | None = field(default=None, repr=False)
@@ -122,6 +124,7 @@ class Settings:
             text_model=_env("IMAGE_SEARCH_TEXT_MODEL", DEFAULT_TEXT_MODEL),
             device=_env("IMAGE_SEARCH_DEVICE", "auto"),
             precision=_env("IMAGE_SEARCH_PRECISION", "auto"),
+            text_runtime=_env("IMAGE_SEARCH_TEXT_RUNTIME", "auto"),
             backend=_env("IMAGE_SEARCH_BACKEND", "local"),
             es_url=os.environ.get("IMAGE_SEARCH_ES_URL") or None,
             es_username=os.environ.get("IMAGE_SEARCH_ES_USERNAME") or None,
@@ -167,6 +170,10 @@ class Settings:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"IMAGE_SEARCH_PRECISION={self.precision!r} is not supported: use one of {', '.join(PRECISIONS)}"
+            )
+        if self.text_runtime not in TEXT_RUNTIMES:
+            raise ConfigError(
+                f"IMAGE_SEARCH_TEXT_RUNTIME={self.text_runtime!r} is not supported: use one of {', '.join(TEXT_RUNTIMES)}"
             )
         if self.embed_batch_size < 0 or self.decode_workers < 0:
             raise ConfigError("IMAGE_SEARCH_EMBED_BATCH_SIZE and IMAGE_SEARCH_DECODE_WORKERS must be 0 (automatic) or more")
@@ -216,6 +223,11 @@ class Settings:
     def index_dir(self) -> Path:
         """The local search index (builds and the live pointer)."""
         return self.home / "index"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """ONNX exports of the text model (``resources/onnx_text.py``), one file per model fingerprint."""
+        return self.home / "models" / "onnx"
 
     @property
     def duplicates_path(self) -> Path:

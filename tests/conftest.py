@@ -9,6 +9,14 @@ import pytest
 from image_search.tiny_models import write_tiny_models
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """XDG_CACHE_HOME in a temporary folder, so no test writes ONNX exports into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Paths of a tiny random CLIP model and a tiny multilingual text model (both 512-d), built once per session."""

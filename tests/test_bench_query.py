@@ -17,6 +17,7 @@ def test_bench_query_reports_every_figure(tiny_models, tmp_path: Path):
         IMAGE_SEARCH_HOME=str(tmp_path),
         IMAGE_SEARCH_IMAGE_MODEL=str(tiny_models[0]),
         IMAGE_SEARCH_TEXT_MODEL=str(tiny_models[1]),
+        IMAGE_SEARCH_PRECISION="fp32",
     )
     out = subprocess.run(
         [sys.executable, "-m", "image_search.cli", "bench", "query", "--docs", "3000", "--queries", "30",
@@ -30,10 +31,18 @@ def test_bench_query_reports_every_figure(tiny_models, tmp_path: Path):
     assert figures["publish_approximate"] is None and figures["approximate"].startswith("faiss IVF-flat")
     assert figures["exact_matches_truth"] is True
     assert figures["recall_at_10_approximate"] >= 0.98
-    for name in ("knn_baseline_numpy_argsort", "knn_exact", "knn_approximate", "text_encode", "text_end_to_end"):
+    for name in (
+        "knn_baseline_numpy_argsort", "knn_exact", "knn_approximate",
+        "text_encode_baseline_torch", "text_encode", "text_end_to_end",
+    ):
         assert 0 < figures[name]["p50_ms"] <= figures[name]["p95_ms"]
     assert figures["text_end_to_end"]["p50_ms"] >= figures["knn_default_with_stored_fields"]["p50_ms"]
-    assert not list(tmp_path.iterdir())
+    assert figures["text_runtime"] == "onnx (fp32 on cpu)" and figures["text_encode_min_cosine_to_baseline"] >= 0.9999
+    assert figures["text_tokens_mean"] > 2
+    # Only the text model's ONNX export stays behind: the query service reuses it.
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()] == [
+        Path("models", "onnx", p.name) for p in (tmp_path / "models" / "onnx").glob("*.onnx")
+    ]
 
 
 def test_bench_query_refuses_a_tiny_run(tmp_path: Path):

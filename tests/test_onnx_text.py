@@ -1,0 +1,102 @@
+"""Text queries on ONNX Runtime: the same vectors as PyTorch, a cached export, and a safe fallback."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import resources.clip as clip_module
+from resources.clip import ClipEncoder, resolve_text_runtime
+from resources.config import ConfigError, Settings
+from resources.errors import ImageSearchError
+from resources.onnx_text import OnnxTextError, OnnxTextModel, fingerprint
+
+QUERIES = ["a dog on the beach", "perro", "montañas nevadas al atardecer junto a un lago", "城市夜景", "Кошка"]
+
+
+@pytest.fixture()
+def fresh_models(monkeypatch):
+    """An empty per-process model cache, so each test loads (and exports) for itself."""
+    monkeypatch.setattr(clip_module, "_MODELS", {})
+
+
+def _encoder(tiny_models, tmp_path, runtime="auto"):
+    return ClipEncoder(
+        str(tiny_models[0]), str(tiny_models[1]), device="cpu", precision="fp32", text_runtime=runtime, onnx_dir=tmp_path
+    )
+
+
+def test_text_queries_run_on_onnx_runtime_with_pytorchs_vectors(tiny_models, tmp_path, fresh_models):
+    encoder = _encoder(tiny_models, tmp_path)
+    batched = encoder.encode_texts(QUERIES)
+    assert encoder.text_runtime == "onnx"
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    reference = encoder.text_model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
+    singles = np.concatenate([encoder.encode_texts([q]) for q in QUERIES])
+    assert batched.shape == (len(QUERIES), 512) and batched.dtype == np.float32
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    # Padding in a batch of different lengths must not change any vector.
+    assert (batched * reference).sum(axis=1).min() >= 0.9999
+    assert (singles * reference).sum(axis=1).min() >= 0.9999
+    assert encoder.onnx_text_model.probe_cosine >= 0.9999
+
+
+def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_path, fresh_models):
+    model = _encoder(tiny_models, tmp_path).text_model
+    first = OnnxTextModel.load(model, tmp_path)
+    stamp = first.path.stat().st_mtime_ns
+    again = OnnxTextModel.load(model, tmp_path)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[-1].linear.weight.mul_(-1.0)
+    assert fingerprint(changed) != fingerprint(model)
+    other = OnnxTextModel.load(changed, tmp_path)
+    assert other.path != first.path
+    assert (first.encode(["perro"]) @ other.encode(["perro"]).T)[0, 0] == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_a_cached_export_of_another_model_is_refused(tiny_models, tmp_path, fresh_models):
+    model = _encoder(tiny_models, tmp_path).text_model
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[-1].linear.weight.mul_(-1.0)
+    wrong = OnnxTextModel.load(changed, tmp_path).path
+    wrong.rename(tmp_path / f"{fingerprint(model)}.onnx")
+    with pytest.raises(OnnxTextError, match="disagrees with PyTorch"):
+        OnnxTextModel.load(model, tmp_path)
+
+
+def test_an_unusable_export_falls_back_to_pytorch_unless_onnx_was_asked_for(tiny_models, tmp_path, fresh_models, caplog):
+    model = _encoder(tiny_models, tmp_path).text_model
+    (tmp_path / f"{fingerprint(model)}.onnx").write_bytes(b"this is not an ONNX model")
+    with caplog.at_level(logging.WARNING, logger="resources.clip"):
+        encoder = _encoder(tiny_models, tmp_path)
+        vectors = encoder.encode_texts(QUERIES[:2])
+    assert encoder.text_runtime == "torch" and vectors.shape == (2, 512)
+    assert any("runs on PyTorch" in r.getMessage() and str(tiny_models[1]) in r.getMessage() for r in caplog.records)
+    strict = _encoder(tiny_models, tmp_path, runtime="onnx")
+    with pytest.raises(ImageSearchError) as error:
+        strict.encode_texts(["perro"])
+    assert "IMAGE_SEARCH_TEXT_RUNTIME=onnx" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pytorch_runtime_on_request(tiny_models, tmp_path, fresh_models):
+    encoder = _encoder(tiny_models, tmp_path, runtime="torch")
+    assert encoder.encode_texts(["perro"]).shape == (1, 512)
+    assert encoder.text_runtime == "torch" and not list(tmp_path.glob("*.onnx"))
+
+
+def test_text_runtime_resolution_and_setting():
+    assert resolve_text_runtime("auto", "cpu", "fp32") == "onnx"
+    assert resolve_text_runtime("auto", "cpu", "bf16") == "torch"
+    assert resolve_text_runtime("auto", "cuda", "fp16") == "torch"
+    assert resolve_text_runtime("torch", "cpu", "fp32") == "torch"
+    with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_TEXT_RUNTIME=onnx runs float32 on the CPU"):
+        resolve_text_runtime("onnx", "cpu", "bf16")
+    with pytest.raises(ConfigError, match="IMAGE_SEARCH_TEXT_RUNTIME='tensorrt'"):
+        Settings(text_runtime="tensorrt").validate()
