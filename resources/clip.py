@@ -2,8 +2,9 @@
 
 :class:`ClipEncoder` owns the image model (``IMAGE_SEARCH_IMAGE_MODEL``) and the text model
 (``IMAGE_SEARCH_TEXT_MODEL``), each loaded lazily and at most once per process, on the
-device and in the precision the settings ask for. Every vector it returns is float32 and
-L2-normalised, so a dot product is a cosine similarity.
+device and in the precision the settings ask for. On a CPU in float32, text queries run
+on ONNX Runtime (:mod:`resources.onnx_text`, same vectors, about half the time). Every
+vector it returns is float32 and L2-normalised, so a dot product is a cosine similarity.
 
 :meth:`ClipEncoder.encode_image_files` is the fast batch path of the embeddings asset. It
 keeps the model busy with full batches while a pool of workers decodes and preprocesses
