@@ -6,6 +6,7 @@ import copy
 import logging
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -71,9 +72,24 @@ def test_a_cached_export_of_another_model_is_refused(tiny_models, tmp_path, fres
         OnnxTextModel.load(model, tmp_path)
 
 
-def test_an_unusable_export_falls_back_to_pytorch_unless_onnx_was_asked_for(tiny_models, tmp_path, fresh_models, caplog):
+def _foreign_graph(path):
+    """A valid ONNX file of an unrelated graph: ``y = Identity(x)``."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "foreign", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign graph"])
+def test_an_unusable_export_falls_back_to_pytorch_unless_onnx_was_asked_for(
+    tiny_models, tmp_path, fresh_models, caplog, damage
+):
     model = _encoder(tiny_models, tmp_path).text_model
-    (tmp_path / f"{fingerprint(model)}.onnx").write_bytes(b"this is not an ONNX model")
+    cached = tmp_path / f"{fingerprint(model)}.onnx"
+    if damage == "garbage":
+        cached.write_bytes(b"this is not an ONNX model")
+    else:
+        _foreign_graph(cached)
     with caplog.at_level(logging.WARNING, logger="resources.clip"):
         encoder = _encoder(tiny_models, tmp_path)
         vectors = encoder.encode_texts(QUERIES[:2])
