@@ -102,7 +102,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve_text_runtime(runtime: str, device: str, precision: str) -> str:
-    """``auto``: ONNX Runtime for float32 on a CPU (about 3x faster per query), PyTorch otherwise."""
+    """``auto``: ONNX Runtime for float32 on a CPU (about half the time per query), PyTorch otherwise."""
     if runtime == "auto":
         return "onnx" if device == "cpu" and precision == "fp32" else "torch"
     if runtime == "onnx" and (device != "cpu" or precision != "fp32"):
