@@ -25,6 +25,14 @@ def fresh_models(monkeypatch):
     monkeypatch.setattr(clip_module, "_MODELS", {})
 
 
+def _negated(model):
+    """A copy of ``model`` whose output vectors point the other way (its dense projection negated)."""
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[-1].linear.weight.mul_(-1.0)
+    return changed
+
+
 def _encoder(tiny_models, tmp_path, runtime="auto"):
     return ClipEncoder(
         str(tiny_models[0]), str(tiny_models[1]), device="cpu", precision="fp32", text_runtime=runtime, onnx_dir=tmp_path
@@ -52,9 +60,7 @@ def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_pa
     stamp = first.path.stat().st_mtime_ns
     again = OnnxTextModel.load(model, tmp_path)
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
-    changed = copy.deepcopy(model)
-    with torch.no_grad():
-        changed[-1].linear.weight.mul_(-1.0)
+    changed = _negated(model)
     assert fingerprint(changed) != fingerprint(model)
     other = OnnxTextModel.load(changed, tmp_path)
     assert other.path != first.path
@@ -63,9 +69,7 @@ def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_pa
 
 def test_a_cached_export_of_another_model_is_refused(tiny_models, tmp_path, fresh_models):
     model = _encoder(tiny_models, tmp_path).text_model
-    changed = copy.deepcopy(model)
-    with torch.no_grad():
-        changed[-1].linear.weight.mul_(-1.0)
+    changed = _negated(model)
     wrong = OnnxTextModel.load(changed, tmp_path).path
     wrong.rename(tmp_path / f"{fingerprint(model)}.onnx")
     with pytest.raises(OnnxTextError, match="disagrees with PyTorch"):
