@@ -11,7 +11,7 @@
 #   WHEELS=shared/wheels scripts/gpu_bench.sh   # first install missing packages from these wheels, offline
 #
 # Needs: python3 with a CUDA build of torch; sentence-transformers, transformers, pillow,
-# numpy, psutil (installed from $WHEELS when given and missing); torchvision for GPU JPEG
+# numpy, psutil, wordfreq (installed from $WHEELS when given and missing); torchvision for GPU JPEG
 # decoding (optional: without it, only the CPU-worker figure is meaningful).
 # Writes: $WORK/models/clip (full-size ViT-B/32, random weights), $WORK/images
 # ($COUNT 640x427 JPEGs, kept between runs), $WORK/*.json (the figures).
@@ -33,7 +33,7 @@ step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 step "packages"
 if [ -n "${WHEELS:-}" ]; then
     for module_package in sentence_transformers:sentence-transformers transformers:transformers PIL:pillow \
-                          numpy:numpy psutil:psutil torchvision:torchvision; do
+                          numpy:numpy psutil:psutil torchvision:torchvision wordfreq:wordfreq; do
         module=${module_package%%:*} package=${module_package#*:}
         "$PYTHON" -c "import $module" 2>/dev/null \
             || "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" "$package" \

@@ -45,3 +45,24 @@ def test_rewriting_replaces_the_models_in_place(tmp_path):
     second = write_tiny_models(tmp_path)
     assert first == second
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "text"]
+
+
+def test_full_size_vocabulary_keeps_common_words_whole_like_the_real_student():
+    """The benchmark model must tokenize like clip-ViT-B-32-multilingual-v1: a query's cost follows its tokens."""
+    from transformers import DistilBertTokenizer
+
+    from image_search.tiny_models import FULL_VOCAB_SIZE, _full_wordpiece_vocab
+
+    vocab = _full_wordpiece_vocab()
+    assert len(vocab) == len(set(vocab)) == FULL_VOCAB_SIZE
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = DistilBertTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=False, tokenize_chinese_chars=True
+    )
+    assert tokenizer.tokenize("a dog on the beach") == ["a", "dog", "on", "the", "beach"]
+    assert tokenizer.tokenize("chien sur la plage") == ["chien", "sur", "la", "plage"]
+    assert tokenizer.tokenize("城市夜景") == ["城", "市", "夜", "景"]
+    for query in ("Кошка спит на диване", "قارب في البحر", "Ñandú xyzzyq", "海辺の犬"):
+        tokens = tokenizer.tokenize(query)
+        assert tokens and tokenizer.unk_token not in tokens, (query, tokens)
+    assert tokenizer.tokenize("xyzzyq") == ["x", "##y", "##z", "##z", "##y", "##q"]
