@@ -267,15 +267,21 @@ class ClipEncoder:
             return None
         from resources.onnx_text import OnnxTextError, OnnxTextModel
 
-        model = self.text_model
         key = (self.text_model_id, "onnx")
         with _MODELS_LOCK:
-            if key not in _MODELS:
-                try:
-                    _MODELS[key] = OnnxTextModel.load(model, self.onnx_dir)
-                except OnnxTextError as exc:
-                    _MODELS[key] = exc
-            loaded = _MODELS[key]
+            loaded = _MODELS.get(key)
+        if loaded is None:
+            model = self.text_model
+            with _MODELS_LOCK:
+                if key not in _MODELS:
+                    try:
+                        _MODELS[key] = OnnxTextModel.load(model, self.onnx_dir)
+                        # The session has what it needs; the PyTorch weights (as large again) are
+                        # dropped and load again only if something asks for ``text_model``.
+                        _MODELS.pop((self.text_model_id, self.device), None)
+                    except OnnxTextError as exc:
+                        _MODELS[key] = exc
+                loaded = _MODELS[key]
         if isinstance(loaded, OnnxTextError):
             if self._text_runtime_setting == "onnx":
                 raise ImageSearchError(

@@ -19,6 +19,7 @@ against PyTorch on probe queries in several scripts before it is used.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -120,6 +121,25 @@ def _export(model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _without_weights(model):
+    """A copy of ``model`` whose parameters and buffers are empty ``meta`` tensors: its tokenizer without its weights.
+
+    Once the session is verified it needs only the model's tokenizer, so the copy lets the
+    caller drop the PyTorch weights (about as large as the session's own) without touching
+    the model object anyone else may hold.
+    """
+    import torch
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    memo = {
+        id(t): torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+        if isinstance(t, torch.nn.Parameter)
+        else torch.empty_like(t, device="meta")
+        for t in tensors
+    }
+    return copy.deepcopy(model, memo)
+
+
 class OnnxTextModel:
     """A verified ONNX Runtime session for one sentence-transformers text model; thread-safe."""
 
@@ -160,6 +180,7 @@ class OnnxTextModel:
                 f"the ONNX export at {path} disagrees with PyTorch (cosine {onnx_model.probe_cosine:.6f} "
                 f"< {MIN_PROBE_COSINE}); delete the file to export it again"
             )
+        onnx_model._model = _without_weights(model)
         return onnx_model
 
     def _agreement(self) -> float:

@@ -54,6 +54,21 @@ def test_text_queries_run_on_onnx_runtime_with_pytorchs_vectors(tiny_models, tmp
     assert encoder.onnx_text_model.probe_cosine >= 0.9999
 
 
+def test_the_pytorch_weights_are_dropped_once_the_session_serves(tiny_models, tmp_path, fresh_models):
+    encoder = _encoder(tiny_models, tmp_path)
+    model = encoder.text_model
+    before = model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
+    encoder.encode_texts(["warm up"])
+    assert (str(tiny_models[1]), "cpu") not in clip_module._MODELS
+    kept = encoder.onnx_text_model._model
+    assert {p.device.type for p in kept.parameters()} == {"meta"}
+    # The model the caller held still works, and the property loads it again on demand.
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert np.array_equal(model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True), before)
+    assert encoder.text_model is not model and (str(tiny_models[1]), "cpu") in clip_module._MODELS
+    assert (encoder.encode_texts(QUERIES) * before).sum(axis=1).min() >= 0.9999
+
+
 def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_path, fresh_models):
     model = _encoder(tiny_models, tmp_path).text_model
     first = OnnxTextModel.load(model, tmp_path)
