@@ -19,6 +19,7 @@ No Dagster import here: the query side uses this module too.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import multiprocessing
@@ -282,6 +283,10 @@ class ClipEncoder:
                     except OnnxTextError as exc:
                         _MODELS[key] = exc
                 loaded = _MODELS[key]
+            # The PyTorch model holds reference cycles: collect now, or its weights stay
+            # resident until some later collection.
+            del model
+            gc.collect()
         if isinstance(loaded, OnnxTextError):
             if self._text_runtime_setting == "onnx":
                 raise ImageSearchError(

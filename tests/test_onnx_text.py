@@ -43,7 +43,9 @@ def test_text_queries_run_on_onnx_runtime_with_pytorchs_vectors(tiny_models, tmp
     encoder = _encoder(tiny_models, tmp_path)
     batched = encoder.encode_texts(QUERIES)
     assert encoder.text_runtime == "onnx"
-    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    # The graph and its weights, each whole: no temporary folder is left behind.
+    name = encoder.onnx_text_model.path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.data"]
     reference = encoder.text_model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
     singles = np.concatenate([encoder.encode_texts([q]) for q in QUERIES])
     assert batched.shape == (len(QUERIES), 512) and batched.dtype == np.float32
@@ -99,16 +101,23 @@ def _foreign_graph(path):
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(path))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "foreign graph"])
+@pytest.mark.parametrize("damage", ["garbage", "foreign graph", "weights file lost", "weights file cut short"])
 def test_an_unusable_export_falls_back_to_pytorch_unless_onnx_was_asked_for(
     tiny_models, tmp_path, fresh_models, caplog, damage
 ):
     model = _encoder(tiny_models, tmp_path).text_model
     cached = tmp_path / f"{fingerprint(model)}.onnx"
+    weights = tmp_path / f"{cached.name}.data"
     if damage == "garbage":
         cached.write_bytes(b"this is not an ONNX model")
-    else:
+    elif damage == "foreign graph":
         _foreign_graph(cached)
+    else:
+        OnnxTextModel.load(model, tmp_path)
+        if damage == "weights file lost":
+            weights.unlink()
+        else:
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with caplog.at_level(logging.WARNING, logger="resources.clip"):
         encoder = _encoder(tiny_models, tmp_path)
         vectors = encoder.encode_texts(QUERIES[:2])
