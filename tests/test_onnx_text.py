@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import time
 
 import numpy as np
 import onnx
@@ -35,7 +37,12 @@ def _negated(model):
 
 def _encoder(tiny_models, tmp_path, runtime="auto"):
     return ClipEncoder(
-        str(tiny_models[0]), str(tiny_models[1]), device="cpu", precision="fp32", text_runtime=runtime, onnx_dir=tmp_path
+        str(tiny_models[0]),
+        str(tiny_models[1]),
+        device="cpu",
+        precision="fp32",
+        text_runtime=runtime,
+        onnx_dir=tmp_path,
     )
 
 
@@ -82,6 +89,17 @@ def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_pa
     other = OnnxTextModel.load(changed, tmp_path)
     assert other.path != first.path
     assert (first.encode(["perro"]) @ other.encode(["perro"]).T)[0, 0] == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_an_export_removes_folders_abandoned_by_killed_exports_only(tiny_models, tmp_path, fresh_models):
+    abandoned, in_progress = tmp_path / ".export-killed", tmp_path / ".export-running"
+    for folder in (abandoned, in_progress):
+        folder.mkdir()
+        (folder / "partial.onnx.data").write_bytes(b"\0" * 1024)
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    OnnxTextModel.load(_encoder(tiny_models, tmp_path).text_model, tmp_path)
+    assert not abandoned.exists() and (in_progress / "partial.onnx.data").is_file()
 
 
 def test_a_cached_export_of_another_model_is_refused(tiny_models, tmp_path, fresh_models):
