@@ -28,12 +28,13 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from resources.temporaries import remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ PROBES = (
     "قارب في البحر",
 )
 _SAMPLE_VALUES = 4096
-#: A temporary export folder untouched this long was left by a process that died.
-_ABANDONED_AFTER_S = 3600
 
 
 class OnnxTextError(Exception):
@@ -92,22 +91,6 @@ def _pipeline(model, names: list[str]):
     return Pipeline().eval()
 
 
-def _remove_abandoned_exports(cache_dir: Path) -> None:
-    """Delete temporary export folders that a killed process left (hundreds of MB each).
-
-    Only folders untouched for :data:`_ABANDONED_AFTER_S` go: an export takes tens of
-    seconds, so a younger one may belong to another process exporting right now.
-    """
-    cutoff = time.time() - _ABANDONED_AFTER_S
-    for folder in cache_dir.glob(".export-*"):
-        try:
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-                log.info("removed %s, left by an export that did not finish", folder)
-        except FileNotFoundError:
-            continue
-
-
 def _export(model, path: Path) -> None:
     """Export ``model`` to ``path``, its weights to ``path.data`` beside it, without ever showing half an export.
 
@@ -123,7 +106,7 @@ def _export(model, path: Path) -> None:
     names = [name for name, value in features.items() if isinstance(value, torch.Tensor)]
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_exports(path.parent)
+    remove_abandoned(path.parent, ".export-*")
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     tmp = folder / path.name
     exporter_log = logging.getLogger("torch.onnx")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,19 @@ def test_rebuild_keeps_count_previous_build_and_removes_older(backend: LocalBack
     assert backend.builds() == sorted([second, third.name]) and first in third.details["removed"]
     assert backend.rollback() == second
     assert backend.info().name == second and backend.count() == N
+
+
+def test_a_build_removes_folders_abandoned_by_killed_builds_only(backend: LocalBackend, data):
+    docs, vectors = data
+    backend.build(docs, vectors, _info())
+    abandoned, in_progress = backend.builds_dir / ".tmp-killed", backend.builds_dir / ".tmp-running"
+    for folder in (abandoned, in_progress):
+        folder.mkdir()
+        (folder / "vectors.npy").write_bytes(b"\0" * 1024)
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    backend.build(docs, vectors, _info())
+    assert not abandoned.exists() and (in_progress / "vectors.npy").is_file()
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ from resources.backends.base import (
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.keyword_index import KeywordIndex, document_text
+from resources.temporaries import remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ _NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 _TUNING_QUERIES = 200
 #: Below this share of passing documents a filtered search scores only the passing rows.
 _SUBSET_SHARE = 0.25
-_STALE_TMP_SECONDS = 3600
 #: From this many documents builds carry a float16 copy for exact search: the float32 matrix is
 #: then 32 MB or more, the last-level cache of the CPUs this runs on, and one pass over it is
 #: bound by memory bandwidth (1.8 ms for 25k documents here, against 1.3 ms in float16).
@@ -372,7 +372,7 @@ class LocalBackend(SearchBackend):
         started = time.perf_counter()
         documents, vectors = _validated(documents, vectors, info)
         self.builds_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_tmp()
+        remove_abandoned(self.builds_dir, ".tmp-*")
         name = _build_name()
         tmp = self.builds_dir / f".tmp-{name}"
         final = self.builds_dir / name
@@ -445,11 +445,6 @@ class LocalBackend(SearchBackend):
                 removed.append(name)
         return removed
 
-    def _remove_stale_tmp(self) -> None:
-        """Remove temporary build folders left by crashed builds (older than an hour, so never a live one)."""
-        for path in self.builds_dir.glob(".tmp-*"):
-            if time.time() - path.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _screened_top_k(build: _Build, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
