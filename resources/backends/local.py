@@ -446,7 +446,6 @@ class LocalBackend(SearchBackend):
         return removed
 
 
-
 def _screened_top_k(build: _Build, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The exact top ``k`` by float32 cosine, found by screening the float16 copy first.
 
