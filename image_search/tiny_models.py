@@ -81,7 +81,12 @@ def _full_wordpiece_vocab() -> list[str]:
     characters, where real WordPiece has longer pieces: the token counts this gives are, if
     anything, higher than the real model's.
     """
-    import wordfreq
+    try:
+        import wordfreq
+    except ImportError:
+        raise ImportError(
+            "the full-size benchmark text model needs wordfreq: pip install -e '.[bench]' (make install includes it)"
+        ) from None
     from tokenizers.normalizers import BertNormalizer
     from tokenizers.pre_tokenizers import BertPreTokenizer
 

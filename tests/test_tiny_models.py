@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
@@ -66,3 +68,11 @@ def test_full_size_vocabulary_keeps_common_words_whole_like_the_real_student():
         tokens = tokenizer.tokenize(query)
         assert tokens and tokenizer.unk_token not in tokens, (query, tokens)
     assert tokenizer.tokenize("xyzzyq") == ["x", "##y", "##z", "##z", "##y", "##q"]
+
+
+def test_full_size_vocabulary_without_wordfreq_says_what_to_install(monkeypatch):
+    from image_search.tiny_models import _full_wordpiece_vocab
+
+    monkeypatch.setitem(sys.modules, "wordfreq", None)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[bench\]'"):
+        _full_wordpiece_vocab()
