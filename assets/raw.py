@@ -444,6 +444,7 @@ def ingest_document(documents_dir: Path, name: str, out_path: Path, log, release
     finally:
         tmp.unlink(missing_ok=True)
     stats["skipped_examples"] = stats["skipped_examples"][:EXAMPLES]
+    stats["unparsed_values"] = {k: v for k, v in stats["unparsed_values"].items() if v}
     return stats
 
 
@@ -495,13 +496,12 @@ def _document_asset(name: str):
         manifest = read_manifest(config)
         out_path = config.tables_dir / f"{name}.parquet"
         stats = ingest_document(Path(manifest["documents_dir"]), name, out_path, context.log, manifest.get("release"))
-        unparsed = {k: v for k, v in stats["unparsed_values"].items() if v}
         if stats["skipped_rows"]:
             context.log.warning(f"{name}: skipped {stats['skipped_rows']} records with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")
         if stats["non_utf8_values"]:
             context.log.warning(f"{name}: replaced invalid UTF-8 bytes in {stats['non_utf8_values']} values")
-        if unparsed:
-            context.log.warning(f"{name}: values that did not parse, kept as null: {unparsed}")
+        if stats["unparsed_values"]:
+            context.log.warning(f"{name}: values that did not parse, kept as null: {stats['unparsed_values']}")
         if stats["absent_columns"]:
             context.log.info(f"{name}: the files have no {', '.join(stats['absent_columns'])}; those columns are null")
         metadata = {
@@ -513,7 +513,7 @@ def _document_asset(name: str):
             "skipped_examples": MetadataValue.json(stats["skipped_examples"]),
             "multiline_records": stats["multiline_records"],
             "non_utf8_values": stats["non_utf8_values"],
-            "unparsed_values": MetadataValue.json(unparsed),
+            "unparsed_values": MetadataValue.json(stats["unparsed_values"]),
             "absent_columns": MetadataValue.json(stats["absent_columns"]),
         }
         if stats["absent_document"]:
