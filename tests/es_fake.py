@@ -35,8 +35,8 @@ documentation or source it follows:
 A profile's :class:`Faults` add the failures real clusters answer with (see there).
 ``FakeSearchServer.requests`` records every request body so tests can assert the exact
 mapping and queries on the wire; ``drop_bulk`` makes ``_bulk`` requests die mid-way (a
-server gone during a build); :meth:`FakeSearchServer.upgrade` swaps the engine version
-under existing indices, as a rolling upgrade does.
+server gone during a build); :meth:`FakeSearchServer.switch_to` swaps the profile
+under existing indices, as a rolling upgrade or a lost node does.
 """
 
 from __future__ import annotations
@@ -315,9 +315,10 @@ class FakeSearchServer:
         scheme = "https" if self._ssl else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
-    def upgrade(self, profile: str | ServerProfile) -> None:
-        """Run another engine version over the same indices, as a rolling upgrade leaves them."""
+    def switch_to(self, profile: str | ServerProfile) -> None:
+        """Answer as ``profile`` from now on, over the same indices (a rolling upgrade, a node lost)."""
         self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        self._bulk_rejections_left = self.profile.faults.bulk_rejections
 
     def __enter__(self) -> "FakeSearchServer":
         fake = self
@@ -465,6 +466,8 @@ class FakeSearchServer:
         if action == "_bulk":
             return self._bulk(body, head)
         if action == "_alias":
+            if method == "PUT":
+                return self._update_aliases([{"add": {"index": n, "alias": rest[1]}} for n in self._resolve(head)])
             return self._get_alias(rest[1] if len(rest) > 1 else "*", head)
         if action == "_refresh":
             return self._refresh(self._resolve(head))

@@ -334,6 +334,35 @@ def test_query_service_more_like_this_and_keywords_over_the_cluster(cluster: Clu
     assert all(r.orientation == "square" for r in found)
 
 
+def test_clean_up_deletes_only_builds_this_project_made_for_this_alias(cluster: Cluster) -> None:
+    """Neighbours named like this alias's builds survive every clean-up: another alias's builds
+    (``<alias>_vnext_v...``), indices matching the build pattern that lack this project's
+    ``_meta`` or carry another tool's, and an old build someone gave an alias of their own."""
+    alias = cluster.settings.index_name
+    raw = cluster.raw()
+    stamp = "20200101000000000000"
+    text = {"describe": {"type": "text"}}
+    neighbours = {
+        f"{alias}_vnext_v{stamp}": {"_meta": {"image_search": {"name": f"{alias}_vnext_v{stamp}", "alias": f"{alias}_vnext"}}},
+        f"{alias}_v{stamp}": {},
+        f"{alias}_v{stamp[:-1]}1": {"_meta": {"other_tool": {"name": f"{alias}_v{stamp[:-1]}1"}}},
+        f"{alias}_v_other": {},
+        f"{alias}_v2": {},
+    }
+    for name, extra in neighbours.items():
+        raw.indices.create(index=name, mappings={"properties": text, **extra})
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    first = backend.build(docs, vectors, build_info())
+    raw.indices.put_alias(index=first.name, name=f"{alias}_pinned")
+    second = backend.build(docs, vectors, build_info())
+    third = backend.build(docs, vectors, build_info())
+    fourth = backend.build(docs, vectors, build_info())
+    assert third.details["removed"] == [] and fourth.details["removed"] == [second.name]
+    assert set(raw.indices.get(index=f"{alias}*")) == set(neighbours) | {first.name, third.name, fourth.name}
+    assert cluster.aliased() == {fourth.name} and backend.count() == N
+
+
 def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:

@@ -20,8 +20,9 @@ accepts only the servers listed above, and tells the client its product check is
 (:class:`_CheckedTransport`).
 
 Every build goes into a new concrete index ``<alias>_v<stamp>``; once its document count
-is validated one atomic ``POST _aliases`` moves the alias, and older builds are deleted
-except the previous one, kept for rollback.
+is validated one atomic ``POST _aliases`` moves the alias. Clean-up deletes only indices
+named exactly like this alias's builds whose ``_meta`` says this project made them for this
+alias, keeps the previous build for rollback and any build someone gave an alias.
 """
 
 from __future__ import annotations
@@ -466,7 +467,7 @@ class ElasticsearchBackend(SearchBackend):
         if dim > self.impl.max_dim:
             raise ImageSearchError(f"{dim}-dimensional vectors exceed the {self.engine} engine's {self.impl.max_dim}")
         index = f"{self.alias}_v{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S%f}"
-        meta = dataclasses.asdict(dataclasses.replace(info, dim=dim, count=0, name=index))
+        meta = {**dataclasses.asdict(dataclasses.replace(info, dim=dim, count=0, name=index)), "alias": self.alias}
         with self._errors(f"creating index {index}"):
             self.client.indices.create(index=index, **self.impl.create_body(dim, meta))
         try:
@@ -489,8 +490,8 @@ class ElasticsearchBackend(SearchBackend):
                         f"index {index} holds {count} documents but {indexed} were written: the published index"
                         " is unchanged; re-run the build"
                     )
-                final = dataclasses.replace(info, dim=dim, count=count, name=index)
-                self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: dataclasses.asdict(final)}})
+                final = {**dataclasses.asdict(dataclasses.replace(info, dim=dim, count=count, name=index)), "alias": self.alias}
+                self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: final}})
                 previous = self._publish(index)
         except BaseException:
             self._drop(index)
@@ -571,16 +572,31 @@ class ElasticsearchBackend(SearchBackend):
         return previous
 
     def _clean_up(self, keep: set[str]) -> list[str]:
-        """Delete this alias's builds other than ``keep``; a failure here is logged, never raised."""
+        """Delete this alias's stale builds; a failure here is logged, never raised.
+
+        Only an index named exactly ``<alias>_v<20 digits>`` whose ``_meta`` says this project
+        built it for this alias (builds made before the alias was recorded carry their own
+        name only) and that carries no alias of its own: a shared cluster's other indices,
+        however they are named, are never touched.
+        """
+        build_name = re.compile(rf"{re.escape(self.alias)}_v\d{{20}}")
         try:
-            builds = set(self.client.indices.get_alias(index=f"{self.alias}_v*"))
-            stale = sorted(builds - keep)
+            found = self.client.indices.get(index=f"{self.alias}_v*")
+            stale = sorted(
+                name
+                for name, body in found.items()
+                if name not in keep and build_name.fullmatch(name) and not body.get("aliases") and self._built_here(name, body)
+            )
             if stale:
                 self.client.indices.delete(index=",".join(stale))
             return stale
         except TransportError as exc:
             logger.warning("could not remove old builds of %s: %s", self.alias, _reason(exc))
             return []
+
+    def _built_here(self, name: str, body: dict[str, Any]) -> bool:
+        meta = ((body.get("mappings") or {}).get("_meta") or {}).get(META_KEY)
+        return isinstance(meta, dict) and meta.get("name") == name and meta.get("alias", self.alias) == self.alias
 
     def _drop(self, index: str) -> None:
         try:
