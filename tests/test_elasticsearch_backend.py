@@ -51,6 +51,7 @@ CASES = [
     ("opensearch-2.19", "escloud", "escloud"),
     ("opensearch-3.1", "auto", "opensearch"),
     ("elasticsearch-7.17", "auto", "elasticsearch"),
+    ("opensearch-2.11-3-shards", "auto", "opensearch"),
 ]
 CASE_IDS = [f"{p}-{e}" for p, e, _ in CASES]
 
@@ -622,6 +623,24 @@ def test_fake_refuses_what_each_engine_refuses() -> None:
         assert result["errors"] and item["status"] == 400 and item["error"]["type"] == "mapper_parsing_exception"
         with pytest.raises(TransportError, match="does not support filters"):
             raw.search(index="x", query={"knn": {"photo_embedding": {"vector": [1, 0, 0], "k": 1, "filter": {"match_all": {}}}}})
+
+
+def test_fake_partial_shard_failures_fail_the_search_in_one_line() -> None:
+    """HTTP 200 with ``_shards.failed > 0`` is a failed search, not a short result list."""
+    with FakeSearchServer("opensearch-2.11-3-shards") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-partial-shards")
+        for search in (lambda: backend.knn(vectors[0], 5), lambda: backend.keyword("lake", 5), backend.count):
+            with pytest.raises(ImageSearchError) as failed:
+                search()
+            message = str(failed.value)
+            assert "2 of 3 shards" in message and "node_disconnected_exception" in message and "\n" not in message
+        with pytest.raises(ImageSearchError, match="2 of 3 shards.*unchanged"):
+            backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-3-shards")
+        assert set(fake.indices) == {good.name} and backend.count() == N
 
 
 # -- transport security ---------------------------------------------------------------------------------

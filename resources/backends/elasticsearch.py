@@ -478,21 +478,22 @@ class ElasticsearchBackend(SearchBackend):
                 summary = ", ".join(f"{n} {kind}" for kind, n in errors.most_common())
                 raise ImageSearchError(
                     f"{failed} of {len(documents)} documents could not be indexed on {self.url} ({summary}), more than"
-                    f" IMAGE_SEARCH_ES_MAX_ERROR_SHARE={self.settings.es_max_error_share}: the published index"
-                    " is unchanged"
+                    f" IMAGE_SEARCH_ES_MAX_ERROR_SHARE={self.settings.es_max_error_share}"
                 )
             with self._errors(f"finishing index {index}"):
                 self.client.indices.put_settings(index=index, body={"index": self.impl.serving_settings})
                 self.client.indices.refresh(index=index)
-                count = int(self.client.count(index=index)["count"])
+                count = self._count(index)
                 if count != indexed:
                     raise ImageSearchError(
-                        f"index {index} holds {count} documents but {indexed} were written: the published index"
-                        " is unchanged; re-run the build"
+                        f"index {index} holds {count} documents but {indexed} were written: re-run the build"
                     )
                 final = {**dataclasses.asdict(dataclasses.replace(info, dim=dim, count=count, name=index)), "alias": self.alias}
                 self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: final}})
                 previous = self._publish(index)
+        except ImageSearchError as exc:
+            self._drop(index)
+            raise ImageSearchError(f"{exc}; the published index is unchanged") from None
         except BaseException:
             self._drop(index)
             raise
@@ -555,6 +556,27 @@ class ElasticsearchBackend(SearchBackend):
             progress(total, total)
         return len(indexed), errors
 
+    def _count(self, index: str) -> int:
+        counted = self.client.count(index=index)
+        self._check_shards(counted, f"counting the documents of {index}")
+        return int(counted["count"])
+
+    def _check_shards(self, response: dict[str, Any], doing: str) -> None:
+        """Refuse an answer some shards did not contribute to (HTTP 200 with failed or missing shards)."""
+        shards = response.get("_shards") or {}
+        total = int(shards.get("total", 0))
+        answered = int(shards.get("successful", total))
+        if not shards.get("failed") and answered >= total:
+            return
+        failures = shards.get("failures") or [{}]
+        cause = failures[0].get("reason") or {}
+        where = f"shard {failures[0].get('shard')} of {failures[0].get('index')}" if failures[0] else "no shard named"
+        raise ImageSearchError(
+            f"only {answered} of {total} shards answered while {doing} on {self.url} ({where}:"
+            f" {cause.get('type')}: {cause.get('reason')}): the answer would be incomplete; check the cluster's health"
+            " (GET _cluster/health) and retry"
+        )
+
     def _aliased(self) -> set[str]:
         """The concrete indices the alias points to now (empty when it does not exist)."""
         found = self.client.indices.get_alias(name=self.alias, ignore=404)
@@ -609,11 +631,13 @@ class ElasticsearchBackend(SearchBackend):
     def _search(self, body: dict[str, Any], doing: str) -> list[dict[str, Any]]:
         with self._errors(doing):
             try:
-                return self.client.search(index=self.alias, **body)["hits"]["hits"]
+                response = self.client.search(index=self.alias, **body)
             except NotFoundError:
                 raise ImageSearchError(
                     f"no search index {self.alias!r} on {self.url}: materialize the search_index asset first"
                 ) from None
+        self._check_shards(response, doing)
+        return response["hits"]["hits"]
 
     def knn(self, vector, k, filters=None) -> list[Hit]:
         _check_k(k)
@@ -661,7 +685,10 @@ class ElasticsearchBackend(SearchBackend):
     def count(self) -> int:
         with self._errors("counting documents"):
             counted = self.client.count(index=self.alias, ignore=404)
-        return 0 if _absent(counted) else int(counted["count"])
+        if _absent(counted):
+            return 0
+        self._check_shards(counted, "counting documents")
+        return int(counted["count"])
 
 
 def _absent(response: dict[str, Any]) -> bool:
