@@ -52,6 +52,9 @@ CASES = [
     ("opensearch-3.1", "auto", "opensearch"),
     ("elasticsearch-7.17", "auto", "elasticsearch"),
     ("opensearch-2.11-3-shards", "auto", "opensearch"),
+    ("opensearch-2.11-item-429", "auto", "opensearch"),
+    ("opensearch-2.11-bulk-429", "auto", "opensearch"),
+    ("opensearch-2.11-bulk-413", "auto", "opensearch"),
 ]
 CASE_IDS = [f"{p}-{e}" for p, e, _ in CASES]
 
@@ -97,7 +100,11 @@ class Cluster:
     engine: str | None
 
     def backend(self, **changes) -> ElasticsearchBackend:
-        return ElasticsearchBackend(dataclasses.replace(self.settings, **changes))
+        backend = ElasticsearchBackend(dataclasses.replace(self.settings, **changes))
+        if self.fake is not None:
+            backend.bulk_backoff_s = 0.0  # the fake's rejections clear at once: retry without waiting
+        return backend
+
 
     def raw(self) -> Elasticsearch:
         """A plain client for looking behind the backend's back (product check done as the backend does)."""
@@ -640,6 +647,42 @@ def test_fake_partial_shard_failures_fail_the_search_in_one_line() -> None:
         with pytest.raises(ImageSearchError, match="2 of 3 shards.*unchanged"):
             backend.build(docs, vectors, build_info())
         fake.switch_to("opensearch-2.11-3-shards")
+        assert set(fake.indices) == {good.name} and backend.count() == N
+
+
+@pytest.mark.parametrize("profile", ["opensearch-2.11-item-429", "opensearch-2.11-bulk-429"])
+def test_fake_rejected_bulk_items_and_requests_are_retried(profile: str) -> None:
+    with FakeSearchServer(profile) as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        backend.bulk_backoff_s = 0.0
+        docs, vectors = corpus()
+        report = backend.build(docs, vectors, build_info())
+        assert report.errors == {} and report.count == N == backend.count()
+        assert len(fake.bodies("POST", "/_bulk")) > 1
+
+
+def test_fake_a_bulk_request_refused_as_too_large_is_split() -> None:
+    """HTTP 413 (an empty body, as Netty answers past http.max_content_length or a proxy's limit)."""
+    with FakeSearchServer("opensearch-2.11-bulk-413") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, vectors = corpus(n=300)
+        report = backend.build(docs, vectors, build_info())
+        assert report.errors == {} and report.count == 300 == backend.count()
+        assert backend.knn(vectors[299], 1)[0].photo_id == "p00299"
+
+
+def test_fake_a_circuit_breaker_fails_the_build_in_one_line_and_the_old_build_serves() -> None:
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        backend.bulk_backoff_s = 0.0
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-circuit-breaker")
+        with pytest.raises(ImageSearchError) as tripped:
+            backend.build(docs, vectors, build_info())
+        message = str(tripped.value)
+        assert "circuit_breaking_exception" in message and "heap" in message and "unchanged" in message
+        assert "\n" not in message
         assert set(fake.indices) == {good.name} and backend.count() == N
 
 

@@ -37,7 +37,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,7 @@ META_KEY = "image_search"
 ENGINE_NAMES = ("auto", "escloud", "opensearch", "elasticsearch")
 _CHUNK_SIZE = 500
 _BULK_TIMEOUT_S = 120
+_BULK_RETRIES = 3
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -380,6 +381,9 @@ class ElasticsearchBackend(SearchBackend):
     unreachable or unsupported server raises :class:`ImageSearchError` naming the masked URL.
     """
 
+    #: Seconds before the first retry of documents or requests refused with HTTP 429 (doubling each time).
+    bulk_backoff_s: float = 1.0
+
     def __init__(self, settings: Settings):
         if not settings.es_url:
             raise ImageSearchError("IMAGE_SEARCH_ES_URL is not set: point it at the cluster, e.g. https://localhost:9200")
@@ -391,6 +395,7 @@ class ElasticsearchBackend(SearchBackend):
         self.settings = settings
         self.alias = settings.index_name
         self.url = mask_url(settings.es_url)
+        self._batch_size = _CHUNK_SIZE
         if not settings.es_verify_certs and settings.es_url.startswith("https"):
             logger.warning("TLS certificate verification is off for %s (IMAGE_SEARCH_ES_VERIFY_CERTS=false)", self.url)
         auth = (settings.es_username, settings.es_password or "") if settings.es_username else None
@@ -447,7 +452,12 @@ class ElasticsearchBackend(SearchBackend):
                 " IMAGE_SEARCH_ES_USERNAME/PASSWORD or IMAGE_SEARCH_ES_API_KEY"
             ) from None
         except TransportError as exc:
-            raise ImageSearchError(f"{self.url} answered HTTP {exc.status_code} while {doing}: {_reason(exc)}") from None
+            advice = ""
+            if exc.status_code == 429:
+                advice = " (the cluster is overloaded or short of heap: retry later, or give it more memory)"
+            raise ImageSearchError(
+                f"{self.url} answered HTTP {exc.status_code} while {doing}: {_reason(exc)}{advice}"
+            ) from None
 
     # -- building ---------------------------------------------------------------------
 
@@ -526,6 +536,17 @@ class ElasticsearchBackend(SearchBackend):
             source[VECTOR_FIELD] = rounded[i].tolist()
             yield {"_op_type": "index", "_index": index, "_id": str(source["photo_id"]), "_source": source}
 
+    def _batches(self, actions: Iterable[dict]) -> Iterator[list[dict]]:
+        """Actions in batches of the current bulk size (smaller once the server refused a request as too large)."""
+        batch: list[dict] = []
+        for action in actions:
+            batch.append(action)
+            if len(batch) >= self._batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def _load(self, index, documents, vectors, progress: Progress | None) -> tuple[int, Counter]:
         """Bulk-load every document; returns how many distinct ids were indexed and the errors by type."""
         total = len(documents)
@@ -533,28 +554,55 @@ class ElasticsearchBackend(SearchBackend):
         indexed: set[str] = set()
         done = 0
         with self._errors(f"loading index {index}"):
-            for ok, item in helpers.streaming_bulk(
-                self.client,
-                self._actions(index, documents, vectors, errors),
-                chunk_size=_CHUNK_SIZE,
-                raise_on_error=False,
-                max_retries=3,
-                initial_backoff=1,
-                request_timeout=_BULK_TIMEOUT_S,
-            ):
-                result = item.get("index", {})
-                if ok:
-                    indexed.add(str(result.get("_id")))
-                else:
-                    errors[(result.get("error") or {}).get("type", f"http_{result.get('status')}")] += 1
-                done += 1
-                if done % _CHUNK_SIZE == 0:
-                    logger.info("indexed %d of %d documents into %s", done, total, index)
-                    if progress is not None:
-                        progress(done, total)
+            for batch in self._batches(self._actions(index, documents, vectors, errors)):
+                for ok, item in self._send(batch):
+                    result = item.get("index", {})
+                    if ok:
+                        indexed.add(str(result.get("_id")))
+                    else:
+                        errors[(result.get("error") or {}).get("type", f"http_{result.get('status')}")] += 1
+                    done += 1
+                    if done % _CHUNK_SIZE == 0:
+                        logger.info("indexed %d of %d documents into %s", done, total, index)
+                        if progress is not None:
+                            progress(done, total)
         if progress is not None:
             progress(total, total)
         return len(indexed), errors
+
+    def _send(self, batch: list[dict]) -> list[tuple[bool, dict]]:
+        """Bulk-write ``batch`` in one request and return each document's outcome.
+
+        Documents or whole requests refused with 429 are retried with backoff by the helper.
+        A request refused as too large (413: ``http.max_content_length`` or a proxy's limit)
+        is split in halves, and later batches go at the size that got through; a single
+        document still too large counts as an error of type ``request_entity_too_large``.
+        """
+        try:
+            return list(
+                helpers.streaming_bulk(
+                    self.client,
+                    batch,
+                    chunk_size=len(batch),
+                    raise_on_error=False,
+                    max_retries=_BULK_RETRIES,
+                    initial_backoff=self.bulk_backoff_s,
+                    request_timeout=_BULK_TIMEOUT_S,
+                )
+            )
+        except TransportError as exc:
+            if exc.status_code != 413:
+                raise
+        if len(batch) == 1:
+            return [(False, {"index": {"_id": batch[0]["_id"], "status": 413, "error": {"type": "request_entity_too_large"}}})]
+        half = len(batch) // 2
+        if half < self._batch_size:
+            logger.warning(
+                "%s refused a bulk request of %d documents as too large (HTTP 413): sending %d per request",
+                self.url, len(batch), half,
+            )
+            self._batch_size = half
+        return self._send(batch[:half]) + self._send(batch[half:])
 
     def _count(self, index: str) -> int:
         counted = self.client.count(index=index)
