@@ -121,7 +121,8 @@ class ServerInfo:
 
     ``version`` is ``None`` when it would not say: ``GET /`` refused (then ``distribution`` is
     ``None`` too), or OpenSearch in compatibility mode with ``GET /_nodes`` refused;
-    ``unknown`` then says why. ``plugins`` is ``None`` when ``_cat/plugins`` could not be read.
+    ``unknown`` then says why. ``plugins`` ("component version", once per plugin) is ``None``
+    when ``_cat/plugins`` could not be read.
     """
 
     distribution: str | None
@@ -381,7 +382,7 @@ def _version(number: str) -> Version | None:
 def read_server(root: dict[str, Any], plugins: list[str] | None, node_versions: list[str] | None = None) -> ServerInfo:
     """Identify the server from its ``GET /`` answer; raise for anything the project does not support.
 
-    ``plugins`` lists the server's plugin components (``None`` when they could not be read);
+    ``plugins`` lists the server's plugins as "component version" (``None`` when unreadable);
     it tells an Elasticsearch with the k-NN plugin (ESCloud) from a stock one. OpenSearch in
     compatibility mode (``compatibility.override_main_response_version``) answers ``GET /``
     with version 7.10.2, no ``distribution`` and its own tagline; ``node_versions`` are then
@@ -397,7 +398,7 @@ def read_server(root: dict[str, Any], plugins: list[str] | None, node_versions: 
             known = [v for v in map(_version, node_versions or []) if v is not None]
             number = min(known) if known else None
             if number is None:
-                unknown = "it answers GET / as 7.10.2 (compatibility mode) and refused GET /_nodes"
+                unknown = "GET / answers 7.10.2 (compatibility mode) and GET /_nodes was refused"
         if number is not None and number[0] not in (1, 2, 3):
             raise ImageSearchError(f"OpenSearch {'.'.join(map(str, number))} is not supported: use OpenSearch 1.x to 3.x")
         knn = found is None or any("knn" in p for p in found)
@@ -557,7 +558,7 @@ class ElasticsearchBackend(SearchBackend):
         self.engine = self.impl.name
         if self.server.unknown:
             logger.warning(
-                "%s %s: using IMAGE_SEARCH_ES_ENGINE=%s without checking that the server runs it; run"
+                "%s: %s: using IMAGE_SEARCH_ES_ENGINE=%s without checking that the server runs it; run"
                 " `image-search cluster check` to test the cluster",
                 self.url, self.server.unknown, self.engine,
             )
@@ -572,14 +573,16 @@ class ElasticsearchBackend(SearchBackend):
         try:
             root = self.client.info()
         except AuthorizationException:
-            why = "answered GET / with HTTP 403 (the credentials lack the cluster:monitor/main privilege)"
+            why = "GET / answered HTTP 403 (the credentials lack the cluster:monitor/main privilege)"
             if self.settings.es_engine == "auto":
                 raise ImageSearchError(
-                    f"{self.url} {why}, so the engine cannot be detected: set IMAGE_SEARCH_ES_ENGINE to escloud,"
+                    f"{self.url}: {why}, so the engine cannot be detected: set IMAGE_SEARCH_ES_ENGINE to escloud,"
                     " opensearch or elasticsearch, or grant the privilege"
                 ) from None
             return ServerInfo(None, None, None, None, unknown=why)
-        plugins = self._readable(lambda: [str(row.get("component", "")) for row in self.client.cat.plugins(format="json")])
+        plugins = self._readable(
+            lambda: sorted({f"{row.get('component')} {row.get('version')}" for row in self.client.cat.plugins(format="json")})
+        )
         nodes = None
         if "distribution" not in (root.get("version") or {}) and root.get("tagline") == _OPENSEARCH_TAGLINE:
             nodes = self._readable(
