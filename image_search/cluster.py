@@ -330,4 +330,5 @@ class Checks:
             raise CheckFailed(
                 f"indices named {self.index_name}* changed: {sorted(before - after)} gone, {sorted(after - before)} new"
             )
-        return f"deleted the scratch indices {', '.join(sorted(mine))} by name; every index named {self.index_name}* is as before"
+        deleted = f"deleted the scratch indices {', '.join(sorted(mine))} by name" if mine else "no scratch index was left"
+        return f"{deleted}; every index named {self.index_name}* is as before"
