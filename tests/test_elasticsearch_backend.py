@@ -32,7 +32,7 @@ from elasticsearch7.exceptions import TransportError, UnsupportedProductError
 
 from resources.backends import open_backend
 from resources.backends.base import STORED_FIELDS, BuildInfo, Filters
-from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTransport
+from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTransport, choose_engine, read_server
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
@@ -616,6 +616,10 @@ def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
             ElasticsearchBackend(Settings(es_url=fake.url))
         with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on Elasticsearch 7.10.2"):
             ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+    bare = dataclasses.replace(PROFILES["opensearch-2.11"], name="opensearch-min", plugins=())
+    with FakeSearchServer(bare) as fake:
+        with pytest.raises(ImageSearchError, match="OpenSearch 2.11.1 has neither a k-NN plugin"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
     other = ServerProfile("other", "1.0.0", None, None, "Some other database")
     with FakeSearchServer(other) as fake:
         with pytest.raises(ImageSearchError, match="neither Elasticsearch nor OpenSearch"):
@@ -699,6 +703,18 @@ def test_fake_opensearch_in_compatibility_mode_is_recognised() -> None:
         backend = ElasticsearchBackend(Settings(es_url=fake.url))
         assert backend.engine == "opensearch"
         assert backend.server.label == "OpenSearch 2.11.1 (compatibility mode)"
+
+
+def test_compatibility_mode_counts_the_lowest_node_version_or_asks_for_the_engine() -> None:
+    """Mid rolling upgrade the nodes differ: the oldest decides. Without GET /_nodes, ``auto`` cannot choose."""
+    root = PROFILES["opensearch-2.11-compatibility"].root()
+    server = read_server(root, ["opensearch-knn 2.19.1.0"], ["2.19.1", "2.18.0"])
+    assert server.label == "OpenSearch 2.18.0 (compatibility mode)"
+    hidden = read_server(root, None, None)
+    assert hidden.version is None and hidden.distribution == "opensearch"
+    with pytest.raises(ImageSearchError, match="GET /_nodes was refused.*set IMAGE_SEARCH_ES_ENGINE"):
+        choose_engine("auto", hidden)
+    assert choose_engine("escloud", hidden).mappings(4)[0][1]["method"]["engine"] == "nmslib"
 
 
 def test_fake_credentials_without_the_monitor_privilege(caplog: pytest.LogCaptureFixture) -> None:

@@ -306,7 +306,12 @@ class OpenSearchEngine(Engine):
     name = "opensearch"
 
     def supports(self, server: ServerInfo) -> bool:
-        return server.distribution == "opensearch" and server.version is not None and server.version >= (2, 4, 0)
+        return (
+            server.distribution == "opensearch"
+            and bool(server.knn_plugin)
+            and server.version is not None
+            and server.version >= (2, 4, 0)
+        )
 
     def index_settings(self) -> dict[str, Any]:
         return {"knn": "true", **super().index_settings()}
@@ -586,7 +591,10 @@ class ElasticsearchBackend(SearchBackend):
         nodes = None
         if "distribution" not in (root.get("version") or {}) and root.get("tagline") == _OPENSEARCH_TAGLINE:
             nodes = self._readable(
-                lambda: [str(node.get("version")) for node in self.client.nodes.info().get("nodes", {}).values()]
+                lambda: [
+                    str(node.get("version"))
+                    for node in self.client.nodes.info(filter_path="nodes.*.version").get("nodes", {}).values()
+                ]
             )
         return read_server(root, plugins, nodes)
 
