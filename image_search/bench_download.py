@@ -17,7 +17,6 @@ Needs a source checkout: the server is the test suite's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def run(images: int, baseline_images: int, latency_ms: float) -> dict:
             baseline_s = _baseline(urls[:baseline_images], baseline_dir)
             mean_kb = sum(p.stat().st_size for p in baseline_dir.iterdir()) / max(baseline_images, 1) / 1024
 
-            settings = dataclasses.replace(Settings.from_env(), home=Path(tmp) / "home")
+            settings = Settings.from_env(home=Path(tmp) / "home")
             with Downloader.from_settings(settings) as downloader:
                 started = time.perf_counter()
                 results = list(downloader.fetch_all((f"photo{i:06d}", url) for i, url in enumerate(urls[:images])))

@@ -18,7 +18,6 @@ Figures are p50/p95 over ``--queries`` queries after a warm-up.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     figures["generate_s"] = round(time.perf_counter() - start, 2)
 
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
-        home_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
+        home_settings = settings.replace(home=Path(tmp), backend="local")
         info = BuildInfo.for_vectors(
             encoder.image_model_id if encoder else settings.image_model,
             encoder.text_model_id if encoder else settings.text_model,

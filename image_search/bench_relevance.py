@@ -169,7 +169,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the held-out evaluation index, run every query in every mode, print the figures."""
-    import dataclasses
     import sys
     import tempfile
     import time
@@ -216,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-relevance-") as tmp:
-        eval_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
+        eval_settings = settings.replace(home=Path(tmp), backend="local")
         backend = LocalBackend(eval_settings, ann_min_docs=len(documents) + 1)
         info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
         say(f"bench relevance: evaluation index of {len(documents)} photos, {len(queries)} queries")

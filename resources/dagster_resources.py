@@ -5,8 +5,6 @@ Only the pipeline (assets, definitions) imports this module.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from dagster import ConfigurableResource
@@ -33,13 +31,11 @@ class SettingsResource(ConfigurableResource):
     def get(self) -> Settings:
         """The effective settings for this run."""
         overrides = {
-            name: (Path(value) if name == "home" else value)
+            name: value
             for name in ("home", "dataset", "image_model", "text_model", "backend")
             if (value := getattr(self, name)) is not None
         }
-        settings = dataclasses.replace(Settings.from_env(), **overrides)
-        settings.validate()
-        return settings
+        return Settings.from_env(**overrides)
 
 
 class ClipResource(ConfigurableResource):

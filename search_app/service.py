@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
@@ -192,7 +192,7 @@ class SearchService:
         info = self.build_info()
         with self._lock:
             if self._encoder is None:
-                self._encoder = _open_encoder(replace(self.settings, image_model=info.image_model, text_model=info.text_model))
+                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
         encoder = self._encoder
         if encoder.image_model_id != info.image_model:
             raise ModelMismatchError(
