@@ -24,6 +24,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DagsterInstance,
     DefaultSensorStatus,
+    ResourceParam,
     RunRequest,
     SensorEvaluationContext,
     SkipReason,
@@ -33,7 +34,6 @@ from dagster import (
 from assets.partitions import photo_bucket
 from jobs import TRIGGER_TAG, ingest_job, vectors_job
 from resources.config import Settings, mask_url
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS
 
@@ -114,16 +114,15 @@ _SETTINGS = Settings.from_env()
     default_status=DefaultSensorStatus.RUNNING,
     description="Launch ingest_release when the configured dataset release changes.",
 )
-def release_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+def release_sensor(context: SensorEvaluationContext, settings: ResourceParam[Settings]):
     """Request an ingestion when the release's fingerprint differs from the last one seen.
 
     On its very first look, with a catalog already built, the sensor takes the release as the
     one that catalog came from and only remembers it, so turning the daemon on after
     ``make demo`` does not ingest the same release twice.
     """
-    config = settings.get()
     try:
-        fingerprint = release_fingerprint(config.dataset, config.download_timeout)
+        fingerprint = release_fingerprint(settings.dataset, settings.download_timeout)
     except ImageSearchError as exc:
         return SkipReason(str(exc))
     previous = context.cursor
@@ -172,7 +171,7 @@ def bucket_ranges(buckets: list[str]) -> list[tuple[str, str]]:
     default_status=DefaultSensorStatus.RUNNING,
     description="After a new photo_catalog, launch update_vectors for the buckets whose photos changed.",
 )
-def catalog_change_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+def catalog_change_sensor(context: SensorEvaluationContext, settings: ResourceParam[Settings]):
     """Request ``update_vectors`` runs for the buckets whose catalog rows changed.
 
     The cursor holds the storage id of the last catalog looked at and each bucket's digest.
@@ -185,7 +184,7 @@ def catalog_change_sensor(context: SensorEvaluationContext, settings: SettingsRe
     state = json.loads(context.cursor) if context.cursor else {}
     if state.get("catalog") == latest:
         return SkipReason("no new photo_catalog materialization")
-    catalog_path = settings.get().catalog_path
+    catalog_path = settings.catalog_path
     try:
         digests = bucket_digests(pd.read_parquet(catalog_path))
     except (OSError, ValueError) as exc:

@@ -17,14 +17,13 @@ unseen until a search misses a photo:
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, ResourceParam, asset_check
 
 from assets.embeddings import image_embeddings, load_embeddings
 from assets.partitions import photo_buckets
 from assets.search_index import search_index
 from resources.backends import open_backend
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
 from resources.image_store import ImageStore
 
 VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
@@ -66,16 +65,15 @@ def _shown(ids) -> str:
     partitions_def=photo_buckets,
     description="Every stored image of a catalog photo in the run's buckets has a vector for the current model.",
 )
-def vectors_cover_images(context: AssetCheckExecutionContext, settings: SettingsResource) -> AssetCheckResult:
+def vectors_cover_images(context: AssetCheckExecutionContext, settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare, bucket by bucket, the image store's manifest with the vectors written."""
-    config = settings.get()
     buckets = set(context.partition_keys)
-    catalog = _catalog(config)
+    catalog = _catalog(settings)
     catalog = catalog[catalog["bucket"].isin(buckets)]
-    store = ImageStore(config.images_dir)
+    store = ImageStore(settings.images_dir)
     stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in sorted(buckets)))
     stored &= set(catalog["photo_id"])
-    vector_ids, _ = _indexed_vectors(config, catalog)
+    vector_ids, _ = _indexed_vectors(settings, catalog)
     missing = stored - set(vector_ids)
     return AssetCheckResult(
         passed=not missing,
@@ -87,7 +85,7 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Settings
             "stored_without_vector": len(missing),
         },
         description=None if not missing else (
-            f"{len(missing)} stored image(s) have no {config.image_model} vector ({_shown(missing)}): "
+            f"{len(missing)} stored image(s) have no {settings.image_model} vector ({_shown(missing)}): "
             "re-materialize image_embeddings for these buckets"
         ),
     )
@@ -99,16 +97,15 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Settings
     blocking=True,
     description="The published index holds exactly the catalog's photos that have a vector.",
 )
-def index_matches_catalog(settings: SettingsResource) -> AssetCheckResult:
+def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
-    config = settings.get()
-    catalog = _catalog(config)
-    vector_ids, _ = _indexed_vectors(config, catalog)
-    store = ImageStore(config.images_dir)
+    catalog = _catalog(settings)
+    vector_ids, _ = _indexed_vectors(settings, catalog)
+    store = ImageStore(settings.images_dir)
     buckets = sorted(set(catalog["bucket"]))
     stored = sum(len(store.read_manifest(bucket)) for bucket in buckets)
     failed = sum(len(store.read_ledger(bucket)) for bucket in buckets)
-    backend = open_backend(config)
+    backend = open_backend(settings)
     indexed = backend.count()
     sample = np.random.default_rng(0).permutation(vector_ids)[:MEMBERSHIP_SAMPLE]
     absent = [str(photo_id) for photo_id in sample if backend.get(str(photo_id)) is None]
@@ -139,14 +136,13 @@ def index_matches_catalog(settings: SettingsResource) -> AssetCheckResult:
     blocking=True,
     description=f"Up to {PROBE_SIZE} indexed photos, searched by their own vector, each come back first.",
 )
-def index_self_retrieval(settings: SettingsResource) -> AssetCheckResult:
+def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Probe the published index with a fixed sample of its photos' own vectors."""
-    config = settings.get()
-    photo_ids, vectors = _indexed_vectors(config, _catalog(config))
+    photo_ids, vectors = _indexed_vectors(settings, _catalog(settings))
     if not photo_ids:
         return AssetCheckResult(passed=True, metadata={"probed": 0}, description="nothing indexed to probe")
     rows = np.random.default_rng(0).choice(len(photo_ids), size=min(PROBE_SIZE, len(photo_ids)), replace=False)
-    backend = open_backend(config)
+    backend = open_backend(settings)
     misses = []
     for row in rows:
         hits = backend.knn(vectors[row], k=1)

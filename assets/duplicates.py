@@ -28,6 +28,7 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableSchema,
     asset,
@@ -38,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
-from resources.dagster_resources import SettingsResource
+from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
 
@@ -214,18 +215,17 @@ def _markdown(frame: pd.DataFrame) -> str:
     automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("near_duplicates")
-def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def near_duplicates(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Groups of photos whose image vectors have cosine >= the duplicate threshold, for "hide duplicates"."""
-    cfg = settings.get()
-    if not cfg.catalog_path.is_file():
-        raise ImageSearchError(f"no photo catalog at {cfg.catalog_path}: materialize photo_catalog first")
+    if not settings.catalog_path.is_file():
+        raise ImageSearchError(f"no photo catalog at {settings.catalog_path}: materialize photo_catalog first")
     catalog = pd.read_parquet(
-        cfg.catalog_path, columns=["photo_id", "photo_width", "photo_height", "photo_submitted_at"]
+        settings.catalog_path, columns=["photo_id", "photo_width", "photo_height", "photo_submitted_at"]
     )
-    photo_ids, vectors = load_embeddings(cfg, cfg.image_model)
+    photo_ids, vectors = load_embeddings(settings, settings.image_model)
     if len(photo_ids) == 0:
         raise ImageSearchError(
-            f"no image vectors for image model {cfg.image_model}: materialize image_embeddings first"
+            f"no image vectors for image model {settings.image_model}: materialize image_embeddings first"
         )
     used = select_vectors(photo_ids, vectors, catalog["photo_id"])
     if used.skipped_not_in_catalog or used.skipped_bad_vector:
@@ -234,10 +234,10 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
             f"and {used.skipped_bad_vector} broken (NaN or zero) vectors"
         )
     started = time.monotonic()
-    roots = component_roots(used.vectors, cfg.duplicate_threshold, log=context.log.info)
+    roots = component_roots(used.vectors, settings.duplicate_threshold, log=context.log.info)
     table = group_table(used, roots, catalog)
     seconds = time.monotonic() - started
-    write_groups(table, cfg.duplicates_path, cfg.duplicate_threshold, cfg.image_model)
+    write_groups(table, settings.duplicates_path, settings.duplicate_threshold, settings.image_model)
 
     groups = table.drop_duplicates("group_id")
     histogram = groups["group_size"].value_counts().sort_index()
@@ -248,9 +248,9 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
             "dagster/column_schema": TableSchema(
                 columns=[TableColumn(name, kind, description=text) for name, (kind, text) in GROUP_COLUMNS.items()]
             ),
-            "path": MetadataValue.path(str(cfg.duplicates_path)),
-            "threshold": cfg.duplicate_threshold,
-            "image_model": cfg.image_model,
+            "path": MetadataValue.path(str(settings.duplicates_path)),
+            "threshold": settings.duplicate_threshold,
+            "image_model": settings.image_model,
             "photos_compared": len(used.photo_ids),
             "groups": len(groups),
             "photos_in_groups": len(table),
@@ -268,16 +268,15 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
 
 
 @asset_check(asset=near_duplicates, description="No group swallows a large share of the photos.")
-def near_duplicates_no_giant_group(settings: SettingsResource) -> AssetCheckResult:
+def near_duplicates_no_giant_group(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Warn when one group holds more than 1% of the compared photos (at least 10 of them).
 
     Such a group means the threshold is too low for the model, and collapsing it would hide
     a real share of the results; it warns rather than blocks, since nothing in the pipeline
     reads the groups.
     """
-    cfg = settings.get()
-    table = pd.read_parquet(cfg.duplicates_path, columns=["group_size"])
-    catalog_size = pq.ParquetFile(cfg.catalog_path).metadata.num_rows
+    table = pd.read_parquet(settings.duplicates_path, columns=["group_size"])
+    catalog_size = pq.ParquetFile(settings.catalog_path).metadata.num_rows
     largest = int(table["group_size"].max()) if len(table) else 0
     limit = max(10, int(MAX_GROUP_SHARE * catalog_size))
     return AssetCheckResult(

@@ -31,6 +31,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableSchema,
     asset,
@@ -41,7 +42,7 @@ from assets.automation import FOLLOW_CHECKED_PARENTS
 from assets.images import read_catalog_buckets
 from assets.partitions import photo_buckets
 from resources.config import Settings
-from resources.dagster_resources import ClipResource, SettingsResource
+from resources.dagster_resources import ClipResource
 from resources.errors import ImageSearchError
 from resources.image_store import ImageStore
 from resources.locks import holds_store_locks
@@ -202,22 +203,21 @@ def _failures_md(failures: list[tuple[str, str]]) -> str:
     automation_condition=FOLLOW_CHECKED_PARENTS,
 )
 @holds_store_locks("embeddings")
-def image_embeddings(context: AssetExecutionContext, settings: SettingsResource, clip: ClipResource) -> MaterializeResult:
+def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Settings], clip: ClipResource) -> MaterializeResult:
     """Encode the stored images of each bucket of the run that lack a current vector; resume after a crash."""
     buckets = list(context.partition_keys)
     try:
-        config = settings.get()
-        catalog = read_catalog_buckets(config, buckets)
+        catalog = read_catalog_buckets(settings, buckets)
         encoder = clip.get()
     except ImageSearchError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     model_id = encoder.image_model_id
-    store = ImageStore(config.images_dir)
+    store = ImageStore(settings.images_dir)
 
     plans = {}
     for bucket in buckets:
         ids = catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist()
-        plans[bucket] = _plan_bucket(config, store, model_id, bucket, ids)
+        plans[bucket] = _plan_bucket(settings, store, model_id, bucket, ids)
     total_stored = sum(len(stored) for stored, _ in plans.values())
     total_todo = sum(len(todo) for _, todo in plans.values())
     context.log.info(
@@ -231,7 +231,7 @@ def image_embeddings(context: AssetExecutionContext, settings: SettingsResource,
         raise Failure(description=str(exc), allow_retries=False) from None
     schema = chunk_schema(dim)
     for bucket in buckets:
-        folder = _bucket_dir(config, model_id, bucket)
+        folder = _bucket_dir(settings, model_id, bucket)
         for partial in folder.glob(".part-*.tmp") if folder.is_dir() else []:
             partial.unlink(missing_ok=True)
 
@@ -255,7 +255,7 @@ def image_embeddings(context: AssetExecutionContext, settings: SettingsResource,
                 ],
                 schema=schema,
             )
-            _write_chunk(_bucket_dir(config, model_id, buffer_bucket), table)
+            _write_chunk(_bucket_dir(settings, model_id, buffer_bucket), table)
             buffer.clear()
 
     encoded, failures, started, last_log = 0, [], time.monotonic(), time.monotonic()
@@ -278,7 +278,7 @@ def image_embeddings(context: AssetExecutionContext, settings: SettingsResource,
             )
             last_log = now
     flush()
-    vectors_total = sum(_compact(_bucket_dir(config, model_id, b), plans[b][0], dim) for b in buckets)
+    vectors_total = sum(_compact(_bucket_dir(settings, model_id, b), plans[b][0], dim) for b in buckets)
     elapsed = time.monotonic() - started
     throughput = encoded / elapsed if encoded and elapsed > 0 else 0.0
     for photo_id, reason in failures[:SHOWN_FAILURES]:
@@ -300,7 +300,7 @@ def image_embeddings(context: AssetExecutionContext, settings: SettingsResource,
             "device": encoder.device,
             "precision": encoder.precision,
             "throughput_img_per_s": round(throughput, 1),
-            "path": MetadataValue.path(str(config.embeddings_dir / model_key(model_id))),
+            "path": MetadataValue.path(str(settings.embeddings_dir / model_key(model_id))),
         }
     )
 
@@ -312,14 +312,13 @@ def image_embeddings(context: AssetExecutionContext, settings: SettingsResource,
     partitions_def=photo_buckets,
     description="The run's buckets hold one finite unit vector per photo, of the model's dimension and id.",
 )
-def vectors_valid(context: AssetCheckExecutionContext, settings: SettingsResource, clip: ClipResource) -> AssetCheckResult:
+def vectors_valid(context: AssetCheckExecutionContext, settings: ResourceParam[Settings], clip: ClipResource) -> AssetCheckResult:
     """Read back every chunk of the run's buckets and check dimension, norm, NaN, model id and duplicates."""
-    config = settings.get()
     encoder = clip.get()
     model_id, dim = encoder.image_model_id, encoder.dim
     rows, duplicates, wrong_dim, not_finite, not_unit, wrong_model = 0, 0, 0, 0, 0, 0
     for bucket in context.partition_keys:
-        table = _read_bucket(_bucket_dir(config, model_id, bucket))
+        table = _read_bucket(_bucket_dir(settings, model_id, bucket))
         if table is None:
             continue
         rows += len(table)
@@ -345,7 +344,7 @@ def vectors_valid(context: AssetCheckExecutionContext, settings: SettingsResourc
         passed=not bad,
         metadata={"vectors": rows, "dimension": dim, **problems},
         description=None if not bad else (
-            f"invalid vectors for {model_id}: {bad}: delete {config.embeddings_dir / model_key(model_id)} "
+            f"invalid vectors for {model_id}: {bad}: delete {settings.embeddings_dir / model_key(model_id)} "
             "for these buckets and re-materialize image_embeddings"
         ),
     )

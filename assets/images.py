@@ -26,6 +26,7 @@ from dagster import (
     Jitter,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     RetryPolicy,
     TableColumn,
     TableSchema,
@@ -35,7 +36,6 @@ from PIL import Image
 
 from assets.partitions import photo_buckets
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
 from resources.downloader import Downloader, FetchResult, is_transient, remove_stale_temporaries
 from resources.errors import ImageSearchError
 from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
@@ -145,16 +145,15 @@ def _manifest_row(result: FetchResult) -> dict:
     description="Every catalog photo as a validated RGB JPEG under images/<bucket>/, failures in images/ledger/.",
 )
 @holds_store_locks("images")
-def images(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def images(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Fetch the missing photos of each bucket of the run; record failures; report progress."""
     buckets = list(context.partition_keys)
     try:
-        config = settings.get()
-        catalog = read_catalog_buckets(config, buckets)
+        catalog = read_catalog_buckets(settings, buckets)
     except ImageSearchError as exc:
         # A missing catalog or a bad setting will not heal by itself: fail once, clearly.
         raise Failure(description=str(exc), allow_retries=False) from None
-    store = ImageStore(config.images_dir)
+    store = ImageStore(settings.images_dir)
 
     kept, carried, todo, removed = {}, {}, [], 0
     for bucket in buckets:
@@ -177,7 +176,7 @@ def images(context: AssetExecutionContext, settings: SettingsResource) -> Materi
     new_failures: dict[str, list[dict]] = {bucket: [] for bucket in buckets}
     fetched: list[str] = []
     started = time.monotonic()
-    with Downloader.from_settings(config) as downloader:
+    with Downloader.from_settings(settings) as downloader:
         results = downloader.fetch_all(
             zip(todo_rows["photo_id"], todo_rows["url"]),
             total=len(todo_rows),
@@ -232,11 +231,11 @@ def images(context: AssetExecutionContext, settings: SettingsResource) -> Materi
         check_results=[
             AssetCheckResult(
                 check_name=FAILURE_SHARE_CHECK,
-                passed=share <= config.max_download_failure_share,
+                passed=share <= settings.max_download_failure_share,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={
                     "failure_share": round(share, 4),
-                    "threshold": config.max_download_failure_share,
+                    "threshold": settings.max_download_failure_share,
                     "failed": len(ledger_all),
                     "photos": len(catalog),
                 },

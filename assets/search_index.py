@@ -11,14 +11,13 @@ published count with catalog ∩ vectors and probe self-retrieval.
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ResourceParam, asset
 
 from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
 from resources.backends import open_backend
 from resources.backends.base import STORED_FIELDS, BuildInfo
 from resources.config import Settings, mask_url
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
 
@@ -43,16 +42,15 @@ def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("search_index")
-def search_index(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def search_index(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Build the index into the configured backend and publish it atomically."""
-    config = settings.get()
-    documents, vectors = index_inputs(config)
+    documents, vectors = index_inputs(settings)
     if len(documents) == 0:
         raise ImageSearchError(
-            f"no catalog photo has a vector for image model {config.image_model}: materialize image_embeddings first"
+            f"no catalog photo has a vector for image model {settings.image_model}: materialize image_embeddings first"
         )
-    backend = open_backend(config)
-    info = BuildInfo.for_vectors(config.image_model, config.text_model, vectors)
+    backend = open_backend(settings)
+    info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"search_index build: {done}/{total}")
@@ -60,22 +58,22 @@ def search_index(context: AssetExecutionContext, settings: SettingsResource) -> 
     context.log.info(f"building the {backend.engine} index from {len(documents)} documents")
     report = backend.build(documents, vectors, info, progress=progress)
     published = backend.info()
-    on_es = config.backend == "elasticsearch"
+    on_es = settings.backend == "elasticsearch"
     metadata = {
         "dagster/row_count": report.count,
-        "backend": config.backend,
+        "backend": settings.backend,
         "engine": backend.engine,
-        "index": config.index_name if on_es else str(config.index_dir),
+        "index": settings.index_name if on_es else str(settings.index_dir),
         "build": report.name,
         "build_seconds": round(report.seconds, 2),
-        "image_model": config.image_model,
-        "text_model": config.text_model,
+        "image_model": settings.image_model,
+        "text_model": settings.text_model,
         "dim": info.dim,
         "published_count": backend.count(),
         "published_build": published.name if published else "",
     }
     if on_es:
-        metadata["url"] = MetadataValue.text(mask_url(config.es_url))
+        metadata["url"] = MetadataValue.text(mask_url(settings.es_url))
     metadata.update({f"errors/{kind}": n for kind, n in report.errors.items()})
     metadata.update(
         {f"build/{key}": MetadataValue.text(str(value)) for key, value in report.details.items() if value is not None}

@@ -20,9 +20,13 @@ from dagster import (
     AssetMaterialization,
     DagsterInstance,
     Definitions,
+    EnvVar,
+    ResourceParam,
     RunRequest,
+    asset,
     build_schedule_context,
     build_sensor_context,
+    materialize,
     validate_run_config,
 )
 
@@ -308,6 +312,24 @@ def test_dagster_cli_validates_each_workspace(workspace, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_credentials_are_env_vars_resolved_when_a_run_starts(monkeypatch):
+    """The definitions hold the variable's name, never its value; the run reads the value at launch."""
+    monkeypatch.setenv("IMAGE_SEARCH_ES_PASSWORD", "at-load")
+    monkeypatch.delenv("IMAGE_SEARCH_ES_API_KEY", raising=False)
+    resource = SettingsResource.with_credentials_from_env()
+    assert resource.es_password == EnvVar("IMAGE_SEARCH_ES_PASSWORD") and resource.es_api_key is None
+    assert "at-load" not in repr(resource)
+    seen = []
+
+    @asset
+    def probe(settings: ResourceParam[Settings]) -> None:
+        seen.append(settings.es_password)
+
+    monkeypatch.setenv("IMAGE_SEARCH_ES_PASSWORD", "at-launch")
+    assert materialize([probe], resources={"settings": resource}).success
+    assert seen == ["at-launch"]
 
 
 def test_definitions_wire_pools_retries_automation_and_default_running_operations():
