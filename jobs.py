@@ -63,4 +63,4 @@ def build_refresh_schedule(cron: str) -> ScheduleDefinition:
         raise ConfigError(f"IMAGE_SEARCH_REFRESH_CRON={cron!r} is not a cron schedule: use e.g. '0 3 * * *'") from None
 
 
-refresh_schedule = build_refresh_schedule(Settings.from_env().refresh_cron)
+refresh_schedule = build_refresh_schedule(Settings.env_value("refresh_cron"))

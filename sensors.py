@@ -105,12 +105,9 @@ def _latest_storage_id(instance: DagsterInstance, key: AssetKey) -> int | None:
     return records[0].storage_id if records else None
 
 
-_SETTINGS = Settings.from_env()
-
-
 @sensor(
     job=ingest_job,
-    minimum_interval_seconds=_SETTINGS.release_poll_seconds,
+    minimum_interval_seconds=Settings.env_value("release_poll_seconds"),
     default_status=DefaultSensorStatus.RUNNING,
     description="Launch ingest_release when the configured dataset release changes.",
 )

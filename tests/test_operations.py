@@ -314,6 +314,24 @@ def test_dagster_cli_validates_each_workspace(workspace, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
+def _validate(env_changes: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    env.update(DAGSTER_HOME=str(tmp_path), **env_changes)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+
+
+def test_a_bad_unrelated_setting_does_not_stop_the_code_location_from_loading(tmp_path):
+    """Only the schedule's cron and the sensor's interval are read when the definitions load."""
+    unrelated = _validate({"IMAGE_SEARCH_BACKEND": "solr", "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "lots"}, tmp_path)
+    assert unrelated.returncode == 0, unrelated.stdout[-2000:] + unrelated.stderr[-2000:]
+    interval = _validate({"IMAGE_SEARCH_RELEASE_POLL_SECONDS": "often"}, tmp_path)
+    assert interval.returncode != 0
+    assert "IMAGE_SEARCH_RELEASE_POLL_SECONDS='often' is not a whole number" in interval.stdout + interval.stderr
+
+
 def test_credentials_are_env_vars_resolved_when_a_run_starts(monkeypatch):
     """The definitions hold the variable's name, never its value; the run reads the value at launch."""
     monkeypatch.setenv("IMAGE_SEARCH_ES_PASSWORD", "at-load")
