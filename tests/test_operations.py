@@ -350,6 +350,33 @@ def test_credentials_are_env_vars_resolved_when_a_run_starts(monkeypatch):
     assert seen == ["at-launch"]
 
 
+def test_the_installed_project_loads_its_definitions_from_any_directory(tmp_path):
+    """A wheel of the project holds definitions, jobs and sensors; the deploy files load them from it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "definitions.py", "jobs.py", "sensors.py"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("assets", "resources", "search_app", "image_search"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheels")],
+                   check=True, cwd=tmp_path, timeout=300)
+    site = tmp_path / "site"
+    wheel = next((tmp_path / "wheels").glob("*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = (
+        "import runpy, definitions, jobs, sensors, assets\n"
+        "print(definitions.__file__, jobs.__file__, sensors.__file__, assets.__file__)\n"
+        f"runpy.run_path({str(ROOT / 'deploy' / 'celery' / 'celery_definitions.py')!r})['defs'].resolve_job_def('publish_index')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "DAGSTER_CELERY_BROKER_URL": "pyamqp://guest@127.0.0.1:5672//"}
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert all(path.startswith(str(site)) for path in loaded.stdout.split()), loaded.stdout
+
+
 def test_definitions_wire_pools_retries_automation_and_default_running_operations():
     from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
