@@ -37,9 +37,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from resources.backends.base import MODES, check_k
 from resources.keyword_index import tokenize
-
-MODES = ("vector", "keyword", "hybrid")
 
 
 def recall_at_k(ranked: list[str], relevant: set[str], k: int) -> float:
@@ -179,10 +178,9 @@ def run(args: argparse.Namespace) -> int:
     from resources.backends.local import LocalBackend
     from resources.config import Settings
     from resources.errors import ImageSearchError
-    from search_app.service import MAX_K, SearchService
+    from search_app.service import SearchService
 
-    if not 1 <= args.k <= MAX_K:
-        raise ImageSearchError(f"--k {args.k} is out of range: judge 1 to {MAX_K} results per query")
+    check_k(args.k)
     if args.max_queries < 1:
         raise ImageSearchError(f"--max-queries {args.max_queries} must be at least 1")
     settings = Settings.from_env()

@@ -33,14 +33,14 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
 from resources.backends import BUILD_HINT, open_backend
-from resources.backends.base import BuildInfo, Filters, Hit, SearchBackend
+from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
 from resources.downloader import FetchFailure, normalise_image, with_imgix_params
 from resources.errors import ImageSearchError
@@ -48,10 +48,7 @@ from resources.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
 RRF_K = 60
-MODES = ("vector", "keyword", "hybrid")
-Mode = Literal["vector", "keyword", "hybrid"]
 _MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
 
 
@@ -120,12 +117,6 @@ def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[S
             seen.add(group)
         kept.append(result)
     return kept
-
-
-def _check_k(k: int) -> int:
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {MAX_K} results")
-    return int(k)
 
 
 def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Image:
@@ -260,7 +251,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos matching ``query`` (any language) by image vector, by keywords, or both fused."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.search_text(query, depth, min_score, mode, filters), k)
         if not query or not query.strip():
@@ -286,7 +277,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
@@ -303,7 +294,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos nearest to an indexed photo's own image vector; the photo itself comes first."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
         self.build_info()

@@ -12,12 +12,19 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
+from resources.errors import ImageSearchError
+
 ORIENTATIONS = ("landscape", "portrait", "square")
+#: How a text query matches: by image vector, by keywords (BM25), or both fused.
+Mode = Literal["vector", "keyword", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+#: The most results one search returns, on every query path.
+MAX_K = 1000
 
 #: Catalog columns stored with each document and returned with each hit.
 STORED_FIELDS = (
@@ -35,6 +42,13 @@ STORED_FIELDS = (
     "photo_location_country",
     "photo_submitted_at",
 )
+
+
+def check_k(k: int, limit: int = MAX_K) -> int:
+    """``k`` as an int when it asks for 1 to ``limit`` results; otherwise a one-line error."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= limit:
+        raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {limit} results")
+    return int(k)
 
 
 @dataclass(frozen=True)
