@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.pictures import is_upright, upright_rgb
 
 log = logging.getLogger(__name__)
 
 _PREFETCH_BATCHES = 3
-_EXIF_ORIENTATION = 0x0112
 _MODELS: dict[tuple[str, str], object] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -146,24 +146,9 @@ def _load_model(name: str, variable: str, device: str):
         return model
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit scaled down, transparency composited onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(image, dtype=np.float32)
-        scale = 257.0 if image.mode.startswith("I;16") or wide.max() > 255 else 1.0
-        image = Image.fromarray(np.clip(wide / scale, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
     """One PIL image to the model's input as ``crop x crop x 3`` uint8 (orientation applied, RGB)."""
-    image = _to_rgb(ImageOps.exif_transpose(image))
+    image = upright_rgb(image)
     width, height = image.size
     scale = pre.size / min(width, height)
     resized = (max(pre.crop, round(width * scale)), max(pre.crop, round(height * scale)))
@@ -191,7 +176,7 @@ def read_for_gpu(path: str) -> bytes | None:
     try:
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as image:
-            upright = image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            upright = is_upright(image)
             if image.format == "JPEG" and image.mode in ("RGB", "L") and upright:
                 return data
     except Exception:  # noqa: BLE001 - the CPU path decodes it again and reports why it fails
