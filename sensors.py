@@ -33,6 +33,7 @@ from dagster import (
 
 from assets.partitions import photo_bucket
 from jobs import TRIGGER_TAG, ingest_job, vectors_job
+from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS
@@ -181,11 +182,10 @@ def catalog_change_sensor(context: SensorEvaluationContext, settings: ResourcePa
     state = json.loads(context.cursor) if context.cursor else {}
     if state.get("catalog") == latest:
         return SkipReason("no new photo_catalog materialization")
-    catalog_path = settings.catalog_path
     try:
-        digests = bucket_digests(pd.read_parquet(catalog_path))
-    except (OSError, ValueError) as exc:
-        return SkipReason(f"cannot read the catalog at {catalog_path} ({type(exc).__name__}); re-materialize photo_catalog")
+        digests = bucket_digests(read_catalog(settings))
+    except ImageSearchError as exc:
+        return SkipReason(str(exc))
     previous = state.get("buckets")
     if previous is not None:
         changed = [b for b in BUCKET_KEYS if digests.get(b) != previous.get(b)]

@@ -23,6 +23,7 @@ from assets.embeddings import image_embeddings, load_embeddings
 from assets.partitions import photo_buckets
 from assets.search_index import search_index
 from resources.backends import open_backend
+from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.image_store import ImageStore
 
@@ -37,10 +38,6 @@ MEMBERSHIP_SAMPLE = 256
 SHOWN_IDS = 5
 #: A hit scoring at least this against the probe is as good as the probe itself (an exact duplicate).
 SAME_VECTOR = 0.9999
-
-
-def _catalog(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.catalog_path, columns=["photo_id", "bucket"])
 
 
 def _indexed_vectors(settings: Settings, catalog: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -67,11 +64,10 @@ def _shown(ids) -> str:
 )
 def vectors_cover_images(context: AssetCheckExecutionContext, settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare, bucket by bucket, the image store's manifest with the vectors written."""
-    buckets = set(context.partition_keys)
-    catalog = _catalog(settings)
-    catalog = catalog[catalog["bucket"].isin(buckets)]
+    buckets = sorted(set(context.partition_keys))
+    catalog = read_catalog(settings, ["photo_id", "bucket"], buckets)
     store = ImageStore(settings.images_dir)
-    stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in sorted(buckets)))
+    stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in buckets))
     stored &= set(catalog["photo_id"])
     vector_ids, _ = _indexed_vectors(settings, catalog)
     missing = stored - set(vector_ids)
@@ -99,7 +95,7 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Resource
 )
 def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
-    catalog = _catalog(settings)
+    catalog = read_catalog(settings, ["photo_id", "bucket"])
     vector_ids, _ = _indexed_vectors(settings, catalog)
     store = ImageStore(settings.images_dir)
     buckets = sorted(set(catalog["bucket"]))
@@ -138,7 +134,7 @@ def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult
 )
 def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Probe the published index with a fixed sample of its photos' own vectors."""
-    photo_ids, vectors = _indexed_vectors(settings, _catalog(settings))
+    photo_ids, vectors = _indexed_vectors(settings, read_catalog(settings, ["photo_id"]))
     if not photo_ids:
         return AssetCheckResult(passed=True, metadata={"probed": 0}, description="nothing indexed to probe")
     rows = np.random.default_rng(0).choice(len(photo_ids), size=min(PROBE_SIZE, len(photo_ids)), replace=False)

@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
+from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
@@ -217,11 +218,7 @@ def _markdown(frame: pd.DataFrame) -> str:
 @holds_store_locks("near_duplicates")
 def near_duplicates(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Groups of photos whose image vectors have cosine >= the duplicate threshold, for "hide duplicates"."""
-    if not settings.catalog_path.is_file():
-        raise ImageSearchError(f"no photo catalog at {settings.catalog_path}: materialize photo_catalog first")
-    catalog = pd.read_parquet(
-        settings.catalog_path, columns=["photo_id", "photo_width", "photo_height", "photo_submitted_at"]
-    )
+    catalog = read_catalog(settings, ["photo_id", "photo_width", "photo_height", "photo_submitted_at"])
     photo_ids, vectors = load_embeddings(settings, settings.image_model)
     if len(photo_ids) == 0:
         raise ImageSearchError(
@@ -276,7 +273,7 @@ def near_duplicates_no_giant_group(settings: ResourceParam[Settings]) -> AssetCh
     reads the groups.
     """
     table = pd.read_parquet(settings.duplicates_path, columns=["group_size"])
-    catalog_size = pq.ParquetFile(settings.catalog_path).metadata.num_rows
+    catalog_size = len(read_catalog(settings, ["photo_id"]))
     largest = int(table["group_size"].max()) if len(table) else 0
     limit = max(10, int(MAX_GROUP_SHARE * catalog_size))
     return AssetCheckResult(

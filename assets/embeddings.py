@@ -39,8 +39,8 @@ from dagster import (
 )
 
 from assets.automation import FOLLOW_CHECKED_PARENTS
-from assets.images import read_catalog_buckets
 from assets.partitions import photo_buckets
+from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.dagster_resources import ClipResource
 from resources.errors import ImageSearchError
@@ -207,7 +207,7 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
     """Encode the stored images of each bucket of the run that lack a current vector; resume after a crash."""
     buckets = list(context.partition_keys)
     try:
-        catalog = read_catalog_buckets(settings, buckets)
+        catalog = read_catalog(settings, ["photo_id", "bucket"], buckets)
         encoder = clip.get()
     except ImageSearchError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None

@@ -35,6 +35,7 @@ from dagster import (
 from PIL import Image
 
 from assets.partitions import photo_buckets
+from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.downloader import Downloader, FetchResult, is_transient, remove_stale_temporaries
 from resources.errors import ImageSearchError
@@ -46,25 +47,15 @@ CONTACT_SHEET_SIZE = 4
 THUMBNAIL_PX = 56
 
 
-def read_catalog_buckets(settings: Settings, buckets: list[str]) -> pd.DataFrame:
+def _photo_urls(settings: Settings, buckets: list[str]) -> pd.DataFrame:
     """photo_id, url and bucket of the catalog rows in ``buckets``, one row per photo_id."""
-    path = settings.catalog_path
-    if not path.is_file():
-        raise ImageSearchError(f"no photo catalog at {path}: materialize photo_catalog first")
-    try:
-        catalog = pd.read_parquet(
-            path, columns=["photo_id", "photo_image_url", "bucket"], filters=[("bucket", "in", buckets)]
-        )
-    except (KeyError, ValueError) as exc:
-        raise ImageSearchError(
-            f"{path} lacks photo_id, photo_image_url or bucket ({exc}): re-materialize photo_catalog"
-        ) from None
-    catalog = catalog.rename(columns={"photo_image_url": "url"}).drop_duplicates("photo_id", keep="last")
+    catalog = read_catalog(settings, ["photo_id", "photo_image_url", "bucket"], buckets)
+    catalog = catalog.rename(columns={"photo_image_url": "url"})
     catalog["url"] = catalog["url"].fillna("").astype(str).str.strip()
-    return catalog.reset_index(drop=True)
+    return catalog
 
 
-def _plan_bucket(store: ImageStore, rows: pd.DataFrame, bucket: str):
+def _plan_fetches(store: ImageStore, rows: pd.DataFrame, bucket: str):
     """Split a bucket's catalog rows into (manifest kept, ledger carried, rows to fetch, stale ids).
 
     Stale ids are stored photos that left the catalog or whose URL changed: their files
@@ -149,7 +140,7 @@ def images(context: AssetExecutionContext, settings: ResourceParam[Settings]) ->
     """Fetch the missing photos of each bucket of the run; record failures; report progress."""
     buckets = list(context.partition_keys)
     try:
-        catalog = read_catalog_buckets(settings, buckets)
+        catalog = _photo_urls(settings, buckets)
     except ImageSearchError as exc:
         # A missing catalog or a bad setting will not heal by itself: fail once, clearly.
         raise Failure(description=str(exc), allow_retries=False) from None
@@ -159,7 +150,7 @@ def images(context: AssetExecutionContext, settings: ResourceParam[Settings]) ->
     for bucket in buckets:
         remove_stale_temporaries(store.bucket_dir(bucket))
         rows = catalog[catalog["bucket"] == bucket]
-        kept[bucket], carried[bucket], bucket_todo, stale = _plan_bucket(store, rows, bucket)
+        kept[bucket], carried[bucket], bucket_todo, stale = _plan_fetches(store, rows, bucket)
         for photo_id in stale:
             store.path_for(photo_id).unlink(missing_ok=True)
         removed += len(stale - set(rows["photo_id"]))

@@ -17,6 +17,7 @@ from assets.automation import FOLLOW_PARENTS
 from assets.embeddings import load_embeddings
 from resources.backends import open_backend
 from resources.backends.base import STORED_FIELDS, BuildInfo
+from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
@@ -24,11 +25,10 @@ from resources.locks import holds_store_locks
 
 def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     """The documents (STORED_FIELDS of each catalog photo with a vector) and their vectors, row for row."""
-    catalog = pd.read_parquet(settings.catalog_path, columns=list(STORED_FIELDS))
+    catalog = read_catalog(settings, list(STORED_FIELDS))
     photo_ids, vectors = load_embeddings(settings, settings.image_model)
     rows = pd.Series(np.arange(len(photo_ids)), index=pd.Index(photo_ids, name="photo_id"))
     rows = rows[~rows.index.duplicated(keep="last")]
-    catalog = catalog.drop_duplicates("photo_id", keep="last")
     catalog = catalog[catalog["photo_id"].isin(rows.index)].reset_index(drop=True)
     return catalog, np.asarray(vectors, dtype=np.float32)[rows.loc[catalog["photo_id"]].to_numpy()]
 
