@@ -16,16 +16,16 @@ unseen until a search misses a photo:
 """
 
 import numpy as np
-import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, ResourceParam, asset_check
 
-from assets.embeddings import image_embeddings, load_embeddings
+from assets.embeddings import image_embeddings
 from assets.partitions import photo_buckets
 from assets.search_index import search_index
 from resources.backends import open_backend
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.image_store import ImageStore
+from resources.vector_store import VectorStore
 
 VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
 INDEX_MATCHES_CATALOG_CHECK = "index_matches_catalog"
@@ -38,15 +38,6 @@ MEMBERSHIP_SAMPLE = 256
 SHOWN_IDS = 5
 #: A hit scoring at least this against the probe is as good as the probe itself (an exact duplicate).
 SAME_VECTOR = 0.9999
-
-
-def _indexed_vectors(settings: Settings, catalog: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """The current model's vectors of the catalog's photos, one per photo_id."""
-    photo_ids, vectors = load_embeddings(settings, settings.image_model)
-    frame = pd.DataFrame({"photo_id": photo_ids, "row": np.arange(len(photo_ids))})
-    frame = frame.drop_duplicates("photo_id", keep="last")
-    frame = frame[frame["photo_id"].isin(set(catalog["photo_id"]))]
-    return frame["photo_id"].tolist(), vectors[frame["row"].to_numpy()]
 
 
 def _shown(ids) -> str:
@@ -69,7 +60,8 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Resource
     store = ImageStore(settings.images_dir)
     stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in buckets))
     stored &= set(catalog["photo_id"])
-    vector_ids, _ = _indexed_vectors(settings, catalog)
+    with_vectors, _ = VectorStore.for_settings(settings).join(catalog, buckets)
+    vector_ids = with_vectors["photo_id"].tolist()
     missing = stored - set(vector_ids)
     return AssetCheckResult(
         passed=not missing,
@@ -96,7 +88,8 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Resource
 def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
     catalog = read_catalog(settings, ["photo_id", "bucket"])
-    vector_ids, _ = _indexed_vectors(settings, catalog)
+    with_vectors, _ = VectorStore.for_settings(settings).join(catalog)
+    vector_ids = with_vectors["photo_id"].tolist()
     store = ImageStore(settings.images_dir)
     buckets = sorted(set(catalog["bucket"]))
     stored = sum(len(store.read_manifest(bucket)) for bucket in buckets)
@@ -134,7 +127,8 @@ def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult
 )
 def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Probe the published index with a fixed sample of its photos' own vectors."""
-    photo_ids, vectors = _indexed_vectors(settings, read_catalog(settings, ["photo_id"]))
+    with_vectors, vectors = VectorStore.for_settings(settings).join(read_catalog(settings, ["photo_id"]))
+    photo_ids = with_vectors["photo_id"].tolist()
     if not photo_ids:
         return AssetCheckResult(passed=True, metadata={"probed": 0}, description="nothing indexed to probe")
     rows = np.random.default_rng(0).choice(len(photo_ids), size=min(PROBE_SIZE, len(photo_ids)), replace=False)

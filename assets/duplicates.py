@@ -38,11 +38,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from assets.automation import FOLLOW_PARENTS
-from assets.embeddings import load_embeddings
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
+from resources.vector_store import load_embeddings
 
 #: Rows (and columns) of one similarity tile: 2048 x 2048 float32 is 16 MiB.
 TILE = 2048

@@ -9,28 +9,15 @@ published count with catalog ∩ vectors and probe self-retrieval.
 """
 
 
-import numpy as np
-import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ResourceParam, asset
 
 from assets.automation import FOLLOW_PARENTS
-from assets.embeddings import load_embeddings
 from resources.backends import open_backend
-from resources.backends.base import STORED_FIELDS, BuildInfo
-from resources.catalog import read_catalog
+from resources.backends.base import BuildInfo
+from resources.catalog import index_inputs
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
-
-
-def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
-    """The documents (STORED_FIELDS of each catalog photo with a vector) and their vectors, row for row."""
-    catalog = read_catalog(settings, list(STORED_FIELDS))
-    photo_ids, vectors = load_embeddings(settings, settings.image_model)
-    rows = pd.Series(np.arange(len(photo_ids)), index=pd.Index(photo_ids, name="photo_id"))
-    rows = rows[~rows.index.duplicated(keep="last")]
-    catalog = catalog[catalog["photo_id"].isin(rows.index)].reset_index(drop=True)
-    return catalog, np.asarray(vectors, dtype=np.float32)[rows.loc[catalog["photo_id"]].to_numpy()]
 
 
 @asset(

@@ -173,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from assets.search_index import index_inputs
     from resources.backends.base import BuildInfo
     from resources.backends.local import LocalBackend
+    from resources.catalog import index_inputs
     from resources.config import Settings
     from resources.errors import ImageSearchError
     from search_app.service import SearchService

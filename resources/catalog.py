@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from resources.backends.base import STORED_FIELDS
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.vector_store import VectorStore
 
 
 def read_catalog(settings: Settings, columns: list[str] | None = None, buckets: list[str] | None = None) -> pd.DataFrame:
@@ -23,3 +26,7 @@ def read_catalog(settings: Settings, columns: list[str] | None = None, buckets: 
         ) from None
     return catalog.drop_duplicates("photo_id", keep="last").reset_index(drop=True)
 
+
+def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
+    """What the search index holds: the STORED_FIELDS of each catalog photo with a vector, and those vectors row for row."""
+    return VectorStore.for_settings(settings).join(read_catalog(settings, list(STORED_FIELDS)))
