@@ -242,12 +242,13 @@ class ClipEncoder:
         """The sentence-transformers multilingual text model (loaded on first access)."""
         return _load_model(self.text_model_id, "IMAGE_SEARCH_TEXT_MODEL", self.device)
 
-    @property
-    def onnx_text_model(self):
-        """The text model on ONNX Runtime (:mod:`resources.onnx_text`), or ``None`` where PyTorch runs it.
+    def load_onnx_text_model(self):
+        """Export or load the text model on ONNX Runtime (:mod:`resources.onnx_text`); ``None`` where PyTorch runs it.
 
-        With ``IMAGE_SEARCH_TEXT_RUNTIME=auto`` a model that cannot be exported or does not
-        verify falls back to PyTorch with one warning; with ``onnx`` that is an error.
+        The first call exports the model if needed and drops the PyTorch weights. With
+        ``IMAGE_SEARCH_TEXT_RUNTIME=auto`` a model that cannot be exported or does not
+        verify switches ``text_runtime`` to ``torch`` with one warning; with ``onnx`` that
+        is an error.
         """
         if self.text_runtime != "onnx":
             return None
@@ -352,7 +353,7 @@ class ClipEncoder:
         """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        onnx_model = self.onnx_text_model
+        onnx_model = self.load_onnx_text_model()
         if onnx_model is not None:
             vectors = onnx_model.encode(list(texts), batch_size=batch_size)
         else:

@@ -115,7 +115,8 @@ class BuildReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Progress = Callable[[int, int], None]
+#: Called as ``progress(done, total)`` while a build loads documents.
+BuildProgress = Callable[[int, int], None]
 
 
 class SearchBackend(ABC):
@@ -130,7 +131,7 @@ class SearchBackend(ABC):
         documents: pd.DataFrame,
         vectors: np.ndarray,
         info: BuildInfo,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ) -> BuildReport:
         """Write a new build beside the live one, validate its count, then publish it atomically.
 

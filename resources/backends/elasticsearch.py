@@ -62,10 +62,10 @@ from resources.backends.base import (
     ORIENTATIONS,
     STORED_FIELDS,
     BuildInfo,
+    BuildProgress,
     BuildReport,
     Filters,
     Hit,
-    Progress,
     SearchBackend,
     check_k,
 )
@@ -769,7 +769,7 @@ class ElasticsearchBackend(SearchBackend):
         if batch:
             yield batch
 
-    def _load(self, index, documents, vectors, progress: Progress | None) -> tuple[int, Counter]:
+    def _load(self, index, documents, vectors, progress: BuildProgress | None) -> tuple[int, Counter]:
         """Bulk-load every document; returns how many distinct ids were indexed and the errors by type."""
         total = len(documents)
         errors: Counter = Counter()

@@ -48,10 +48,10 @@ from resources.backends import BUILD_HINT
 from resources.backends.base import (
     STORED_FIELDS,
     BuildInfo,
+    BuildProgress,
     BuildReport,
     Filters,
     Hit,
-    Progress,
     SearchBackend,
 )
 from resources.config import Settings
@@ -367,7 +367,7 @@ class LocalBackend(SearchBackend):
         documents: pd.DataFrame,
         vectors: np.ndarray,
         info: BuildInfo,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ) -> BuildReport:
         started = time.perf_counter()
         documents, vectors = _validated(documents, vectors, info)
@@ -475,7 +475,7 @@ def _screened_top_k(build: _Build, q: np.ndarray, k: int, mask: np.ndarray | Non
     return candidates[best], exact[best]
 
 
-def _report(progress: Progress | None, done: int, total: int) -> None:
+def _report(progress: BuildProgress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
 
