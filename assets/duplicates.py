@@ -38,6 +38,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from assets.automation import FOLLOW_PARENTS
+from assets.metadata import as_table
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
@@ -202,12 +203,6 @@ def write_groups(table: pd.DataFrame, path: Path, threshold: float, image_model:
         tmp.unlink(missing_ok=True)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
-    return header + rows
-
-
 @asset(
     group_name="search",
     deps=["image_embeddings", "photo_catalog"],
@@ -255,11 +250,9 @@ def near_duplicates(context: AssetExecutionContext, settings: ResourceParam[Sett
             "skipped_not_in_catalog": used.skipped_not_in_catalog,
             "skipped_bad_vector": used.skipped_bad_vector,
             "seconds": round(seconds, 3),
-            "group_sizes": MetadataValue.md(
-                _markdown(pd.DataFrame({"size": histogram.index, "groups": histogram.to_numpy()}))
-            ),
-            "largest_groups": MetadataValue.md(_markdown(largest)),
-            "preview": MetadataValue.md(_markdown(table.head(8).round({"similarity": 4}))),
+            "group_sizes": as_table(pd.DataFrame({"size": histogram.index, "groups": histogram.to_numpy()})),
+            "largest_groups": as_table(largest),
+            "preview": as_table(table.head(8).round({"similarity": 4})),
         }
     )
 

@@ -7,6 +7,7 @@ current model yet, or changed since; storage is :mod:`resources.vector_store`.
 import time
 
 import numpy as np
+import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -23,6 +24,7 @@ from dagster import (
 )
 
 from assets.automation import FOLLOW_CHECKED_PARENTS
+from assets.metadata import as_table
 from assets.partitions import photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
@@ -38,12 +40,6 @@ PROGRESS_EVERY_S = 10.0
 SHOWN_FAILURES = 10
 VECTORS_VALID_CHECK = "vectors_valid"
 _NORM_TOLERANCE = 1e-3
-
-
-def _failures_md(failures: list[tuple[str, str]]) -> str:
-    rows = "\n".join(f"| `{pid}` | {reason.replace('|', '/')} |" for pid, reason in failures[:SHOWN_FAILURES])
-    more = f"\n\n{len(failures) - SHOWN_FAILURES} more not shown." if len(failures) > SHOWN_FAILURES else ""
-    return f"| photo_id | reason |\n|---|---|\n{rows}{more}" if failures else "none"
 
 
 def _encode(encoder, todo: list[tuple], writer: ChunkWriter, log) -> tuple[int, list[tuple[str, str]]]:
@@ -133,7 +129,7 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
             "encoded": encoded,
             "skipped_up_to_date": total_stored - total_todo,
             "decode_failures": len(failures),
-            "decode_failure_examples": MetadataValue.md(_failures_md(failures)),
+            "decode_failure_examples": as_table(pd.DataFrame(failures[:SHOWN_FAILURES], columns=["photo_id", "reason"])),
             "dimension": dim,
             "model": model_id,
             "device": encoder.device,
