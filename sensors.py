@@ -1,13 +1,7 @@
 """Sensors that keep the index current without anyone watching.
 
-* ``release_sensor`` notices a new dataset release (a changed zip or folder, or for a URL
-  a changed ETag, Last-Modified or Content-Length) and launches ``ingest_release``.
-* ``catalog_change_sensor`` notices a new ``photo_catalog`` materialization, compares a
-  digest of each bucket's catalog rows with the digests it saw last, and launches
-  ``update_vectors`` for the changed buckets only: one single-run backfill per contiguous
-  range, so a failed range re-runs alone.
-* ``automation_sensor`` evaluates the assets' automation conditions: the vectors follow
-  their images bucket by bucket and the index follows the vectors.
+A new release launches ``ingest_release``; a new catalog launches ``update_vectors`` for
+the buckets whose photos changed only; the automation sensor moves the index after them.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """Cross-stage checks: what one stage wrote agrees with what the stages before it wrote.
 
-The stages check their own output (unique photo_ids, the download failure share, unit
-vectors); these checks compare stages, where a fault between them would otherwise go
-unseen until a search misses a photo:
-
-* ``vectors_cover_images`` (``image_embeddings``, per bucket, blocking): every catalog
-  photo stored in the image store has a vector for the current model. The index is built
-  from catalog ∩ vectors, so a missing vector would silently drop a photo from search.
-* ``index_matches_catalog`` (``search_index``, blocking): the published index holds as many
-  photos as catalog ∩ vectors, no more (removed photos, duplicates of a retried build) and
-  no less, and a sample of them can be looked up by id.
-* ``index_self_retrieval`` (``search_index``, blocking): searched by its own vector, each
-  photo of a sample comes back first. A count can be right while the vectors are wrong
-  (rows shuffled against their ids, a broken metric); this catches that.
+A fault between stages (a missing vector, an index that dropped or duplicated photos, rows
+shuffled against their ids) would otherwise go unseen until a search misses a photo.
 """
 
 import numpy as np

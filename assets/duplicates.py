@@ -1,15 +1,8 @@
 """Near-duplicate groups: photos whose image vectors are nearly the same picture.
 
-Unsplash holds many near-identical shots (bursts, crops, re-uploads). Grouping them lets
-the query service show one result per group instead of a page of copies. Two photos are
-linked when the cosine similarity of their image vectors is at least
-``IMAGE_SEARCH_DUPLICATE_THRESHOLD`` (0.94, the figure clip-retrieval uses); a group is a
-connected component of those links.
-
-Pairs are found by an exact, blocked matrix product over square tiles of the vectors, so
-memory stays bounded by one tile plus the links found so far, however large the release.
-The groups land in ``duplicates/groups.parquet`` (only photos in a group of two or more:
-every photo not listed is alone), written atomically.
+Grouping bursts, crops and re-uploads lets a search show one result per group. Pairs come
+from an exact, tiled matrix product (memory bounded by one tile), groups are connected
+components, and only photos in a group of two or more are stored.
 """
 
 import datetime as dt

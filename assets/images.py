@@ -1,12 +1,8 @@
 """The ``images`` asset: every catalog photo fetched into the image store, bucket by bucket.
 
-Per bucket it fetches only what is missing: photos already stored from the same URL are
-skipped (the manifest says which URL each file came from), a changed URL is fetched again,
-and a photo that failed for a permanent reason (404, not an image, too many pixels) is not
-retried until its URL changes. A killed run resumes from the journal its stored photos
-were written to one by one. Failures never stop the run: each goes to the bucket's ledger
-with its reason, and the ``failure_share`` check fails the run's downstream steps when
-more than ``IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE`` of the photos could not be stored.
+A run fetches only what is missing or whose URL changed, resumes a killed run from its
+journal, and records each failure with its reason; the ``failure_share`` check stops the
+downstream steps when too many photos could not be stored.
 """
 
 import base64

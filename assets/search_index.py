@@ -1,11 +1,7 @@
-"""The search index: catalog photos with a vector for the current image model, in the configured backend.
+"""The ``search_index`` asset: catalog ∩ vectors, built into the configured backend and published atomically.
 
-Each materialization writes a complete new build beside the published one and switches to
-it only once it validated (a folder and ``CURRENT`` on the local backend, a concrete index
-and an alias on Elasticsearch), so searches never see half an index and a failed build
-leaves the previous one serving. Re-materializing with the same inputs leaves the same
-count: documents are keyed by photo_id. The checks in ``assets/checks.py`` compare the
-published count with catalog ∩ vectors and probe self-retrieval.
+A new build is written beside the published one and switched to only once it validated,
+so searches never see half an index and a failed build leaves the previous one serving.
 """
 
 

@@ -1,17 +1,7 @@
 """``image-search bench download``: photos/s of the project's downloader against the original loop.
 
-A local server (tests/http_fixtures.py, run as its own process so its CPU time is not the
-client's) serves generated 640 x 427 JPEGs of about 80 KB, the size imgix returns for
-``w=640``, adding ``--latency-ms`` before each response to stand in for the network. In
-the same run it times:
-
-* the baseline, the original design's loop: one photo after the other, ``urlopen`` with
-  no timeout, the bytes written as they came, nothing checked;
-* the project's :class:`~resources.downloader.Downloader` at default settings
-  (``IMAGE_SEARCH_DOWNLOAD_CONCURRENCY`` and the rest from the environment), validating,
-  decoding and writing atomically into an image store in a temporary folder.
-
-Needs a source checkout: the server is the test suite's.
+Both fetch from a local server (the test suite's, in its own process) in the same run.
+Needs a source checkout; the method and the latest figures are in the README.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """The one CLIP encoder: images (pipeline and image queries) and multilingual texts (queries).
 
-:class:`ClipEncoder` owns the image model (``IMAGE_SEARCH_IMAGE_MODEL``) and the text model
-(``IMAGE_SEARCH_TEXT_MODEL``), each loaded lazily and at most once per process, on the
-device and in the precision the settings ask for. On a CPU in float32, text queries run
-on ONNX Runtime (:mod:`resources.onnx_text`, same vectors, about half the time). Every
-vector it returns is float32 and L2-normalised, so a dot product is a cosine similarity.
-
-:meth:`ClipEncoder.encode_image_files` is the fast batch path of the embeddings asset. It
-keeps the model busy with full batches while a pool of workers decodes and preprocesses
-the next ones (JPEGs decoded at reduced size with PIL's ``draft``, EXIF orientation
-applied, everything converted to RGB), with at most a few batches in flight, so memory
-stays bounded whatever the number of files. On a GPU with torchvision, JPEGs are decoded
-on the GPU itself (nvJPEG), which is what keeps a fast GPU fed. A file that cannot be
-decoded is reported with its reason and never stops the run.
-
-No Dagster import here: the query side uses this module too.
+Models load lazily, once per process, on the configured device and precision; every vector
+is float32 and L2-normalised, so a dot product is a cosine similarity. Batches of image
+files are decoded by workers (on the GPU where it can) while the model runs, and a file
+that cannot be decoded is reported, never fatal. No Dagster import: the query side uses it.
 """
 
 from __future__ import annotations
@@ -103,7 +92,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve_text_runtime(runtime: str, device: str, precision: str) -> str:
-    """``auto``: ONNX Runtime for float32 on a CPU (about half the time per query), PyTorch otherwise."""
+    """``auto``: ONNX Runtime for float32 on a CPU (the faster of the two there), PyTorch otherwise."""
     if runtime == "auto":
         return "onnx" if device == "cpu" and precision == "fp32" else "torch"
     if runtime == "onnx" and (device != "cpu" or precision != "fp32"):

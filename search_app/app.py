@@ -1,14 +1,8 @@
 """The search page: find photos by words in any language, by an uploaded photo, or by "more like this".
 
-Run it with ``streamlit run search_app/app.py`` (``make demo`` does, on port 8501). Streamlit
-puts only ``search_app/`` on ``sys.path``; the project's packages are importable because
-``make install`` installs the project in editable mode into the venv.
-
-The search (query, mode, number of results, minimum score, filters, or the photo a
-"more like this" started from) lives in the page's URL, so any search can be bookmarked
-or shared and opening such a URL runs it. An uploaded photo is the exception: it is kept
-in memory for the session only. The query service (models and index handle) is loaded
-once per server process and shared by every visitor.
+Run it with ``streamlit run search_app/app.py`` (``make demo`` does). The search lives in
+the page's URL, so it can be bookmarked or shared; the query service is loaded once per
+server process and shared by every visitor.
 """
 
 from __future__ import annotations

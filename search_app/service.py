@@ -1,28 +1,8 @@
 """The one query service: text, image and more-like-this searches over the published index.
 
-Used by the CLI (``image-search query``) and the Streamlit page; it imports no Dagster, so
-a query process loads only the encoder, the backend and what they need.
-
-Models: a build records the image and text models it was made with; the service encodes
-queries with those, so a query vector always lives in the index's space. A service built
-with an encoder whose image model differs from the build's refuses to search (a clear
-:class:`ModelMismatchError`) rather than returning nonsense.
-
-Scores: in ``vector`` mode and for image and more-like-this searches, ``score`` is the
-cosine similarity between the query and the photo's image vector (-1..1). In ``keyword``
-mode it is the BM25 score (``cosine`` is ``None``). In ``hybrid`` mode it is the reciprocal
-rank fusion score, the sum over the kNN and keyword lists of 1/(60 + rank), ranks from 1,
-and ``cosine`` carries the photo's cosine similarity. ``min_score`` cuts on the cosine in
-the vector and hybrid modes, on the BM25 score in keyword mode.
-
-More like this keeps the photo itself: it comes back first with cosine 1.0, which is the
-check that the index and the query path agree; skip it in the caller if it is unwanted.
-
-Duplicates: with ``collapse_duplicates=True`` every search keeps only the best-ranked photo
-of each near-duplicate group the ``near_duplicates`` asset stored (``duplicates/`` under
-``IMAGE_SEARCH_HOME``), asking the backend for more results so ``k`` still come back. The
-groups are read lazily and again when the file changes, so neither the index nor the
-service needs rebuilding; with no file, collapsing changes nothing.
+The CLI and the Streamlit page share it; it imports no Dagster, so a query process loads
+only the encoder, the backend and what they need. Queries are encoded with the models the
+published build records, so a query vector always lives in the index's space.
 """
 
 from __future__ import annotations
@@ -70,7 +50,12 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One photo found, with what a result list shows and links to."""
+    """One photo found, with what a result list shows and links to.
+
+    ``score`` is the cosine similarity (vector, image and more-like-this searches), the BM25
+    score (keyword mode) or the reciprocal rank fusion score (hybrid mode, the cosine then in
+    ``cosine``).
+    """
 
     photo_id: str
     score: float

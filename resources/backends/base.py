@@ -1,10 +1,8 @@
-"""The one search-backend interface every engine implements.
+"""The one search-backend interface every engine implements, and the query vocabulary they share.
 
-A backend stores, per photo, its unit-length image vector and the catalog fields search
-needs, publishes each build atomically, and answers kNN and keyword searches with
-filters applied inside the search (so ``k`` results come back whenever ``k`` documents
-pass). Scores leave every backend as the same numbers: cosine similarity for kNN, the
-engine's BM25 score for keyword search.
+A backend stores each photo's unit image vector and catalog fields, publishes each build
+atomically, and answers kNN (cosine) and keyword (BM25) searches with filters applied
+inside the search, so ``k`` results come back whenever ``k`` documents pass.
 """
 
 from __future__ import annotations
