@@ -37,13 +37,13 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableSchema,
     asset,
 )
 
 from resources.config import Settings, mask_url
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 
 DOCUMENTS = ("photos", "keywords", "collections", "conversions", "colors")
@@ -315,9 +315,9 @@ def read_manifest(settings: Settings) -> dict:
     code_version="1",
     description="The Unsplash Lite release named by IMAGE_SEARCH_DATASET, downloaded (resumable) or read locally, then extracted.",
 )
-def unsplash_release(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def unsplash_release(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Fetch and extract the release; record where its documents are, its size and its sha256."""
-    manifest = fetch_release(settings.get(), context.log)
+    manifest = fetch_release(settings, context.log)
     missing = [doc for doc, files in manifest["files"].items() if not files]
     if missing:
         context.log.warning(f"the release has no file for {', '.join(missing)} (looked for <name>.tsv* and <name>.csv*)")
@@ -506,10 +506,9 @@ def _document_asset(name: str):
         deps=[unsplash_release],
         description=f"The release's {name} document as typed Parquet (tables/{name}.parquet).",
     )
-    def _asset(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
-        config = settings.get()
-        documents_dir = Path(read_manifest(config)["documents_dir"])
-        out_path = config.tables_dir / f"{name}.parquet"
+    def _asset(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
+        documents_dir = Path(read_manifest(settings)["documents_dir"])
+        out_path = settings.tables_dir / f"{name}.parquet"
         stats = ingest_document(documents_dir, name, out_path, context.log)
         if stats["skipped_rows"]:
             context.log.warning(f"{name}: skipped {stats['skipped_rows']} rows with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")

@@ -15,7 +15,6 @@ any failed. Like the rest of the query side it never imports Dagster.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     scratch = f"{settings.index_name}_check_{secrets.token_hex(4)}"
     try:
-        backend = ElasticsearchBackend(dataclasses.replace(settings, index_name=scratch))
+        backend = ElasticsearchBackend(settings.replace(index_name=scratch))
     except ImageSearchError as exc:
         print(f"FAIL  connect: {exc}")
         return 1

@@ -118,7 +118,7 @@ class Cluster:
     engine: str | None
 
     def backend(self, **changes) -> ElasticsearchBackend:
-        backend = ElasticsearchBackend(dataclasses.replace(self.settings, **changes))
+        backend = ElasticsearchBackend(self.settings.replace(**changes))
         if self.fake is not None:
             backend.bulk_backoff_s = 0.0  # the fake's rejections clear at once: retry without waiting
         return backend
@@ -150,7 +150,7 @@ def cluster(request) -> Iterator[Cluster]:
     """Each engine on the fake, then the real cluster when ``IMAGE_SEARCH_ES_URL`` names one."""
     index = f"image_search_test_{uuid.uuid4().hex[:8]}"
     if request.param is None:
-        settings = dataclasses.replace(Settings.from_env(), backend="elasticsearch", index_name=index)
+        settings = Settings.from_env(backend="elasticsearch", index_name=index)
         real = Cluster(settings, None, None)
         yield real
         leftovers = real.indices()
@@ -349,7 +349,7 @@ def test_query_service_more_like_this_and_keywords_over_the_cluster(cluster: Clu
     docs, vectors = corpus()
     backend = cluster.backend()
     backend.build(docs, vectors, build_info())
-    service = SearchService(backend, dataclasses.replace(cluster.settings, home=tmp_path))
+    service = SearchService(backend, cluster.settings.replace(home=tmp_path))
     similar = service.more_like_this("p00011", k=5)
     assert similar[0].photo_id == "p00011" and similar[0].cosine == pytest.approx(1.0, abs=1e-5)
     assert similar[0].photographer_name == docs["photographer_name"][11]
@@ -392,7 +392,7 @@ def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, 
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:
         secrets = ["s3cr3t-Pa55"]
-        settings = dataclasses.replace(cluster.settings, es_url=cluster.fake.url.replace("://", "://elastic:s3cr3t-Pa55@"))
+        settings = cluster.settings.replace(es_url=cluster.fake.url.replace("://", "://elastic:s3cr3t-Pa55@"))
     else:
         settings = cluster.settings
         secrets = [s for s in (urlsplit(settings.es_url).password, settings.es_password, settings.es_api_key) if s]
@@ -407,7 +407,7 @@ def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, 
         backend.build(bad, vectors, build_info())
     dead = f"http://elastic:{secrets[0]}@127.0.0.1:9"
     with pytest.raises(ImageSearchError) as unreachable:
-        ElasticsearchBackend(dataclasses.replace(settings, es_url=dead))
+        ElasticsearchBackend(settings.replace(es_url=dead))
     assert "***:***@127.0.0.1:9" in str(unreachable.value) and "\n" not in str(unreachable.value)
     shown = [str(refused.value), str(unreachable.value), repr(report), str(settings), str(settings.describe())]
     shown += ["".join(traceback.format_exception(e.value)) for e in (refused, unreachable)]

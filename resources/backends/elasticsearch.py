@@ -62,11 +62,12 @@ from resources.backends.base import (
     ORIENTATIONS,
     STORED_FIELDS,
     BuildInfo,
+    BuildProgress,
     BuildReport,
     Filters,
     Hit,
-    Progress,
     SearchBackend,
+    check_k,
 )
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
@@ -76,7 +77,7 @@ logger = logging.getLogger(__name__)
 VECTOR_FIELD = "photo_embedding"
 TEXT_FIELDS = ("describe", "photo_description", "ai_description")
 #: The largest ``k``: both ``index.max_result_window`` and the k-NN plugins' ``k`` stop at 10,000.
-MAX_K = 10_000
+MAX_RESULT_WINDOW = 10_000
 META_KEY = "image_search"
 ENGINE_NAMES = ("auto", "escloud", "opensearch", "elasticsearch")
 COSINE = "cosinesimil"
@@ -768,7 +769,7 @@ class ElasticsearchBackend(SearchBackend):
         if batch:
             yield batch
 
-    def _load(self, index, documents, vectors, progress: Progress | None) -> tuple[int, Counter]:
+    def _load(self, index, documents, vectors, progress: BuildProgress | None) -> tuple[int, Counter]:
         """Bulk-load every document; returns how many distinct ids were indexed and the errors by type."""
         total = len(documents)
         errors: Counter = Counter()
@@ -925,7 +926,7 @@ class ElasticsearchBackend(SearchBackend):
         return self._created_by[index]
 
     def knn(self, vector, k, filters=None) -> list[Hit]:
-        _check_k(k)
+        check_k(k, MAX_RESULT_WINDOW)
         query = np.asarray(vector, dtype=np.float64).ravel()
         body, path = self.impl.knn_query(np.round(query, 6).tolist(), k, filter_clauses(filters))
         body["_source"] = list(STORED_FIELDS)
@@ -938,7 +939,7 @@ class ElasticsearchBackend(SearchBackend):
         return max(-1.0, min(1.0, cosine))
 
     def keyword(self, text, k, filters=None) -> list[Hit]:
-        _check_k(k)
+        check_k(k, MAX_RESULT_WINDOW)
         if not text or not text.strip():
             raise ImageSearchError("the keyword query is empty: give some words to search for")
         body = {
@@ -985,11 +986,6 @@ class ElasticsearchBackend(SearchBackend):
 def _absent(response: dict[str, Any]) -> bool:
     """Whether a response asked with ``ignore=404`` says the index, alias or document does not exist."""
     return response.get("status") == 404 or response.get("found") is False
-
-
-def _check_k(k: int) -> None:
-    if not 1 <= k <= MAX_K:
-        raise ImageSearchError(f"k={k} is out of range: ask for 1 to {MAX_K} results")
 
 
 def _hit(raw: dict[str, Any], score: float) -> Hit:
