@@ -1,14 +1,8 @@
 """Asset jobs and the refresh schedule.
 
-A refresh is three jobs, so each part runs, fails and re-runs on its own:
-
-* ``ingest_release`` (group ``ingestion``): the release, its tables and the catalog. The
-  schedule below and the new-release sensor (``sensors.py``) launch it.
-* ``update_vectors`` (group ``vectors``, partitioned by photo bucket): images and vectors
-  of the buckets whose catalog rows changed; the catalog sensor launches one run per
-  contiguous range of changed buckets (a single-run backfill each).
-* ``publish_index`` (group ``search``): rebuilds and republishes the index; it follows the
-  vectors by declarative automation, and can be launched by hand.
+A refresh is three jobs, so each part runs, fails and re-runs on its own: ``ingest_release``
+(release, tables, catalog), ``update_vectors`` (images and vectors of a range of photo
+buckets) and ``publish_index`` (the search index, which follows the vectors by automation).
 """
 
 from __future__ import annotations
@@ -63,4 +57,4 @@ def build_refresh_schedule(cron: str) -> ScheduleDefinition:
         raise ConfigError(f"IMAGE_SEARCH_REFRESH_CRON={cron!r} is not a cron schedule: use e.g. '0 3 * * *'") from None
 
 
-refresh_schedule = build_refresh_schedule(Settings.from_env().refresh_cron)
+refresh_schedule = build_refresh_schedule(Settings.env_value("refresh_cron"))

@@ -1,13 +1,7 @@
 """Sensors that keep the index current without anyone watching.
 
-* ``release_sensor`` notices a new dataset release (a changed zip or folder, or for a URL
-  a changed ETag, Last-Modified or Content-Length) and launches ``ingest_release``.
-* ``catalog_change_sensor`` notices a new ``photo_catalog`` materialization, compares a
-  digest of each bucket's catalog rows with the digests it saw last, and launches
-  ``update_vectors`` for the changed buckets only: one single-run backfill per contiguous
-  range, so a failed range re-runs alone.
-* ``automation_sensor`` evaluates the assets' automation conditions: the vectors follow
-  their images bucket by bucket and the index follows the vectors.
+A new release launches ``ingest_release``; a new catalog launches ``update_vectors`` for
+the buckets whose photos changed only; the automation sensor moves the index after them.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DagsterInstance,
     DefaultSensorStatus,
+    ResourceParam,
     RunRequest,
     SensorEvaluationContext,
     SkipReason,
@@ -32,8 +27,8 @@ from dagster import (
 
 from assets.partitions import photo_bucket
 from jobs import TRIGGER_TAG, ingest_job, vectors_job
+from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS
 
@@ -105,25 +100,21 @@ def _latest_storage_id(instance: DagsterInstance, key: AssetKey) -> int | None:
     return records[0].storage_id if records else None
 
 
-_SETTINGS = Settings.from_env()
-
-
 @sensor(
     job=ingest_job,
-    minimum_interval_seconds=_SETTINGS.release_poll_seconds,
+    minimum_interval_seconds=Settings.env_value("release_poll_seconds"),
     default_status=DefaultSensorStatus.RUNNING,
     description="Launch ingest_release when the configured dataset release changes.",
 )
-def release_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+def release_sensor(context: SensorEvaluationContext, settings: ResourceParam[Settings]):
     """Request an ingestion when the release's fingerprint differs from the last one seen.
 
     On its very first look, with a catalog already built, the sensor takes the release as the
     one that catalog came from and only remembers it, so turning the daemon on after
     ``make demo`` does not ingest the same release twice.
     """
-    config = settings.get()
     try:
-        fingerprint = release_fingerprint(config.dataset, config.download_timeout)
+        fingerprint = release_fingerprint(settings.dataset, settings.download_timeout)
     except ImageSearchError as exc:
         return SkipReason(str(exc))
     previous = context.cursor
@@ -172,7 +163,7 @@ def bucket_ranges(buckets: list[str]) -> list[tuple[str, str]]:
     default_status=DefaultSensorStatus.RUNNING,
     description="After a new photo_catalog, launch update_vectors for the buckets whose photos changed.",
 )
-def catalog_change_sensor(context: SensorEvaluationContext, settings: SettingsResource):
+def catalog_change_sensor(context: SensorEvaluationContext, settings: ResourceParam[Settings]):
     """Request ``update_vectors`` runs for the buckets whose catalog rows changed.
 
     The cursor holds the storage id of the last catalog looked at and each bucket's digest.
@@ -185,11 +176,10 @@ def catalog_change_sensor(context: SensorEvaluationContext, settings: SettingsRe
     state = json.loads(context.cursor) if context.cursor else {}
     if state.get("catalog") == latest:
         return SkipReason("no new photo_catalog materialization")
-    catalog_path = settings.get().catalog_path
     try:
-        digests = bucket_digests(pd.read_parquet(catalog_path))
-    except (OSError, ValueError) as exc:
-        return SkipReason(f"cannot read the catalog at {catalog_path} ({type(exc).__name__}); re-materialize photo_catalog")
+        digests = bucket_digests(read_catalog(settings))
+    except ImageSearchError as exc:
+        return SkipReason(str(exc))
     previous = state.get("buckets")
     if previous is not None:
         changed = [b for b in BUCKET_KEYS if digests.get(b) != previous.get(b)]

@@ -23,6 +23,7 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     asset,
     asset_check,
 )
@@ -30,7 +31,6 @@ from dagster import (
 from assets.partitions import photo_bucket
 from assets.raw import _column_schema, _preview, colors, keywords, photos, write_atomically
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 
 #: Relative distance from 1 within which an aspect ratio counts as square.
@@ -204,11 +204,10 @@ def compare_catalogs(previous: pa.Table, current: pa.Table) -> dict[str, int]:
     deps=[photos, keywords, colors],
     description="One row per photo: image URL, describe (user-suggested keywords), descriptions, attribution, size, place, colours, bucket.",
 )
-def photo_catalog(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Build the catalog, report its skips and what changed since the last one, and replace it atomically."""
-    config = settings.get()
-    table, stats = build_catalog(config)
-    path = config.catalog_path
+    table, stats = build_catalog(settings)
+    path = settings.catalog_path
     changes = None
     if path.is_file():
         try:
@@ -236,9 +235,9 @@ def photo_catalog(context: AssetExecutionContext, settings: SettingsResource) ->
 
 
 @asset_check(asset=photo_catalog, name=PHOTO_IDS_UNIQUE_CHECK, blocking=True, description="Every photo_id in the written catalog is non-empty and unique.")
-def photo_ids_unique(settings: SettingsResource) -> AssetCheckResult:
+def photo_ids_unique(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Read the catalog back and fail on an empty or repeated photo_id: every later stage keys on it."""
-    ids = pq.read_table(settings.get().catalog_path, columns=["photo_id"])["photo_id"]
+    ids = pq.read_table(settings.catalog_path, columns=["photo_id"])["photo_id"]
     empty = pc.sum(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)).as_py() or 0
     repeated = len(ids) - pc.count_distinct(ids).as_py()
     return AssetCheckResult(

@@ -1,31 +1,20 @@
 """Cross-stage checks: what one stage wrote agrees with what the stages before it wrote.
 
-The stages check their own output (unique photo_ids, the download failure share, unit
-vectors); these checks compare stages, where a fault between them would otherwise go
-unseen until a search misses a photo:
-
-* ``vectors_cover_images`` (``image_embeddings``, per bucket, blocking): every catalog
-  photo stored in the image store has a vector for the current model. The index is built
-  from catalog ∩ vectors, so a missing vector would silently drop a photo from search.
-* ``index_matches_catalog`` (``search_index``, blocking): the published index holds as many
-  photos as catalog ∩ vectors, no more (removed photos, duplicates of a retried build) and
-  no less, and a sample of them can be looked up by id.
-* ``index_self_retrieval`` (``search_index``, blocking): searched by its own vector, each
-  photo of a sample comes back first. A count can be right while the vectors are wrong
-  (rows shuffled against their ids, a broken metric); this catches that.
+A fault between stages (a missing vector, an index that dropped or duplicated photos, rows
+shuffled against their ids) would otherwise go unseen until a search misses a photo.
 """
 
 import numpy as np
-import pandas as pd
-from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue, ResourceParam, asset_check
 
-from assets.embeddings import image_embeddings, load_embeddings
+from assets.embeddings import image_embeddings
 from assets.partitions import photo_buckets
 from assets.search_index import search_index
 from resources.backends import open_backend
+from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
 from resources.image_store import ImageStore
+from resources.vector_store import VectorStore
 
 VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
 INDEX_MATCHES_CATALOG_CHECK = "index_matches_catalog"
@@ -38,19 +27,6 @@ MEMBERSHIP_SAMPLE = 256
 SHOWN_IDS = 5
 #: A hit scoring at least this against the probe is as good as the probe itself (an exact duplicate).
 SAME_VECTOR = 0.9999
-
-
-def _catalog(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.catalog_path, columns=["photo_id", "bucket"])
-
-
-def _indexed_vectors(settings: Settings, catalog: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """The current model's vectors of the catalog's photos, one per photo_id."""
-    photo_ids, vectors = load_embeddings(settings, settings.image_model)
-    frame = pd.DataFrame({"photo_id": photo_ids, "row": np.arange(len(photo_ids))})
-    frame = frame.drop_duplicates("photo_id", keep="last")
-    frame = frame[frame["photo_id"].isin(set(catalog["photo_id"]))]
-    return frame["photo_id"].tolist(), vectors[frame["row"].to_numpy()]
 
 
 def _shown(ids) -> str:
@@ -66,16 +42,15 @@ def _shown(ids) -> str:
     partitions_def=photo_buckets,
     description="Every stored image of a catalog photo in the run's buckets has a vector for the current model.",
 )
-def vectors_cover_images(context: AssetCheckExecutionContext, settings: SettingsResource) -> AssetCheckResult:
+def vectors_cover_images(context: AssetCheckExecutionContext, settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare, bucket by bucket, the image store's manifest with the vectors written."""
-    config = settings.get()
-    buckets = set(context.partition_keys)
-    catalog = _catalog(config)
-    catalog = catalog[catalog["bucket"].isin(buckets)]
-    store = ImageStore(config.images_dir)
-    stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in sorted(buckets)))
+    buckets = sorted(set(context.partition_keys))
+    catalog = read_catalog(settings, ["photo_id", "bucket"], buckets)
+    store = ImageStore(settings.images_dir)
+    stored = set().union(*(set(store.read_manifest(bucket)["photo_id"]) for bucket in buckets))
     stored &= set(catalog["photo_id"])
-    vector_ids, _ = _indexed_vectors(config, catalog)
+    with_vectors, _ = VectorStore.for_settings(settings).join(catalog, buckets)
+    vector_ids = with_vectors["photo_id"].tolist()
     missing = stored - set(vector_ids)
     return AssetCheckResult(
         passed=not missing,
@@ -87,7 +62,7 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Settings
             "stored_without_vector": len(missing),
         },
         description=None if not missing else (
-            f"{len(missing)} stored image(s) have no {config.image_model} vector ({_shown(missing)}): "
+            f"{len(missing)} stored image(s) have no {settings.image_model} vector ({_shown(missing)}): "
             "re-materialize image_embeddings for these buckets"
         ),
     )
@@ -99,16 +74,16 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Settings
     blocking=True,
     description="The published index holds exactly the catalog's photos that have a vector.",
 )
-def index_matches_catalog(settings: SettingsResource) -> AssetCheckResult:
+def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
-    config = settings.get()
-    catalog = _catalog(config)
-    vector_ids, _ = _indexed_vectors(config, catalog)
-    store = ImageStore(config.images_dir)
+    catalog = read_catalog(settings, ["photo_id", "bucket"])
+    with_vectors, _ = VectorStore.for_settings(settings).join(catalog)
+    vector_ids = with_vectors["photo_id"].tolist()
+    store = ImageStore(settings.images_dir)
     buckets = sorted(set(catalog["bucket"]))
     stored = sum(len(store.read_manifest(bucket)) for bucket in buckets)
     failed = sum(len(store.read_ledger(bucket)) for bucket in buckets)
-    backend = open_backend(config)
+    backend = open_backend(settings)
     indexed = backend.count()
     sample = np.random.default_rng(0).permutation(vector_ids)[:MEMBERSHIP_SAMPLE]
     absent = [str(photo_id) for photo_id in sample if backend.get(str(photo_id)) is None]
@@ -139,14 +114,14 @@ def index_matches_catalog(settings: SettingsResource) -> AssetCheckResult:
     blocking=True,
     description=f"Up to {PROBE_SIZE} indexed photos, searched by their own vector, each come back first.",
 )
-def index_self_retrieval(settings: SettingsResource) -> AssetCheckResult:
+def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Probe the published index with a fixed sample of its photos' own vectors."""
-    config = settings.get()
-    photo_ids, vectors = _indexed_vectors(config, _catalog(config))
+    with_vectors, vectors = VectorStore.for_settings(settings).join(read_catalog(settings, ["photo_id"]))
+    photo_ids = with_vectors["photo_id"].tolist()
     if not photo_ids:
         return AssetCheckResult(passed=True, metadata={"probed": 0}, description="nothing indexed to probe")
     rows = np.random.default_rng(0).choice(len(photo_ids), size=min(PROBE_SIZE, len(photo_ids)), replace=False)
-    backend = open_backend(config)
+    backend = open_backend(settings)
     misses = []
     for row in rows:
         hits = backend.knn(vectors[row], k=1)

@@ -1,15 +1,8 @@
 """Near-duplicate groups: photos whose image vectors are nearly the same picture.
 
-Unsplash holds many near-identical shots (bursts, crops, re-uploads). Grouping them lets
-the query service show one result per group instead of a page of copies. Two photos are
-linked when the cosine similarity of their image vectors is at least
-``IMAGE_SEARCH_DUPLICATE_THRESHOLD`` (0.94, the figure clip-retrieval uses); a group is a
-connected component of those links.
-
-Pairs are found by an exact, blocked matrix product over square tiles of the vectors, so
-memory stays bounded by one tile plus the links found so far, however large the release.
-The groups land in ``duplicates/groups.parquet`` (only photos in a group of two or more:
-every photo not listed is alone), written atomically.
+Grouping bursts, crops and re-uploads lets a search show one result per group. Pairs come
+from an exact, tiled matrix product (memory bounded by one tile), groups are connected
+components, and only photos in a group of two or more are stored.
 """
 
 import datetime as dt
@@ -28,6 +21,7 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableSchema,
     asset,
@@ -37,10 +31,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from assets.automation import FOLLOW_PARENTS
-from assets.embeddings import load_embeddings
-from resources.dagster_resources import SettingsResource
+from assets.metadata import as_table
+from resources.catalog import read_catalog
+from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
+from resources.vector_store import load_embeddings
 
 #: Rows (and columns) of one similarity tile: 2048 x 2048 float32 is 16 MiB.
 TILE = 2048
@@ -200,12 +196,6 @@ def write_groups(table: pd.DataFrame, path: Path, threshold: float, image_model:
         tmp.unlink(missing_ok=True)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    rows = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
-    return header + rows
-
-
 @asset(
     group_name="search",
     deps=["image_embeddings", "photo_catalog"],
@@ -214,18 +204,13 @@ def _markdown(frame: pd.DataFrame) -> str:
     automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("near_duplicates")
-def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def near_duplicates(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Groups of photos whose image vectors have cosine >= the duplicate threshold, for "hide duplicates"."""
-    cfg = settings.get()
-    if not cfg.catalog_path.is_file():
-        raise ImageSearchError(f"no photo catalog at {cfg.catalog_path}: materialize photo_catalog first")
-    catalog = pd.read_parquet(
-        cfg.catalog_path, columns=["photo_id", "photo_width", "photo_height", "photo_submitted_at"]
-    )
-    photo_ids, vectors = load_embeddings(cfg, cfg.image_model)
+    catalog = read_catalog(settings, ["photo_id", "photo_width", "photo_height", "photo_submitted_at"])
+    photo_ids, vectors = load_embeddings(settings, settings.image_model)
     if len(photo_ids) == 0:
         raise ImageSearchError(
-            f"no image vectors for image model {cfg.image_model}: materialize image_embeddings first"
+            f"no image vectors for image model {settings.image_model}: materialize image_embeddings first"
         )
     used = select_vectors(photo_ids, vectors, catalog["photo_id"])
     if used.skipped_not_in_catalog or used.skipped_bad_vector:
@@ -234,10 +219,10 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
             f"and {used.skipped_bad_vector} broken (NaN or zero) vectors"
         )
     started = time.monotonic()
-    roots = component_roots(used.vectors, cfg.duplicate_threshold, log=context.log.info)
+    roots = component_roots(used.vectors, settings.duplicate_threshold, log=context.log.info)
     table = group_table(used, roots, catalog)
     seconds = time.monotonic() - started
-    write_groups(table, cfg.duplicates_path, cfg.duplicate_threshold, cfg.image_model)
+    write_groups(table, settings.duplicates_path, settings.duplicate_threshold, settings.image_model)
 
     groups = table.drop_duplicates("group_id")
     histogram = groups["group_size"].value_counts().sort_index()
@@ -248,9 +233,9 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
             "dagster/column_schema": TableSchema(
                 columns=[TableColumn(name, kind, description=text) for name, (kind, text) in GROUP_COLUMNS.items()]
             ),
-            "path": MetadataValue.path(str(cfg.duplicates_path)),
-            "threshold": cfg.duplicate_threshold,
-            "image_model": cfg.image_model,
+            "path": MetadataValue.path(str(settings.duplicates_path)),
+            "threshold": settings.duplicate_threshold,
+            "image_model": settings.image_model,
             "photos_compared": len(used.photo_ids),
             "groups": len(groups),
             "photos_in_groups": len(table),
@@ -258,26 +243,23 @@ def near_duplicates(context: AssetExecutionContext, settings: SettingsResource) 
             "skipped_not_in_catalog": used.skipped_not_in_catalog,
             "skipped_bad_vector": used.skipped_bad_vector,
             "seconds": round(seconds, 3),
-            "group_sizes": MetadataValue.md(
-                _markdown(pd.DataFrame({"size": histogram.index, "groups": histogram.to_numpy()}))
-            ),
-            "largest_groups": MetadataValue.md(_markdown(largest)),
-            "preview": MetadataValue.md(_markdown(table.head(8).round({"similarity": 4}))),
+            "group_sizes": as_table(pd.DataFrame({"size": histogram.index, "groups": histogram.to_numpy()})),
+            "largest_groups": as_table(largest),
+            "preview": as_table(table.head(8).round({"similarity": 4})),
         }
     )
 
 
 @asset_check(asset=near_duplicates, description="No group swallows a large share of the photos.")
-def near_duplicates_no_giant_group(settings: SettingsResource) -> AssetCheckResult:
+def near_duplicates_no_giant_group(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Warn when one group holds more than 1% of the compared photos (at least 10 of them).
 
     Such a group means the threshold is too low for the model, and collapsing it would hide
     a real share of the results; it warns rather than blocks, since nothing in the pipeline
     reads the groups.
     """
-    cfg = settings.get()
-    table = pd.read_parquet(cfg.duplicates_path, columns=["group_size"])
-    catalog_size = pq.ParquetFile(cfg.catalog_path).metadata.num_rows
+    table = pd.read_parquet(settings.duplicates_path, columns=["group_size"])
+    catalog_size = len(read_catalog(settings, ["photo_id"]))
     largest = int(table["group_size"].max()) if len(table) else 0
     limit = max(10, int(MAX_GROUP_SHARE * catalog_size))
     return AssetCheckResult(

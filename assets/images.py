@@ -1,12 +1,8 @@
 """The ``images`` asset: every catalog photo fetched into the image store, bucket by bucket.
 
-Per bucket it fetches only what is missing: photos already stored from the same URL are
-skipped (the manifest says which URL each file came from), a changed URL is fetched again,
-and a photo that failed for a permanent reason (404, not an image, too many pixels) is not
-retried until its URL changes. A killed run resumes from the journal its stored photos
-were written to one by one. Failures never stop the run: each goes to the bucket's ledger
-with its reason, and the ``failure_share`` check fails the run's downstream steps when
-more than ``IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE`` of the photos could not be stored.
+A run fetches only what is missing or whose URL changed, resumes a killed run from its
+journal, and records each failure with its reason; the ``failure_share`` check stops the
+downstream steps when too many photos could not be stored.
 """
 
 import base64
@@ -26,6 +22,7 @@ from dagster import (
     Jitter,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     RetryPolicy,
     TableColumn,
     TableSchema,
@@ -34,8 +31,8 @@ from dagster import (
 from PIL import Image
 
 from assets.partitions import photo_buckets
+from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.dagster_resources import SettingsResource
 from resources.downloader import Downloader, FetchResult, is_transient, remove_stale_temporaries
 from resources.errors import ImageSearchError
 from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
@@ -46,25 +43,15 @@ CONTACT_SHEET_SIZE = 4
 THUMBNAIL_PX = 56
 
 
-def read_catalog_buckets(settings: Settings, buckets: list[str]) -> pd.DataFrame:
+def _photo_urls(settings: Settings, buckets: list[str]) -> pd.DataFrame:
     """photo_id, url and bucket of the catalog rows in ``buckets``, one row per photo_id."""
-    path = settings.catalog_path
-    if not path.is_file():
-        raise ImageSearchError(f"no photo catalog at {path}: materialize photo_catalog first")
-    try:
-        catalog = pd.read_parquet(
-            path, columns=["photo_id", "photo_image_url", "bucket"], filters=[("bucket", "in", buckets)]
-        )
-    except (KeyError, ValueError) as exc:
-        raise ImageSearchError(
-            f"{path} lacks photo_id, photo_image_url or bucket ({exc}): re-materialize photo_catalog"
-        ) from None
-    catalog = catalog.rename(columns={"photo_image_url": "url"}).drop_duplicates("photo_id", keep="last")
+    catalog = read_catalog(settings, ["photo_id", "photo_image_url", "bucket"], buckets)
+    catalog = catalog.rename(columns={"photo_image_url": "url"})
     catalog["url"] = catalog["url"].fillna("").astype(str).str.strip()
-    return catalog.reset_index(drop=True)
+    return catalog
 
 
-def _plan_bucket(store: ImageStore, rows: pd.DataFrame, bucket: str):
+def _plan_fetches(store: ImageStore, rows: pd.DataFrame, bucket: str):
     """Split a bucket's catalog rows into (manifest kept, ledger carried, rows to fetch, stale ids).
 
     Stale ids are stored photos that left the catalog or whose URL changed: their files
@@ -145,22 +132,21 @@ def _manifest_row(result: FetchResult) -> dict:
     description="Every catalog photo as a validated RGB JPEG under images/<bucket>/, failures in images/ledger/.",
 )
 @holds_store_locks("images")
-def images(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def images(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Fetch the missing photos of each bucket of the run; record failures; report progress."""
     buckets = list(context.partition_keys)
     try:
-        config = settings.get()
-        catalog = read_catalog_buckets(config, buckets)
+        catalog = _photo_urls(settings, buckets)
     except ImageSearchError as exc:
         # A missing catalog or a bad setting will not heal by itself: fail once, clearly.
         raise Failure(description=str(exc), allow_retries=False) from None
-    store = ImageStore(config.images_dir)
+    store = ImageStore(settings.images_dir)
 
     kept, carried, todo, removed = {}, {}, [], 0
     for bucket in buckets:
         remove_stale_temporaries(store.bucket_dir(bucket))
         rows = catalog[catalog["bucket"] == bucket]
-        kept[bucket], carried[bucket], bucket_todo, stale = _plan_bucket(store, rows, bucket)
+        kept[bucket], carried[bucket], bucket_todo, stale = _plan_fetches(store, rows, bucket)
         for photo_id in stale:
             store.path_for(photo_id).unlink(missing_ok=True)
         removed += len(stale - set(rows["photo_id"]))
@@ -177,7 +163,7 @@ def images(context: AssetExecutionContext, settings: SettingsResource) -> Materi
     new_failures: dict[str, list[dict]] = {bucket: [] for bucket in buckets}
     fetched: list[str] = []
     started = time.monotonic()
-    with Downloader.from_settings(config) as downloader:
+    with Downloader.from_settings(settings) as downloader:
         results = downloader.fetch_all(
             zip(todo_rows["photo_id"], todo_rows["url"]),
             total=len(todo_rows),
@@ -232,11 +218,11 @@ def images(context: AssetExecutionContext, settings: SettingsResource) -> Materi
         check_results=[
             AssetCheckResult(
                 check_name=FAILURE_SHARE_CHECK,
-                passed=share <= config.max_download_failure_share,
+                passed=share <= settings.max_download_failure_share,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={
                     "failure_share": round(share, 4),
-                    "threshold": config.max_download_failure_share,
+                    "threshold": settings.max_download_failure_share,
                     "failed": len(ledger_all),
                     "photos": len(catalog),
                 },

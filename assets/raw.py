@@ -38,6 +38,7 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     TableColumn,
     TableSchema,
     asset,
@@ -45,7 +46,6 @@ from dagster import (
 
 from resources.config import Settings, mask_url
 from resources.csv_stream import EXAMPLES, FileReport, read_batches, read_header
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.lite_format import (
     ADDED_IN,
@@ -297,9 +297,9 @@ def read_manifest(settings: Settings) -> dict:
     code_version="1",
     description="The Unsplash Lite release named by IMAGE_SEARCH_DATASET, downloaded (resumable) or read locally, then extracted.",
 )
-def unsplash_release(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def unsplash_release(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Fetch and extract the release; record where its documents are, its size and its sha256."""
-    manifest = fetch_release(settings.get(), context.log)
+    manifest = fetch_release(settings, context.log)
     missing = [doc for doc, files in manifest["files"].items() if not files]
     if missing:
         context.log.warning(f"the release has no file for {', '.join(missing)} (looked for <name>.tsv* and <name>.csv*)")
@@ -491,10 +491,9 @@ def _document_asset(name: str):
         deps=[unsplash_release],
         description=f"The release's {name} document as typed Parquet (tables/{name}.parquet).",
     )
-    def _asset(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
-        config = settings.get()
-        manifest = read_manifest(config)
-        out_path = config.tables_dir / f"{name}.parquet"
+    def _asset(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
+        manifest = read_manifest(settings)
+        out_path = settings.tables_dir / f"{name}.parquet"
         stats = ingest_document(Path(manifest["documents_dir"]), name, out_path, context.log, manifest.get("release"))
         if stats["skipped_rows"]:
             context.log.warning(f"{name}: skipped {stats['skipped_rows']} records with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")

@@ -1,37 +1,19 @@
-"""The search index: catalog photos with a vector for the current image model, in the configured backend.
+"""The ``search_index`` asset: catalog ∩ vectors, built into the configured backend and published atomically.
 
-Each materialization writes a complete new build beside the published one and switches to
-it only once it validated (a folder and ``CURRENT`` on the local backend, a concrete index
-and an alias on Elasticsearch), so searches never see half an index and a failed build
-leaves the previous one serving. Re-materializing with the same inputs leaves the same
-count: documents are keyed by photo_id. The checks in ``assets/checks.py`` compare the
-published count with catalog ∩ vectors and probe self-retrieval.
+A new build is written beside the published one and switched to only once it validated,
+so searches never see half an index and a failed build leaves the previous one serving.
 """
 
 
-import numpy as np
-import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ResourceParam, asset
 
 from assets.automation import FOLLOW_PARENTS
-from assets.embeddings import load_embeddings
 from resources.backends import open_backend
-from resources.backends.base import STORED_FIELDS, BuildInfo
+from resources.backends.base import BuildInfo
+from resources.catalog import index_inputs
 from resources.config import Settings, mask_url
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
-
-
-def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
-    """The documents (STORED_FIELDS of each catalog photo with a vector) and their vectors, row for row."""
-    catalog = pd.read_parquet(settings.catalog_path, columns=list(STORED_FIELDS))
-    photo_ids, vectors = load_embeddings(settings, settings.image_model)
-    rows = pd.Series(np.arange(len(photo_ids)), index=pd.Index(photo_ids, name="photo_id"))
-    rows = rows[~rows.index.duplicated(keep="last")]
-    catalog = catalog.drop_duplicates("photo_id", keep="last")
-    catalog = catalog[catalog["photo_id"].isin(rows.index)].reset_index(drop=True)
-    return catalog, np.asarray(vectors, dtype=np.float32)[rows.loc[catalog["photo_id"]].to_numpy()]
 
 
 @asset(
@@ -43,16 +25,15 @@ def index_inputs(settings: Settings) -> tuple[pd.DataFrame, np.ndarray]:
     automation_condition=FOLLOW_PARENTS,
 )
 @holds_store_locks("search_index")
-def search_index(context: AssetExecutionContext, settings: SettingsResource) -> MaterializeResult:
+def search_index(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Build the index into the configured backend and publish it atomically."""
-    config = settings.get()
-    documents, vectors = index_inputs(config)
+    documents, vectors = index_inputs(settings)
     if len(documents) == 0:
         raise ImageSearchError(
-            f"no catalog photo has a vector for image model {config.image_model}: materialize image_embeddings first"
+            f"no catalog photo has a vector for image model {settings.image_model}: materialize image_embeddings first"
         )
-    backend = open_backend(config)
-    info = BuildInfo.for_vectors(config.image_model, config.text_model, vectors)
+    backend = open_backend(settings)
+    info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"search_index build: {done}/{total}")
@@ -60,22 +41,22 @@ def search_index(context: AssetExecutionContext, settings: SettingsResource) -> 
     context.log.info(f"building the {backend.engine} index from {len(documents)} documents")
     report = backend.build(documents, vectors, info, progress=progress)
     published = backend.info()
-    on_es = config.backend == "elasticsearch"
+    on_es = settings.backend == "elasticsearch"
     metadata = {
         "dagster/row_count": report.count,
-        "backend": config.backend,
+        "backend": settings.backend,
         "engine": backend.engine,
-        "index": config.index_name if on_es else str(config.index_dir),
+        "index": settings.index_name if on_es else str(settings.index_dir),
         "build": report.name,
         "build_seconds": round(report.seconds, 2),
-        "image_model": config.image_model,
-        "text_model": config.text_model,
+        "image_model": settings.image_model,
+        "text_model": settings.text_model,
         "dim": info.dim,
         "published_count": backend.count(),
         "published_build": published.name if published else "",
     }
     if on_es:
-        metadata["url"] = MetadataValue.text(mask_url(config.es_url))
+        metadata["url"] = MetadataValue.text(mask_url(settings.es_url))
     metadata.update({f"errors/{kind}": n for kind, n in report.errors.items()})
     metadata.update(
         {f"build/{key}": MetadataValue.text(str(value)) for key, value in report.details.items() if value is not None}

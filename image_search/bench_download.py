@@ -1,23 +1,12 @@
 """``image-search bench download``: photos/s of the project's downloader against the original loop.
 
-A local server (tests/http_fixtures.py, run as its own process so its CPU time is not the
-client's) serves generated 640 x 427 JPEGs of about 80 KB, the size imgix returns for
-``w=640``, adding ``--latency-ms`` before each response to stand in for the network. In
-the same run it times:
-
-* the baseline, the original design's loop: one photo after the other, ``urlopen`` with
-  no timeout, the bytes written as they came, nothing checked;
-* the project's :class:`~resources.downloader.Downloader` at default settings
-  (``IMAGE_SEARCH_DOWNLOAD_CONCURRENCY`` and the rest from the environment), validating,
-  decoding and writing atomically into an image store in a temporary folder.
-
-Needs a source checkout: the server is the test suite's.
+Both fetch from a local server (the test suite's, in its own process) in the same run.
+Needs a source checkout; the method and the latest figures are in the README.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -80,7 +69,7 @@ def run(images: int, baseline_images: int, latency_ms: float) -> dict:
             baseline_s = _baseline(urls[:baseline_images], baseline_dir)
             mean_kb = sum(p.stat().st_size for p in baseline_dir.iterdir()) / max(baseline_images, 1) / 1024
 
-            settings = dataclasses.replace(Settings.from_env(), home=Path(tmp) / "home")
+            settings = Settings.from_env(home=Path(tmp) / "home")
             with Downloader.from_settings(settings) as downloader:
                 started = time.perf_counter()
                 results = list(downloader.fetch_all((f"photo{i:06d}", url) for i, url in enumerate(urls[:images])))

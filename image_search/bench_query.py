@@ -1,24 +1,12 @@
 """``image-search bench query``: query latency of the local backend, exact and approximate.
 
-On synthetic documents with clustered unit vectors (real CLIP vectors cluster; isotropic
-noise would be a needlessly hard case for approximate search), in one process:
-
-- publishing a build of ``--docs`` documents (exact only, as below ``IMAGE_SEARCH_ANN_MIN_DOCS``);
-- kNN alone: the baseline (plain float32 numpy ``vectors @ q`` and a full ``argsort``), the
-  backend's exact search, and its approximate index (built for the run whatever the size);
-  recall@10 of the approximate answers against exact ones;
-- text queries end to end (encode with the configured text model, kNN, stored fields)
-  through :class:`search_app.service.SearchService`, when the models can be loaded, and
-  the encode alone, beside the baseline: the same model's own ``encode`` on PyTorch, as
-  the original design called it.
-
-Figures are p50/p95 over ``--queries`` queries after a warm-up.
+Times publishing, kNN (against a plain numpy baseline) and text queries end to end on a
+synthetic index, in one process; the method and the latest figures are in the README.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -137,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     figures["generate_s"] = round(time.perf_counter() - start, 2)
 
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
-        home_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
+        home_settings = settings.replace(home=Path(tmp), backend="local")
         info = BuildInfo.for_vectors(
             encoder.image_model_id if encoder else settings.image_model,
             encoder.text_model_id if encoder else settings.text_model,

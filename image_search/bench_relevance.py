@@ -1,30 +1,8 @@
 """``image-search bench relevance``: recall@k and nDCG@k of the three search modes against real judgements.
 
-The conversions document records which photo a user downloaded after searching Unsplash
-for a keyword. Each (keyword, photo_id) pair whose photo is in the index is a judgement:
-that photo is relevant to that query. Grouped by keyword they form a labelled query set;
-each keyword is run as a query in the vector, keyword and hybrid modes of the query
-service, and the top ``k`` results are scored against the keyword's downloaded photos.
-
-Holding out. A photo's ``describe`` holds the keywords users suggested for it, which is
-how Unsplash's own search found it: left in, the keyword mode would be graded on text that
-already names the answer. So the benchmark builds a held-out evaluation index (a local
-build in a temporary folder, with the same vectors as the published index): in it, every
-judged photo's ``describe`` has lost each token of each keyword it is judged for
-(tokenised exactly like the keyword index), and all three modes run against it. The
-descriptions (``photo_description``, ``ai_description``) stay: they are written by the
-photographer and an AI captioner, not derived from searches. The vector mode never reads
-text, so holding out changes nothing for it.
-
-Metrics (binary relevance, the judged photos of a keyword are its relevant set ``R``):
-recall@k = |top k ∩ R| / |R|; nDCG@k = DCG / ideal DCG with DCG = sum of 1 / log2(rank + 1)
-over the relevant results among the top k (ranks from 1) and the ideal DCG that of
-min(|R|, k) relevant results at the top. A random ranking of the ``N`` indexed photos is
-printed beside them as the baseline: its expected recall@k is k / N, its expected nDCG@k is
-(|R| / N) * sum over ranks 1..k of 1 / log2(rank + 1), divided by the ideal DCG.
-
-On a synthetic release with random tiny models the vector figures mean nothing (the
-vectors carry no meaning); only the keyword figures and the plumbing can be judged there.
+The judgements are the conversions document's (keyword, downloaded photo) pairs, scored on
+an evaluation index with the judged keywords held out of ``describe``; the method and the
+latest figures are in the README.
 """
 
 from __future__ import annotations
@@ -37,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from resources.backends.base import MODES, check_k
 from resources.keyword_index import tokenize
-
-MODES = ("vector", "keyword", "hybrid")
 
 
 def recall_at_k(ranked: list[str], relevant: set[str], k: int) -> float:
@@ -169,21 +146,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the held-out evaluation index, run every query in every mode, print the figures."""
-    import dataclasses
     import sys
     import tempfile
     import time
     from pathlib import Path
 
-    from assets.search_index import index_inputs
     from resources.backends.base import BuildInfo
     from resources.backends.local import LocalBackend
+    from resources.catalog import index_inputs
     from resources.config import Settings
     from resources.errors import ImageSearchError
-    from search_app.service import MAX_K, SearchService
+    from search_app.service import SearchService
 
-    if not 1 <= args.k <= MAX_K:
-        raise ImageSearchError(f"--k {args.k} is out of range: judge 1 to {MAX_K} results per query")
+    check_k(args.k)
     if args.max_queries < 1:
         raise ImageSearchError(f"--max-queries {args.max_queries} must be at least 1")
     settings = Settings.from_env()
@@ -216,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-relevance-") as tmp:
-        eval_settings = dataclasses.replace(settings, home=Path(tmp), backend="local")
+        eval_settings = settings.replace(home=Path(tmp), backend="local")
         backend = LocalBackend(eval_settings, ann_min_docs=len(documents) + 1)
         info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
         say(f"bench relevance: evaluation index of {len(documents)} photos, {len(queries)} queries")

@@ -20,7 +20,7 @@ from resources.errors import ImageSearchError
 OPENBLAS_THREAD_TIMEOUT = "4"
 
 #: Modules under image_search/ that each add one subcommand through ``register(subparsers)``.
-COMMANDS = ("sample", "bench", "query")
+COMMANDS = ("sample", "bench", "query", "cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

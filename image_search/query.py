@@ -12,10 +12,8 @@ import datetime as dt
 import json
 import sys
 
-from resources.backends.base import ORIENTATIONS, Filters
+from resources.backends.base import MODES, ORIENTATIONS, Filters, check_k
 from resources.errors import ImageSearchError
-
-MODES = ("vector", "keyword", "hybrid")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,10 +78,9 @@ def filters_from(args: argparse.Namespace) -> Filters:
 def run(args: argparse.Namespace) -> int:
     """Run the search and print it."""
     from resources.config import Settings
-    from search_app.service import MAX_K, SearchService
+    from search_app.service import SearchService
 
-    if not 1 <= args.k <= MAX_K:
-        raise ImageSearchError(f"-k {args.k} is out of range: ask for 1 to {MAX_K} results")
+    check_k(args.k)
     filters = filters_from(args)
     service = SearchService.from_settings(Settings.from_env())
     if args.image:

@@ -1,20 +1,9 @@
 """The one CLIP encoder: images (pipeline and image queries) and multilingual texts (queries).
 
-:class:`ClipEncoder` owns the image model (``IMAGE_SEARCH_IMAGE_MODEL``) and the text model
-(``IMAGE_SEARCH_TEXT_MODEL``), each loaded lazily and at most once per process, on the
-device and in the precision the settings ask for. On a CPU in float32, text queries run
-on ONNX Runtime (:mod:`resources.onnx_text`, same vectors, about half the time). Every
-vector it returns is float32 and L2-normalised, so a dot product is a cosine similarity.
-
-:meth:`ClipEncoder.encode_image_files` is the fast batch path of the embeddings asset. It
-keeps the model busy with full batches while a pool of workers decodes and preprocesses
-the next ones (JPEGs decoded at reduced size with PIL's ``draft``, EXIF orientation
-applied, everything converted to RGB), with at most a few batches in flight, so memory
-stays bounded whatever the number of files. On a GPU with torchvision, JPEGs are decoded
-on the GPU itself (nvJPEG), which is what keeps a fast GPU fed. A file that cannot be
-decoded is reported with its reason and never stops the run.
-
-No Dagster import here: the query side uses this module too.
+Models load lazily, once per process, on the configured device and precision; every vector
+is float32 and L2-normalised, so a dot product is a cosine similarity. Batches of image
+files are decoded by workers (on the GPU where it can) while the model runs, and a file
+that cannot be decoded is reported, never fatal. No Dagster import: the query side uses it.
 """
 
 from __future__ import annotations
@@ -34,15 +23,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.pictures import is_upright, upright_rgb
 
 log = logging.getLogger(__name__)
 
 _PREFETCH_BATCHES = 3
-_EXIF_ORIENTATION = 0x0112
 _MODELS: dict[tuple[str, str], object] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -103,7 +92,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve_text_runtime(runtime: str, device: str, precision: str) -> str:
-    """``auto``: ONNX Runtime for float32 on a CPU (about half the time per query), PyTorch otherwise."""
+    """``auto``: ONNX Runtime for float32 on a CPU (the faster of the two there), PyTorch otherwise."""
     if runtime == "auto":
         return "onnx" if device == "cpu" and precision == "fp32" else "torch"
     if runtime == "onnx" and (device != "cpu" or precision != "fp32"):
@@ -146,24 +135,9 @@ def _load_model(name: str, variable: str, device: str):
         return model
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit scaled down, transparency composited onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(image, dtype=np.float32)
-        scale = 257.0 if image.mode.startswith("I;16") or wide.max() > 255 else 1.0
-        image = Image.fromarray(np.clip(wide / scale, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
     """One PIL image to the model's input as ``crop x crop x 3`` uint8 (orientation applied, RGB)."""
-    image = _to_rgb(ImageOps.exif_transpose(image))
+    image = upright_rgb(image)
     width, height = image.size
     scale = pre.size / min(width, height)
     resized = (max(pre.crop, round(width * scale)), max(pre.crop, round(height * scale)))
@@ -191,7 +165,7 @@ def read_for_gpu(path: str) -> bytes | None:
     try:
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as image:
-            upright = image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            upright = is_upright(image)
             if image.format == "JPEG" and image.mode in ("RGB", "L") and upright:
                 return data
     except Exception:  # noqa: BLE001 - the CPU path decodes it again and reports why it fails
@@ -257,12 +231,13 @@ class ClipEncoder:
         """The sentence-transformers multilingual text model (loaded on first access)."""
         return _load_model(self.text_model_id, "IMAGE_SEARCH_TEXT_MODEL", self.device)
 
-    @property
-    def onnx_text_model(self):
-        """The text model on ONNX Runtime (:mod:`resources.onnx_text`), or ``None`` where PyTorch runs it.
+    def load_onnx_text_model(self):
+        """Export or load the text model on ONNX Runtime (:mod:`resources.onnx_text`); ``None`` where PyTorch runs it.
 
-        With ``IMAGE_SEARCH_TEXT_RUNTIME=auto`` a model that cannot be exported or does not
-        verify falls back to PyTorch with one warning; with ``onnx`` that is an error.
+        The first call exports the model if needed and drops the PyTorch weights. With
+        ``IMAGE_SEARCH_TEXT_RUNTIME=auto`` a model that cannot be exported or does not
+        verify switches ``text_runtime`` to ``torch`` with one warning; with ``onnx`` that
+        is an error.
         """
         if self.text_runtime != "onnx":
             return None
@@ -367,7 +342,7 @@ class ClipEncoder:
         """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        onnx_model = self.onnx_text_model
+        onnx_model = self.load_onnx_text_model()
         if onnx_model is not None:
             vectors = onnx_model.encode(list(texts), batch_size=batch_size)
         else:

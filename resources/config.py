@@ -1,67 +1,30 @@
-"""The one configuration object of the project, read from the environment.
+"""The project's one settings class: every ``IMAGE_SEARCH_*`` variable, its default and its check.
 
-Every stage (Dagster assets, the query service, the CLI, the Streamlit page) reads its
-settings through :class:`Settings`, so a variable is named and defaulted in one place.
-Secrets (Elasticsearch credentials) are read here too and never printed: use
-:func:`mask_url` for anything that shows a URL.
+Declared once with pydantic-settings; a bad value fails with one line naming the variable
+and what to use. Secrets are never printed: :meth:`Settings.describe` and :func:`mask_url`.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+import typing
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+
+import annotated_types
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from resources.errors import ImageSearchError
 
-DEFAULT_DATASET = "https://unsplash.com/data/lite/latest"
-DEFAULT_IMAGE_MODEL = "clip-ViT-B-32"
-DEFAULT_TEXT_MODEL = "clip-ViT-B-32-multilingual-v1"
-BACKENDS = ("local", "elasticsearch")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TEXT_RUNTIMES = ("auto", "onnx", "torch")
+ENV_PREFIX = "IMAGE_SEARCH_"
+#: Credentials: left out of :meth:`Settings.describe`, and never stripped or echoed.
+SECRETS = ("es_username", "es_password", "es_api_key")
 
 
 class ConfigError(ImageSearchError):
     """A setting has a value the project cannot use; the message names the variable."""
-
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
 def mask_url(url: str | None) -> str:
@@ -77,121 +40,108 @@ def mask_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, f"***:***@{host}", parts.path, parts.query, parts.fragment))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """All settings, with the environment variable each one comes from.
+class Settings(BaseSettings):
+    """All settings; each field ``name`` comes from ``IMAGE_SEARCH_<NAME>`` (``index_name``: ``IMAGE_SEARCH_INDEX``).
 
-    Build it with :meth:`from_env`; tests build it directly with keyword arguments.
+    :meth:`from_env` reads the environment; built directly (as tests do), a ``Settings``
+    holds the defaults and the keyword arguments only.
     """
 
-    home: Path = Path("data")
-    dataset: str = DEFAULT_DATASET
-    image_model: str = DEFAULT_IMAGE_MODEL
-    text_model: str = DEFAULT_TEXT_MODEL
-    device: str = "auto"
-    precision: str = "auto"
-    text_runtime: str = "auto"
-    backend: str = "local"
-    es_url: str | None = field(default=None, repr=False)
-    es_username: str | None = field(default=None, repr=False)
-    es_password: str | None = field(default=None, repr=False)
-    es_api_key: str | None = field(default=None, repr=False)
-    es_engine: str = "auto"
-    es_verify_certs: bool = True
-    es_ca_certs: str | None = None
-    es_max_error_share: float = 0.01
-    index_name: str = "image_search"
-    download_concurrency: int = 32
-    download_timeout: float = 20.0
-    imgix_params: str = "w=640&q=80&fm=jpg&fit=max"
-    max_download_failure_share: float = 0.05
-    ann_min_docs: int = 200_000
-    duplicate_threshold: float = 0.94
-    refresh_cron: str = "0 3 * * *"
-    release_poll_seconds: int = 600
-    lock_timeout: float = 3600.0
-    embed_batch_size: int = 0
-    decode_workers: int = 0
-    gpu_decode: bool = True
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, validate_by_name=True, extra="forbid"
+    )
+
+    home: Path = Field(Path("data"), description="where everything the pipeline produces lives")
+    dataset: str = Field(
+        "https://unsplash.com/data/lite/latest",
+        description="the release to ingest: a zip URL, a local zip, or a folder holding the TSV files",
+    )
+    image_model: str = Field("clip-ViT-B-32", description="sentence-transformers image model: a name or a local path")
+    text_model: str = Field(
+        "clip-ViT-B-32-multilingual-v1", description="multilingual text model for queries: a name or a local path"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="the models' number format")
+    text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries")
+    backend: Literal["local", "elasticsearch"] = Field("local", description="where the search index lives")
+    es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL (credentials masked)")
+    es_username: str | None = Field(None, repr=False, description="Elasticsearch user name")
+    es_password: str | None = Field(None, repr=False, description="Elasticsearch password")
+    es_api_key: str | None = Field(None, repr=False, description="Elasticsearch API key")
+    es_engine: str = Field("auto", description="which engine's mapping and query to use")
+    es_verify_certs: bool = Field(True, description="TLS certificate verification")
+    es_ca_certs: str | None = Field(None, description="a CA bundle for a private certificate authority")
+    es_max_error_share: float = Field(0.01, description="share of refused documents above which a build fails")
+    index_name: str = Field(
+        "image_search", validation_alias=f"{ENV_PREFIX}INDEX", description="the alias the index is published under"
+    )
+    download_concurrency: int = Field(32, ge=1, description="parallel image downloads")
+    download_timeout: float = Field(20.0, description="seconds per image request")
+    imgix_params: str = Field("w=640&q=80&fm=jpg&fit=max", description="size parameters for imgix image URLs")
+    max_download_failure_share: float = Field(0.05, description="the images check fails above this share")
+    ann_min_docs: int = Field(200_000, ge=1, description="documents from which the local backend adds an ANN index")
+    duplicate_threshold: float = Field(
+        0.94, gt=0, le=1, description="cosine similarity from which two photos are near-duplicates"
+    )
+    refresh_cron: str = Field("0 3 * * *", description="when the scheduled refresh runs (cron, UTC)")
+    release_poll_seconds: int = Field(600, ge=30, description="how often the new-release sensor looks")
+    lock_timeout: float = Field(3600.0, description="seconds a run waits for another writing the same data")
+    embed_batch_size: int = Field(0, ge=0, description="images per model call (0: automatic)")
+    decode_workers: int = Field(0, ge=0, description="parallel image decoders (0: one per CPU core)")
+    gpu_decode: bool = Field(True, description="decode JPEGs on the GPU when encoding on CUDA")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc.errors()[0])) from None
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        """Read every ``IMAGE_SEARCH_*`` variable; unset or empty ones take their defaults."""
-        settings = cls(
-            home=Path(_env("IMAGE_SEARCH_HOME", "data")).expanduser(),
-            dataset=_env("IMAGE_SEARCH_DATASET", DEFAULT_DATASET),
-            image_model=_env("IMAGE_SEARCH_IMAGE_MODEL", DEFAULT_IMAGE_MODEL),
-            text_model=_env("IMAGE_SEARCH_TEXT_MODEL", DEFAULT_TEXT_MODEL),
-            device=_env("IMAGE_SEARCH_DEVICE", "auto"),
-            precision=_env("IMAGE_SEARCH_PRECISION", "auto"),
-            text_runtime=_env("IMAGE_SEARCH_TEXT_RUNTIME", "auto"),
-            backend=_env("IMAGE_SEARCH_BACKEND", "local"),
-            es_url=os.environ.get("IMAGE_SEARCH_ES_URL") or None,
-            es_username=os.environ.get("IMAGE_SEARCH_ES_USERNAME") or None,
-            es_password=os.environ.get("IMAGE_SEARCH_ES_PASSWORD") or None,
-            es_api_key=os.environ.get("IMAGE_SEARCH_ES_API_KEY") or None,
-            es_engine=_env("IMAGE_SEARCH_ES_ENGINE", "auto"),
-            es_verify_certs=_env_bool("IMAGE_SEARCH_ES_VERIFY_CERTS", True),
-            es_ca_certs=os.environ.get("IMAGE_SEARCH_ES_CA_CERTS") or None,
-            es_max_error_share=_env_float("IMAGE_SEARCH_ES_MAX_ERROR_SHARE", 0.01),
-            index_name=_env("IMAGE_SEARCH_INDEX", "image_search"),
-            download_concurrency=_env_int("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY", 32),
-            download_timeout=_env_float("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", 20.0),
-            imgix_params=_env("IMAGE_SEARCH_IMGIX_PARAMS", "w=640&q=80&fm=jpg&fit=max"),
-            max_download_failure_share=_env_float("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", 0.05),
-            ann_min_docs=_env_int("IMAGE_SEARCH_ANN_MIN_DOCS", 200_000),
-            duplicate_threshold=_env_float("IMAGE_SEARCH_DUPLICATE_THRESHOLD", 0.94),
-            refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
-            release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
-            lock_timeout=_env_float("IMAGE_SEARCH_LOCK_TIMEOUT", 3600.0),
-            embed_batch_size=_env_int("IMAGE_SEARCH_EMBED_BATCH_SIZE", 0),
-            decode_workers=_env_int("IMAGE_SEARCH_DECODE_WORKERS", 0),
-            gpu_decode=_env_bool("IMAGE_SEARCH_GPU_DECODE", True),
-        )
-        settings.validate()
-        return settings
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        """Only the keyword arguments: the environment is read by :meth:`from_env`, nowhere else."""
+        return (init_settings,)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the variable of the first unusable value."""
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"IMAGE_SEARCH_BACKEND={self.backend!r} is not supported: use one of {', '.join(BACKENDS)}"
-            )
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Every ``IMAGE_SEARCH_*`` variable (unset or empty ones take their defaults), then ``overrides``."""
+        return cls(**{**_environment(), **overrides})
+
+    @classmethod
+    def env_value(cls, name: str) -> Any:
+        """The setting ``name`` from the environment, checked, without reading (or failing on) any other."""
+        given = {key: value for key, value in _environment().items() if key == name}
+        return getattr(cls(**given), name)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` applied and checked."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: Any, info) -> Any:
+        if isinstance(value, str) and info.field_name not in SECRETS:
+            value = value.strip()
+        if value == "":
+            raise PydanticUseDefault()
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _elasticsearch_needs_a_url(self) -> "Settings":
         if self.backend == "elasticsearch" and not self.es_url:
             raise ConfigError(
-                "IMAGE_SEARCH_BACKEND=elasticsearch needs IMAGE_SEARCH_ES_URL, e.g. https://localhost:9200"
+                f"{ENV_PREFIX}BACKEND=elasticsearch needs {ENV_PREFIX}ES_URL, e.g. https://localhost:9200"
             )
-        if self.ann_min_docs < 1:
-            raise ConfigError("IMAGE_SEARCH_ANN_MIN_DOCS must be at least 1")
-        if self.download_concurrency < 1:
-            raise ConfigError("IMAGE_SEARCH_DOWNLOAD_CONCURRENCY must be at least 1")
-        if self.device not in DEVICES:
-            raise ConfigError(f"IMAGE_SEARCH_DEVICE={self.device!r} is not supported: use one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"IMAGE_SEARCH_PRECISION={self.precision!r} is not supported: use one of {', '.join(PRECISIONS)}"
-            )
-        if self.text_runtime not in TEXT_RUNTIMES:
-            raise ConfigError(
-                f"IMAGE_SEARCH_TEXT_RUNTIME={self.text_runtime!r} is not supported: use one of {', '.join(TEXT_RUNTIMES)}"
-            )
-        if self.embed_batch_size < 0 or self.decode_workers < 0:
-            raise ConfigError("IMAGE_SEARCH_EMBED_BATCH_SIZE and IMAGE_SEARCH_DECODE_WORKERS must be 0 (automatic) or more")
-        if self.release_poll_seconds < 30:
-            raise ConfigError("IMAGE_SEARCH_RELEASE_POLL_SECONDS must be at least 30")
-        if not 0 < self.duplicate_threshold <= 1:
-            raise ConfigError(
-                f"IMAGE_SEARCH_DUPLICATE_THRESHOLD={self.duplicate_threshold} is not a cosine similarity in (0, 1]"
-            )
+        return self
 
     def describe(self) -> dict[str, str]:
         """The settings as strings, safe to log or show: secrets left out, URLs masked."""
-        shown = {}
-        for f in fields(self):
-            if f.name in ("es_username", "es_password", "es_api_key"):
-                continue
-            value = getattr(self, f.name)
-            shown[f.name] = mask_url(value) if f.name == "es_url" else str(value)
+        shown = {name: str(getattr(self, name)) for name in type(self).model_fields if name not in SECRETS}
+        shown["es_url"] = mask_url(self.es_url)
         return shown
 
     @property
@@ -233,3 +183,58 @@ class Settings:
     def duplicates_path(self) -> Path:
         """The near-duplicate groups (only photos in a group of two or more)."""
         return self.home / "duplicates" / "groups.parquet"
+
+
+def _environment() -> dict[str, str]:
+    """The ``IMAGE_SEARCH_*`` variables that are set, keyed by field name."""
+    return {_field_name((key,)): value for key, value in EnvSettingsSource(Settings)().items()}
+
+
+def env_variable(name: str) -> str:
+    """The environment variable of field ``name``."""
+    alias = Settings.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else f"{ENV_PREFIX}{name.upper()}"
+
+
+def _field_name(location: tuple) -> str | None:
+    key = location[0] if location else None
+    for name, info in Settings.model_fields.items():
+        if key in (name, info.validation_alias):
+            return name
+    return None
+
+
+def _allowed(name: str) -> str:
+    """What field ``name`` accepts, from its declaration: its choices or its bounds."""
+    info = Settings.model_fields[name]
+    if typing.get_origin(info.annotation) is Literal:
+        return "one of " + ", ".join(typing.get_args(info.annotation))
+    bounds = []
+    for rule in info.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            bounds.append(f">= {rule.ge}")
+        elif isinstance(rule, annotated_types.Gt):
+            bounds.append(f"> {rule.gt}")
+        elif isinstance(rule, annotated_types.Le):
+            bounds.append(f"<= {rule.le}")
+    return "a number " + " and ".join(bounds)
+
+
+def _explain(error: dict) -> str:
+    """One line for a pydantic error: the variable, the value given, and what to use."""
+    name = _field_name(error["loc"])
+    if name is None:
+        return f"settings: {error['msg']}"
+    shown = f"{env_variable(name)}={error['input']!r}" if name not in SECRETS else env_variable(name)
+    kind = error["type"]
+    if kind == "literal_error":
+        return f"{shown} is not supported: use {_allowed(name)}"
+    if kind.startswith("int_"):
+        return f"{shown} is not a whole number"
+    if kind.startswith("float_") or kind == "finite_number":
+        return f"{shown} is not a number"
+    if kind.startswith("bool_"):
+        return f"{shown} is not a boolean: use true or false"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{shown} is out of range: use {_allowed(name)}"
+    return f"{shown}: {error['msg']}"

@@ -1,45 +1,66 @@
-"""Dagster resources: thin ConfigurableResource wrappers around the plain-Python resources.
+"""Dagster resources around the plain-Python ones; only the pipeline (assets, definitions) imports this module."""
 
-Only the pipeline (assets, definitions) imports this module.
-"""
-
-from __future__ import annotations
-
-import dataclasses
+import os
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar, InitResourceContext, ResourceDependency
+from pydantic import Field, create_model
 
-from resources.config import Settings
+from resources.config import SECRETS, Settings, env_variable
 
 if TYPE_CHECKING:
     from resources.clip import ClipEncoder
 
+#: Settings passed to runs as ``EnvVar`` references when set: the URL may hold a password.
+CREDENTIALS = ("es_url", *SECRETS)
 
-class SettingsResource(ConfigurableResource):
-    """The project's :class:`~resources.config.Settings`; fields set here override the environment.
 
-    Left empty, every value comes from the ``IMAGE_SEARCH_*`` variables when a run starts,
-    so ``dagster definitions validate`` needs none of them.
+def _config_type(annotation) -> type:
+    """The Dagster config type of a setting: paths and choices travel as strings, checked by :class:`Settings`."""
+    if annotation is Path or typing.get_origin(annotation) is Literal:
+        return str
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return options[0] if options else annotation
+
+
+class _SettingsResourceBase(ConfigurableResource):
+    """Gives assets, checks and sensors the run's :class:`~resources.config.Settings` (``settings: ResourceParam[Settings]``).
+
+    Every setting is a field; one left unset comes from its ``IMAGE_SEARCH_*`` variable when
+    a run (or sensor tick) starts, so ``dagster definitions validate`` needs none of them.
     """
 
-    home: Optional[str] = None
-    dataset: Optional[str] = None
-    image_model: Optional[str] = None
-    text_model: Optional[str] = None
-    backend: Optional[str] = None
-
     def get(self) -> Settings:
-        """The effective settings for this run."""
-        overrides = {
-            name: (Path(value) if name == "home" else value)
-            for name in ("home", "dataset", "image_model", "text_model", "backend")
-            if (value := getattr(self, name)) is not None
-        }
-        settings = dataclasses.replace(Settings.from_env(), **overrides)
-        settings.validate()
-        return settings
+        """The effective settings: the fields set here over the environment."""
+        given = {name: value for name in Settings.model_fields if (value := getattr(self, name)) is not None}
+        return Settings.from_env(**given)
+
+    def create_resource(self, context: InitResourceContext) -> Settings:
+        """What assets, checks and sensors receive: the plain settings, not this resource."""
+        return self.get()
+
+    @classmethod
+    def with_credentials_from_env(cls) -> "SettingsResource":
+        """The resource with each credential set in this environment as an ``EnvVar``.
+
+        Dagster resolves an ``EnvVar`` in the run when it starts and never stores or shows
+        its value; unset credentials stay unset (a local index needs none).
+        """
+        return cls(**{name: EnvVar(env_variable(name)) for name in CREDENTIALS if os.environ.get(env_variable(name))})
+
+
+SettingsResource = create_model(
+    "SettingsResource",
+    __base__=_SettingsResourceBase,
+    __module__=__name__,
+    __doc__=_SettingsResourceBase.__doc__,
+    **{
+        name: (Optional[_config_type(info.annotation)], Field(None, description=info.description))
+        for name, info in Settings.model_fields.items()
+    },
+)
 
 
 class ClipResource(ConfigurableResource):
@@ -49,10 +70,10 @@ class ClipResource(ConfigurableResource):
     shares a process shares the loaded weights.
     """
 
-    settings: SettingsResource
+    settings: ResourceDependency[Settings]
 
     def get(self) -> "ClipEncoder":
         """The encoder configured by the settings (models, device, precision, batch size, workers)."""
         from resources.clip import ClipEncoder
 
-        return ClipEncoder.from_settings(self.settings.get())
+        return ClipEncoder.from_settings(self.settings)

@@ -59,17 +59,16 @@ from urllib3.exceptions import (
     ResponseError,
 )
 from urllib3.util.retry import Retry
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from publicsuffixlist import PublicSuffixList
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from resources.config import Settings
 from resources.image_store import ImageStore
+from resources.pictures import MAX_PIXELS, is_upright, upright_rgb
 
 IMGIX_HOST = "images.unsplash.com"
 MAX_BYTES = 50 * 1024 * 1024
-MAX_PIXELS = 40_000_000
 MAX_ATTEMPTS = 4
 MAX_REDIRECTS = 5
 BACKOFF_INITIAL_S = 0.5
@@ -298,7 +297,7 @@ def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes
             image.load()
             return data, width, height, True
         image.seek(0)
-        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        rgb = upright_rgb(image)
         out = io.BytesIO()
         rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
         return out.getvalue(), rgb.width, rgb.height, False
@@ -314,25 +313,8 @@ def _is_plain_jpeg(image: Image.Image) -> bool:
         image.format == "JPEG"
         and image.mode == "RGB"
         and not image.info.get("progressive")
-        and image.getexif().get(0x0112, 1) == 1
+        and is_upright(image)
     )
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB: 16-bit scaled (not clipped), transparency on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if image.mode != "F" or values.max() > 1.0 else 255.0
-        grey = np.clip(values * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        image = image.convert("RGBA")
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 class Downloader:

@@ -64,7 +64,7 @@ def holds_store_locks(stage: str):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(context, *args, **kwargs):
-            settings = kwargs["settings"].get()
+            settings = kwargs["settings"]
             root = settings.home / "locks"
             partitioned = context.has_partition_key or context.has_partition_key_range
             targets = (

@@ -1,14 +1,8 @@
 """The search page: find photos by words in any language, by an uploaded photo, or by "more like this".
 
-Run it with ``streamlit run search_app/app.py`` (``make demo`` does, on port 8501). Streamlit
-puts only ``search_app/`` on ``sys.path``; the project's packages are importable because
-``make install`` installs the project in editable mode into the venv.
-
-The search (query, mode, number of results, minimum score, filters, or the photo a
-"more like this" started from) lives in the page's URL, so any search can be bookmarked
-or shared and opening such a URL runs it. An uploaded photo is the exception: it is kept
-in memory for the session only. The query service (models and index handle) is loaded
-once per server process and shared by every visitor.
+Run it with ``streamlit run search_app/app.py`` (``make demo`` does). The search lives in
+the page's URL, so it can be bookmarked or shared; the query service is loaded once per
+server process and shared by every visitor.
 """
 
 from __future__ import annotations
@@ -19,15 +13,16 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from resources.backends.base import ORIENTATIONS, Filters
+from resources.backends.base import MODES, ORIENTATIONS, Filters
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from search_app.service import MODES, SearchResult, SearchService, load_query_image
+from search_app.service import SearchResult, SearchService, load_query_image
 
 #: Extensions the upload widget offers; the service checks the content whatever the name says.
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
 DEFAULT_K = 12
-MAX_K = 60
+#: The most results the page shows at once (a search may return up to ``MAX_K``).
+MAX_SHOWN = 60
 COLUMNS = 4
 ANY = "any"
 
@@ -103,7 +98,7 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
             values["orientation"] = orientation
         else:
             problems.append(f"orientation={orientation!r} in the address is not one of {', '.join(ORIENTATIONS)}: ignored.")
-    for name, cast, low, high in (("k", int, 1, MAX_K), ("min_score", float, 0.0, 1.0)):
+    for name, cast, low, high in (("k", int, 1, MAX_SHOWN), ("min_score", float, 0.0, 1.0)):
         raw = params.get(name)
         if raw is None:
             continue
@@ -194,7 +189,7 @@ def _controls() -> Filters:
         st.header("Search options")
         st.radio("Mode", MODES, key="mode", horizontal=True, help="How words are matched: by meaning (vector), "
                  "by keyword (BM25 on the photo's keywords and descriptions), or both fused (hybrid).")
-        st.slider("Number of results", 1, MAX_K, key="k")
+        st.slider("Number of results", 1, MAX_SHOWN, key="k")
         st.slider("Minimum score", 0.0, 1.0, step=0.01, key="min_score",
                   help="Results scoring below this are left out (cosine similarity for vector search).")
         st.subheader("Filters")

@@ -1,28 +1,8 @@
 """The one query service: text, image and more-like-this searches over the published index.
 
-Used by the CLI (``image-search query``) and the Streamlit page; it imports no Dagster, so
-a query process loads only the encoder, the backend and what they need.
-
-Models: a build records the image and text models it was made with; the service encodes
-queries with those, so a query vector always lives in the index's space. A service built
-with an encoder whose image model differs from the build's refuses to search (a clear
-:class:`ModelMismatchError`) rather than returning nonsense.
-
-Scores: in ``vector`` mode and for image and more-like-this searches, ``score`` is the
-cosine similarity between the query and the photo's image vector (-1..1). In ``keyword``
-mode it is the BM25 score (``cosine`` is ``None``). In ``hybrid`` mode it is the reciprocal
-rank fusion score, the sum over the kNN and keyword lists of 1/(60 + rank), ranks from 1,
-and ``cosine`` carries the photo's cosine similarity. ``min_score`` cuts on the cosine in
-the vector and hybrid modes, on the BM25 score in keyword mode.
-
-More like this keeps the photo itself: it comes back first with cosine 1.0, which is the
-check that the index and the query path agree; skip it in the caller if it is unwanted.
-
-Duplicates: with ``collapse_duplicates=True`` every search keeps only the best-ranked photo
-of each near-duplicate group the ``near_duplicates`` asset stored (``duplicates/`` under
-``IMAGE_SEARCH_HOME``), asking the backend for more results so ``k`` still come back. The
-groups are read lazily and again when the file changes, so neither the index nor the
-service needs rebuilding; with no file, collapsing changes nothing.
+The CLI and the Streamlit page share it; it imports no Dagster, so a query process loads
+only the encoder, the backend and what they need. Queries are encoded with the models the
+published build records, so a query vector always lives in the index's space.
 """
 
 from __future__ import annotations
@@ -31,16 +11,16 @@ import io
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
 from resources.backends import BUILD_HINT, open_backend
-from resources.backends.base import BuildInfo, Filters, Hit, SearchBackend
+from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
 from resources.downloader import FetchFailure, normalise_image, with_imgix_params
 from resources.errors import ImageSearchError
@@ -48,10 +28,7 @@ from resources.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
 RRF_K = 60
-MODES = ("vector", "keyword", "hybrid")
-Mode = Literal["vector", "keyword", "hybrid"]
 _MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
 
 
@@ -73,7 +50,12 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One photo found, with what a result list shows and links to."""
+    """One photo found, with what a result list shows and links to.
+
+    ``score`` is the cosine similarity (vector, image and more-like-this searches), the BM25
+    score (keyword mode) or the reciprocal rank fusion score (hybrid mode, the cosine then in
+    ``cosine``).
+    """
 
     photo_id: str
     score: float
@@ -120,12 +102,6 @@ def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[S
             seen.add(group)
         kept.append(result)
     return kept
-
-
-def _check_k(k: int) -> int:
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {MAX_K} results")
-    return int(k)
 
 
 def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Image:
@@ -192,7 +168,7 @@ class SearchService:
         info = self.build_info()
         with self._lock:
             if self._encoder is None:
-                self._encoder = _open_encoder(replace(self.settings, image_model=info.image_model, text_model=info.text_model))
+                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
         encoder = self._encoder
         if encoder.image_model_id != info.image_model:
             raise ModelMismatchError(
@@ -260,7 +236,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos matching ``query`` (any language) by image vector, by keywords, or both fused."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.search_text(query, depth, min_score, mode, filters), k)
         if not query or not query.strip():
@@ -286,7 +262,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
@@ -303,7 +279,7 @@ class SearchService:
         collapse_duplicates: bool = False,
     ) -> list[SearchResult]:
         """Photos nearest to an indexed photo's own image vector; the photo itself comes first."""
-        k = _check_k(k)
+        k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
         self.build_info()

@@ -1,26 +1,42 @@
-"""A wire-level fake of Elasticsearch 7.17, Open Distro/ESCloud 7.10 and OpenSearch 2.x/3.x.
+"""A wire-level fake of Elasticsearch 7.17, Open Distro/ESCloud 7.10 and OpenSearch 1.x-3.x.
 
 No real search server can be installed from the package registries the development
 machines reach, so this is a real HTTP server on 127.0.0.1 that answers the subset of the
-REST API the project uses, as the engine under test would:
+REST API the project uses, as the engine under test would. Each behaviour names the
+documentation or source it follows:
 
 - ``GET /`` with that engine's version, distribution, tagline and build flavour, and the
-  ``X-Elastic-Product`` header only where Elasticsearch 7.14+ sends it;
+  ``X-Elastic-Product`` header only where Elasticsearch 7.14+ sends it
+  (elasticsearch-py 7.17 ``transport._ProductChecker``); OpenSearch in compatibility mode
+  answers version 7.10.2 without ``distribution`` (OpenSearch PR #847 and #898) and keeps
+  its tagline (grafana/opensearch-datasource#419 detects it by that), while ``GET /_nodes``
+  still reports the real version (OpenSearch docs, "Rolling upgrade");
 - index creation that accepts the mappings and settings that engine accepts and refuses
-  the others with its error (stock Elasticsearch has no ``knn_vector``, OpenSearch no
-  ``dense_vector``, OpenSearch 3 no index-level ``knn.space_type``, a filter inside an
-  nmslib ``knn`` query is refused);
+  the others with its error: stock Elasticsearch has no ``knn_vector``, OpenSearch no
+  ``dense_vector``, OpenSearch 3 no index-level ``knn.space_type``; the Open Distro 1.13
+  k-NN plugin (ESCloud 7.10) knows no ``method`` and stops at 10,000 dimensions
+  (k-NN tag v1.13.0.0, ``KNNVectorFieldMapper``); OpenSearch refuses faiss with
+  ``cosinesimil`` before 2.19 (k-NN #2376) and nmslib for new indices from 3.0;
+- how the k-NN plugin resolves a field's space type: the field's ``method`` first, else the
+  index-level ``knn.space_type``, except on indices created by 2.17 and 2.18, which fell back
+  to l2 (k-NN issue #2296, fixed in 2.19.0 by #2374);
 - ``_bulk`` with per-item errors (wrong vector dimension, unparseable date), aliases with
   atomic actions, ``_count``, ``_refresh`` (searches see documents only after one),
-  settings and ``_meta`` updates, ``_doc`` reads and index deletion;
+  settings (with ``index.version.created``, encoded as ``org.opensearch.Version`` does) and
+  ``_meta`` updates, ``_doc`` reads and index deletion;
 - ``_search``: ``knn`` (exact, whatever the engine would approximate), ``script_score`` with
   the k-NN plugin's ``knn_score`` or Elasticsearch's painless ``cosineSimilarity``, each
   scored by that engine's formula (see ``ServerProfile.score``), bool with term, terms and
-  range filters, and ``multi_match`` scored by a plain BM25 (k1 1.2, b 0.75, one shard).
+  range filters, and ``multi_match`` scored by BM25 (k1 1.2, b 0.75) with each shard's own
+  statistics, as Elasticsearch's default ``query_then_fetch`` does;
+- documents routed to shards by id (a stable hash standing in for Elasticsearch's murmur3
+  routing: only the per-shard statistics matter here).
 
+A profile's :class:`Faults` add the failures real clusters answer with (see there).
 ``FakeSearchServer.requests`` records every request body so tests can assert the exact
 mapping and queries on the wire; ``drop_bulk`` makes ``_bulk`` requests die mid-way (a
-server gone during a build).
+server gone during a build); :meth:`FakeSearchServer.switch_to` swaps the profile
+under existing indices, as a rolling upgrade or a lost node does.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import re
 import socket
 import ssl
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,10 +57,46 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
+#: ``org.opensearch.Version.MASK``: OpenSearch flips this bit in its version ids, so an index
+#: created by OpenSearch 2.11.1 has ``index.version.created`` 2110199 ^ MASK.
+OPENSEARCH_VERSION_MASK = 0x08000000
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Failures a real cluster answers with, each in that engine's own shape.
+
+    - ``item_rejections``: every n-th document of a bulk request is refused once with an
+      item-level 429 ``es_rejected_execution_exception`` (a full write thread-pool queue;
+      Elasticsearch docs, "Rejected requests"); it is accepted when sent again.
+    - ``bulk_rejections``: the first n bulk requests are refused as a whole with 429
+      ``es_rejected_execution_exception`` "rejected execution of coordinating operation"
+      (Elasticsearch 7.9+ indexing pressure; OpenSearch shard indexing pressure).
+    - ``max_content_length``: a request body above this many bytes gets 413 with an empty
+      body and a closed connection (Netty's ``HttpObjectAggregator`` behind
+      ``http.max_content_length``, and proxies in front of managed clusters).
+    - ``bulk_breaker``: every bulk request trips the parent circuit breaker: 429
+      ``circuit_breaking_exception`` "[parent] Data too large, data for [<http_request>]",
+      durability PERMANENT (Elasticsearch docs, "Circuit breaker errors").
+    - ``failed_shards``: searches and counts lose the last n shards of each index, answered
+      HTTP 200 with ``_shards.failed`` and ``_shards.failures`` (Elasticsearch docs, "Shard
+      failures": search returns partial results).
+    - ``monitor_forbidden``: the credentials lack the cluster ``monitor`` privileges, so
+      ``GET /`` (``cluster:monitor/main``), ``GET /_nodes`` and ``GET /_cat/plugins`` answer
+      403 ``security_exception``, while index reads and writes work.
+    """
+
+    item_rejections: int = 0
+    bulk_rejections: int = 0
+    max_content_length: int | None = None
+    bulk_breaker: bool = False
+    failed_shards: int = 0
+    monitor_forbidden: bool = False
+
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """How one engine answers: its ``GET /`` and what its mapping and scoring accept."""
+    """How one engine answers: its ``GET /``, what its mapping and scoring accept, its faults."""
 
     name: str
     number: str
@@ -51,6 +104,9 @@ class ServerProfile:
     build_flavor: str | None
     tagline: str
     plugins: tuple[str, ...] = ()
+    compatibility_mode: bool = False
+    default_shards: int = 1
+    faults: Faults = Faults()
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -62,7 +118,7 @@ class ServerProfile:
 
     @property
     def knn_plugin(self) -> bool:
-        return self.opensearch or any("knn" in p for p in self.plugins)
+        return any("knn" in p for p in self.plugins)
 
     @property
     def dense_vector(self) -> bool:
@@ -72,10 +128,20 @@ class ServerProfile:
     def product_header(self) -> bool:
         return not self.opensearch and self.version >= (7, 14)
 
+    def plugin_version(self, plugin: str) -> str:
+        """Open Distro 1.13 plugins ship with Elasticsearch 7.10.2; OpenSearch's carry its version."""
+        return f"{self.number}.0" if self.opensearch else ("1.13.0.0" if plugin.startswith("opendistro") else self.number)
+
+    def version_id(self) -> str:
+        """``index.version.created`` of an index this server creates (``Version.computeID``)."""
+        major, minor, patch = (self.version + (0, 0))[:3]
+        legacy = major * 1_000_000 + minor * 10_000 + patch * 100 + 99
+        return str(legacy ^ OPENSEARCH_VERSION_MASK if self.opensearch else legacy)
+
     def root(self) -> dict[str, Any]:
         """The ``GET /`` body."""
-        version: dict[str, Any] = {"number": self.number}
-        if self.distribution:
+        version: dict[str, Any] = {"number": "7.10.2" if self.compatibility_mode else self.number}
+        if self.distribution and not self.compatibility_mode:
             version["distribution"] = self.distribution
         if self.build_flavor:
             version["build_flavor"] = self.build_flavor
@@ -96,37 +162,60 @@ class ServerProfile:
             "tagline": self.tagline,
         }
 
-    def score(self, path: str, cos: float) -> float:
-        """The engine's ``_score`` for a cosine similarity, on a k-NN ``path``.
+    def score(self, path: str, cos: float, created: tuple[int, ...]) -> float:
+        """The engine's ``_score`` for a cosine similarity on a k-NN ``path``, for an index ``created`` by that version.
 
-        ``nmslib`` (an index-level space type, approximate search), ``lucene`` (a per-field
+        ``ann`` (an nmslib or faiss graph with space type cosinesimil), ``lucene`` (a per-field
         Lucene HNSW), ``knn_score`` (the k-NN plugin's exact script) or ``painless`` (the
-        Elasticsearch expression ``cosineSimilarity(...) + 1.0``). OpenSearch 2.19 moved every
-        k-NN path to (1 + cos) / 2.
+        Elasticsearch expression ``cosineSimilarity(...) + 1.0``). k-NN 2.19.0 (#2357, #2375)
+        moved ``SpaceType.COSINESIMIL.scoreTranslation`` to (1 + cos) / 2 for every index, but
+        the ``knn_score`` script only on indices created by 2.19 or later.
         """
         if path == "painless":
             value = 1.0 + cos
-        elif path == "lucene" or (self.opensearch and self.version >= (2, 19)):
+        elif path == "lucene":
             value = (1.0 + cos) / 2.0
-        elif path == "nmslib":
-            value = 1.0 / (2.0 - cos)
+        elif path == "ann":
+            value = (1.0 + cos) / 2.0 if self.opensearch and self.version >= (2, 19) else 1.0 / (2.0 - cos)
         else:
-            value = 1.0 + cos
+            value = (1.0 + cos) / 2.0 if self.opensearch and created >= (2, 19) else 1.0 + cos
         return float(np.float32(value))
 
 
 _ES_TAGLINE = "You Know, for Search"
 _OS_TAGLINE = "The OpenSearch Project: https://opensearch.org/"
+_OS_KNN = ("opensearch-knn",)
+_ODFE = ("opendistro-knn", "opendistro-sql")
+
+
+def _opensearch(name: str, number: str, **changes: Any) -> ServerProfile:
+    return ServerProfile(name, number, "opensearch", None, _OS_TAGLINE, _OS_KNN, **changes)
+
 
 PROFILES = {
     p.name: p
     for p in (
-        ServerProfile("escloud-7.10", "7.10.2", None, "oss", _ES_TAGLINE, ("opendistro-knn", "opendistro-sql")),
-        ServerProfile("opensearch-2.11", "2.11.1", "opensearch", None, _OS_TAGLINE),
-        ServerProfile("opensearch-2.19", "2.19.1", "opensearch", None, _OS_TAGLINE),
-        ServerProfile("opensearch-3.1", "3.1.0", "opensearch", None, _OS_TAGLINE),
+        # ESCloud 7.10 reports itself as Elasticsearch 7.10.2 (OSS) with the Open Distro 1.13 k-NN plugin.
+        ServerProfile("escloud-7.10", "7.10.2", None, "oss", _ES_TAGLINE, _ODFE),
+        _opensearch("opensearch-2.11", "2.11.1"),
+        _opensearch("opensearch-2.17", "2.17.1"),
+        _opensearch("opensearch-2.18", "2.18.0"),
+        _opensearch("opensearch-2.19", "2.19.1"),
+        _opensearch("opensearch-3.1", "3.1.0"),
         ServerProfile("elasticsearch-7.17", "7.17.25", None, "default", _ES_TAGLINE),
         ServerProfile("elasticsearch-oss-7.10", "7.10.2", None, "oss", _ES_TAGLINE),
+        # compatibility.override_main_response_version on (AWS domains offer it as a checkbox).
+        _opensearch("opensearch-2.11-compatibility", "2.11.1", compatibility_mode=True),
+        _opensearch("opensearch-2.11-no-monitor", "2.11.1", faults=Faults(monitor_forbidden=True)),
+        ServerProfile(
+            "escloud-7.10-no-monitor", "7.10.2", None, "oss", _ES_TAGLINE, _ODFE, faults=Faults(monitor_forbidden=True)
+        ),
+        _opensearch("opensearch-2.11-3-shards", "2.11.1", default_shards=3),
+        _opensearch("opensearch-2.11-item-429", "2.11.1", faults=Faults(item_rejections=7)),
+        _opensearch("opensearch-2.11-bulk-429", "2.11.1", faults=Faults(bulk_rejections=2)),
+        _opensearch("opensearch-2.11-bulk-413", "2.11.1", faults=Faults(max_content_length=64 * 1024)),
+        _opensearch("opensearch-2.11-circuit-breaker", "2.11.1", faults=Faults(bulk_breaker=True)),
+        _opensearch("opensearch-2.11-partial-shards", "2.11.1", default_shards=3, faults=Faults(failed_shards=1)),
     )
 }
 
@@ -170,6 +259,14 @@ def _tokens(text: Any) -> list[str]:
     return re.findall(r"\w+", str(text or "").lower())
 
 
+def _version_from_id(raw: str) -> tuple[int, int, int]:
+    """The inverse of :meth:`ServerProfile.version_id`."""
+    number = int(raw)
+    if number & OPENSEARCH_VERSION_MASK:
+        number ^= OPENSEARCH_VERSION_MASK
+    return (number // 1_000_000 % 100, number // 10_000 % 100, number // 100 % 100)
+
+
 @dataclass
 class FakeIndex:
     """One concrete index: settings, mapping, stored documents and the refreshed view searches read."""
@@ -184,6 +281,17 @@ class FakeIndex:
     def properties(self) -> dict[str, Any]:
         return self.mappings.get("properties", {})
 
+    @property
+    def created(self) -> tuple[int, int, int]:
+        return _version_from_id(self.settings["version.created"])
+
+    @property
+    def shards(self) -> int:
+        return int(self.settings["number_of_shards"])
+
+    def shard_of(self, doc_id: str) -> int:
+        return zlib.crc32(doc_id.encode()) % self.shards
+
 
 class FakeSearchServer:
     """The fake cluster; use as a context manager, then point the client at :attr:`url`."""
@@ -195,6 +303,8 @@ class FakeSearchServer:
         self.requests: list[tuple[str, str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.drop_bulk = False
+        self._bulk_rejections_left = self.profile.faults.bulk_rejections
+        self._rejected_once: set[tuple[str, str]] = set()
         self._lock = threading.RLock()
         self._ssl = ssl_context
         self._server: ThreadingHTTPServer | None = None
@@ -204,6 +314,11 @@ class FakeSearchServer:
         assert self._server is not None
         scheme = "https" if self._ssl else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def switch_to(self, profile: str | ServerProfile) -> None:
+        """Answer as ``profile`` from now on, over the same indices (a rolling upgrade, a node lost)."""
+        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        self._bulk_rejections_left = self.profile.faults.bulk_rejections
 
     def __enter__(self) -> "FakeSearchServer":
         fake = self
@@ -228,12 +343,15 @@ class FakeSearchServer:
                     self.connection.shutdown(2)
                     return
                 status, body = fake.handle(self.command, unquote(parts.path), parse_qs(parts.query), raw)
-                payload = b"" if self.command == "HEAD" else json.dumps(body).encode()
+                payload = b"" if self.command == "HEAD" or body is None else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(json.dumps(body).encode())))
+                self.send_header("Content-Length", str(0 if body is None else len(json.dumps(body).encode())))
                 if fake.profile.product_header:
                     self.send_header("X-Elastic-Product", "Elasticsearch")
+                if body is None:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -258,26 +376,74 @@ class FakeSearchServer:
     # -- routing ------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> tuple[int, Any]:
-        """Answer one request: ``(status, JSON body)``."""
+        """Answer one request: ``(status, JSON body)``, the body ``None`` for an empty one."""
         params = {k: v[-1] for k, v in query.items()}
-        if path.endswith("/_bulk"):
+        bulk = path.endswith("/_bulk")
+        if bulk:
             body: Any = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         else:
             body = json.loads(raw) if raw else None
         self.requests.append((method, path, body))
+        faults = self.profile.faults
+        if faults.max_content_length is not None and len(raw) > faults.max_content_length:
+            return 413, None
         segments = [s for s in path.split("/") if s]
         try:
             with self._lock:
+                if bulk:
+                    self._bulk_faults(len(raw))
                 return 200, self._route(method, segments, params, body)
         except ApiError as err:
             return err.status, err.body()
 
+    def _forbidden(self, action: str) -> ApiError:
+        """403 as the OpenSearch/Open Distro security plugin or Elasticsearch security words it."""
+        if self.profile.opensearch or self.profile.knn_plugin:
+            reason = f"no permissions for [{action}] and User [name=image_search, backend_roles=[], requestedTenant=null]"
+        else:
+            reason = f"action [{action}] is unauthorized for user [image_search]"
+        return ApiError(403, "security_exception", reason)
+
+    def _monitor(self, action: str) -> None:
+        if self.profile.faults.monitor_forbidden:
+            raise self._forbidden(action)
+
+    def _bulk_faults(self, size: int) -> None:
+        if self.profile.faults.bulk_breaker:
+            raise ApiError(
+                429,
+                "circuit_breaking_exception",
+                f"[parent] Data too large, data for [<http_request>] would be [{1_020_054_732 + size}/972.8mb], which is"
+                " larger than the limit of [1020054732/972.7mb], real usage: [1020054732/972.7mb], new bytes reserved:"
+                f" [{size}/{size // 1024}kb]",
+                bytes_wanted=1_020_054_732 + size,
+                bytes_limit=1_020_054_732,
+                durability="PERMANENT",
+            )
+        if self._bulk_rejections_left > 0:
+            self._bulk_rejections_left -= 1
+            raise ApiError(
+                429,
+                "es_rejected_execution_exception",
+                f"rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0,"
+                f" all_bytes=0, coordinating_operation_bytes={size}, max_coordinating_and_primary_bytes=0]",
+            )
+
     def _route(self, method: str, seg: list[str], params: dict[str, str], body: Any) -> Any:
         if not seg:
+            self._monitor("cluster:monitor/main")
             return self.profile.root()
         head, rest = seg[0], seg[1:]
         if head == "_cat" and rest == ["plugins"]:
-            return [{"name": "fake-node", "component": p, "version": self.profile.number} for p in self.profile.plugins]
+            self._monitor("cluster:monitor/state")
+            return [
+                {"name": "fake-node", "component": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins
+            ]
+        if head == "_nodes":
+            self._monitor("cluster:monitor/nodes/info")
+            plugins = [{"name": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins]
+            node = {"name": "fake-node", "version": self.profile.number, "plugins": plugins}
+            return {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": "fake-cluster", "nodes": {"fAkEnOdE": node}}
         if head == "_bulk":
             return self._bulk(body, None)
         if head == "_aliases" and method == "POST":
@@ -294,11 +460,14 @@ class FakeSearchServer:
             if method == "HEAD":
                 self._resolve(head)
                 return {}
-            return {n: self._describe(self.indices[n]) for n in self._resolve(head)}
+            flat = params.get("flat_settings") == "true"
+            return {n: self._describe(self.indices[n], flat) for n in self._resolve(head)}
         action = rest[0]
         if action == "_bulk":
             return self._bulk(body, head)
         if action == "_alias":
+            if method == "PUT":
+                return self._update_aliases([{"add": {"index": n, "alias": rest[1]}} for n in self._resolve(head)])
             return self._get_alias(rest[1] if len(rest) > 1 else "*", head)
         if action == "_refresh":
             return self._refresh(self._resolve(head))
@@ -306,7 +475,10 @@ class FakeSearchServer:
             if method == "PUT":
                 return self._put_settings(head, body)
             flat = params.get("flat_settings") == "true"
-            return {n: {"settings": self._settings_view(self.indices[n], flat)} for n in self._resolve(head)}
+            wanted = rest[1] if len(rest) > 1 else "*"
+            return {
+                n: {"settings": self._settings_view(self.indices[n], flat, wanted)} for n in self._resolve(head)
+            }
         if action == "_mapping":
             if method == "PUT":
                 for name in self._resolve(head):
@@ -314,7 +486,7 @@ class FakeSearchServer:
                 return {"acknowledged": True}
             return {n: {"mappings": self.indices[n].mappings} for n in self._resolve(head)}
         if action == "_count":
-            return {"count": sum(len(self.indices[n].visible) for n in self._resolve(head))}
+            return self._count(self._resolve(head))
         if action == "_search":
             return self._search(self._resolve(head), body or {})
         if action == "_doc" and len(rest) == 2:
@@ -337,21 +509,22 @@ class FakeSearchServer:
                 raise _not_found(part)
         return list(dict.fromkeys(names))
 
-    def _describe(self, index: FakeIndex) -> dict[str, Any]:
+    def _describe(self, index: FakeIndex, flat: bool) -> dict[str, Any]:
         aliases = {a: {} for a, members in self.aliases.items() if index.name in members}
-        return {"aliases": aliases, "mappings": index.mappings, "settings": self._settings_view(index, False)}
+        return {"aliases": aliases, "mappings": index.mappings, "settings": self._settings_view(index, flat)}
 
     @staticmethod
-    def _settings_view(index: FakeIndex, flat: bool) -> dict[str, Any]:
+    def _settings_view(index: FakeIndex, flat: bool, wanted: str = "*") -> dict[str, Any]:
+        chosen = {k: v for k, v in index.settings.items() if fnmatch.fnmatchcase(f"index.{k}", wanted)}
         if flat:
-            return {f"index.{k}": v for k, v in index.settings.items()}
+            return {f"index.{k}": v for k, v in chosen.items()}
         nested: dict[str, Any] = {}
-        for key, value in sorted(index.settings.items()):
+        for key, value in sorted(chosen.items()):
             node, parts = nested, key.split(".")
             while len(parts) > 1 and isinstance(node.setdefault(parts[0], {}), dict):
                 node, parts = node[parts[0]], parts[1:]
             node[".".join(parts)] = value
-        return {"index": nested}
+        return {"index": nested} if nested else {}
 
     def _check_settings(self, settings: dict[str, str]) -> None:
         known = {
@@ -393,11 +566,39 @@ class FakeSearchServer:
                     400, "mapper_parsing_exception", f"The number of dimensions for field [{name}] should be in the range [1, 2048]"
                 )
             if kind == "knn_vector":
-                if "dimension" not in spec:
-                    raise ApiError(400, "mapper_parsing_exception", f"Dimension value missing for vector: {name}")
-                engine = (spec.get("method") or {}).get("engine")
-                if engine == "lucene" and not (self.profile.opensearch and self.profile.version >= (2, 2)):
-                    raise ApiError(400, "mapper_parsing_exception", "Invalid engine type: lucene")
+                self._check_knn_vector(name, spec)
+
+    def _check_knn_vector(self, name: str, spec: dict[str, Any]) -> None:
+        if "dimension" not in spec:
+            raise ApiError(400, "mapper_parsing_exception", f"Dimension value missing for vector: {name}")
+        if not self.profile.opensearch:
+            # Open Distro 1.13's KNNVectorFieldMapper: parameters store, doc_values, dimension, meta; at most 10,000.
+            unknown = sorted(set(spec) - {"type", "dimension", "store", "doc_values", "meta"})
+            if unknown:
+                reason = f"unknown parameter [{unknown[0]}] on mapper [{name}] of type [knn_vector]"
+                raise ApiError(400, "mapper_parsing_exception", f"Failed to parse mapping [_doc]: {reason}")
+            if int(spec["dimension"]) > 10_000:
+                reason = f"Dimension value cannot be greater than 10000 for vector: {name}"
+                raise ApiError(400, "mapper_parsing_exception", f"Failed to parse mapping [_doc]: {reason}")
+            return
+        method = spec.get("method") or {}
+        engine = method.get("engine")
+        version = self.profile.version
+        if engine == "lucene" and version < (2, 2):
+            raise ApiError(400, "mapper_parsing_exception", "Invalid engine type: lucene")
+        if engine == "nmslib" and version >= (3,):
+            raise ApiError(
+                400,
+                "mapper_parsing_exception",
+                "nmslib engine is deprecated in OpenSearch  and cannot be used for new index creation in OpenSearch"
+                " from  3.0.0.",
+            )
+        if engine == "faiss" and method.get("space_type") == "cosinesimil" and version < (2, 19):
+            raise ApiError(
+                400,
+                "mapper_parsing_exception",
+                'Validation Failed: 1: "hnsw" with "faiss" configuration does not support space type: "cosinesimil".;',
+            )
 
     def _create(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         if name in self.indices:
@@ -411,8 +612,9 @@ class FakeSearchServer:
         self._check_settings(settings)
         mappings = body.get("mappings") or {}
         self._check_mapping(mappings, settings)
-        settings.setdefault("number_of_shards", "1")
+        settings.setdefault("number_of_shards", str(self.profile.default_shards))
         settings.setdefault("number_of_replicas", "1")
+        settings["version.created"] = self.profile.version_id()
         self.indices[name] = FakeIndex(name, settings, json.loads(json.dumps(mappings)))
         return {"acknowledged": True, "shards_acknowledged": True, "index": name}
 
@@ -523,7 +725,8 @@ class FakeSearchServer:
 
     def _bulk(self, lines: list[dict[str, Any]], default_index: str | None) -> dict[str, Any]:
         items = []
-        for action, source in zip(lines[0::2], lines[1::2]):
+        every = self.profile.faults.item_rejections
+        for position, (action, source) in enumerate(zip(lines[0::2], lines[1::2])):
             (op, meta), = action.items()
             target = meta.get("_index", default_index)
             names = self._resolve(target)
@@ -533,7 +736,15 @@ class FakeSearchServer:
             doc_id = str(meta["_id"])
             result: dict[str, Any] = {"_index": index.name, "_id": doc_id}
             error = self._parse_error(index, doc_id, source)
-            if error:
+            if every and position % every == 0 and (index.name, doc_id) not in self._rejected_once:
+                self._rejected_once.add((index.name, doc_id))
+                error = {
+                    "type": "es_rejected_execution_exception",
+                    "reason": "rejected execution of primary operation [shard_detail=[fake][0][P], shard_queue=200]"
+                    " on EsThreadPoolExecutor[name = fake-node/write, queue capacity = 200]",
+                }
+                result.update(status=429, error=error)
+            elif error:
                 result.update(status=400, error=error)
             else:
                 created = doc_id not in index.docs
@@ -552,6 +763,33 @@ class FakeSearchServer:
 
     # -- search ------------------------------------------------------------------------
 
+    def _shard_docs(self, names: list[str]) -> tuple[list[tuple[FakeIndex, int, list[tuple[str, dict]]]], dict[str, Any]]:
+        """The refreshed documents of each answering shard, and the ``_shards`` block of the response."""
+        answering, failures, total = [], [], 0
+        for name in names:
+            index = self.indices[name]
+            healthy = index.shards - min(self.profile.faults.failed_shards, index.shards)
+            total += index.shards
+            for shard in range(index.shards):
+                if shard >= healthy:
+                    reason = {
+                        "type": "node_disconnected_exception",
+                        "reason": f"[fake-node-{shard}][127.0.0.1:93{shard:02d}][indices:data/read/search[phase/query]]"
+                        " disconnected",
+                    }
+                    failures.append({"shard": shard, "index": name, "node": f"fAkEnOdE{shard}", "reason": reason})
+                    continue
+                docs = [(d, src) for d, src in index.visible.items() if index.shard_of(d) == shard]
+                answering.append((index, shard, docs))
+        shards: dict[str, Any] = {"total": total, "successful": total - len(failures), "skipped": 0, "failed": len(failures)}
+        if failures:
+            shards["failures"] = failures
+        return answering, shards
+
+    def _count(self, names: list[str]) -> dict[str, Any]:
+        answering, shards = self._shard_docs(names)
+        return {"count": sum(len(docs) for _, _, docs in answering), "_shards": shards}
+
     def _search(self, names: list[str], body: dict[str, Any]) -> dict[str, Any]:
         size = int(body.get("size", 10))
         if size + int(body.get("from", 0)) > 10_000:
@@ -560,16 +798,15 @@ class FakeSearchServer:
                 "illegal_argument_exception",
                 f"Result window is too large, from + size must be less than or equal to: [10000] but was [{size}].",
             )
-        scored: list[tuple[float, int, str, str]] = []
-        for name in names:
-            index = self.indices[name]
-            docs = list(index.visible.items())
+        answering, shards = self._shard_docs(names)
+        scored: list[tuple[float, str, int, int, str]] = []
+        for index, shard, docs in answering:
             scores = self._query(index, docs, body.get("query", {"match_all": {}}))
-            scored += [(s, i, name, docs[i][0]) for i, s in scores.items()]
-        scored.sort(key=lambda t: (-t[0], t[1]))
+            scored += [(s, index.name, shard, i, docs[i][0]) for i, s in scores.items()]
+        scored.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
         wanted = body.get("_source", True)
         hits = []
-        for score, _, name, doc_id in scored[:size]:
+        for score, name, _, _, doc_id in scored[:size]:
             source = self.indices[name].visible[doc_id]
             if isinstance(wanted, list):
                 source = {k: v for k, v in source.items() if k in wanted}
@@ -582,7 +819,7 @@ class FakeSearchServer:
         return {
             "took": 1,
             "timed_out": False,
-            "_shards": {"total": len(names), "successful": len(names), "skipped": 0, "failed": 0},
+            "_shards": shards,
             "hits": {
                 "total": {"value": len(scored), "relation": "eq"},
                 "max_score": hits[0]["_score"] if hits else None,
@@ -710,6 +947,17 @@ class FakeSearchServer:
             out[i] = float(v @ q / (np.linalg.norm(v) * np.linalg.norm(q)))
         return out
 
+    def _space(self, index: FakeIndex, mapping: dict[str, Any]) -> tuple[str, str]:
+        """The space type and engine the k-NN plugin resolved for a ``knn_vector`` field."""
+        method = mapping.get("method") or {}
+        default_engine = "faiss" if self.profile.opensearch and self.profile.version >= (3,) else "nmslib"
+        engine = method.get("engine", default_engine)
+        if method.get("space_type"):
+            return method["space_type"], engine
+        if self.profile.opensearch and (2, 17) <= index.created < (2, 19):
+            return "l2", engine  # k-NN #2296: 2.17 and 2.18 ignored index.knn.space_type (fixed by #2374)
+        return index.settings.get("knn.space_type", "l2"), engine
+
     def _knn(self, index: FakeIndex, docs: list, spec: dict[str, Any]) -> dict[int, float]:
         (field_name, params), = spec.items()
         if not self.profile.knn_plugin:
@@ -718,9 +966,7 @@ class FakeSearchServer:
         k = int(params["k"])
         if not 1 <= k <= 10_000:
             raise ApiError(400, "illegal_argument_exception", "[knn] requires 0 < k <= 10000")
-        method = mapping.get("method") or {}
-        space = method.get("space_type") or index.settings.get("knn.space_type", "l2")
-        engine = method.get("engine", "nmslib" if not (self.profile.opensearch and self.profile.version >= (3,)) else "faiss")
+        space, engine = self._space(index, mapping)
         positions = list(range(len(docs)))
         if "filter" in params:
             if not self.profile.opensearch:
@@ -729,8 +975,9 @@ class FakeSearchServer:
                 raise ApiError(400, "illegal_argument_exception", f"Engine [{engine.upper()}] does not support filters")
             positions = sorted(self._query(index, docs, params["filter"]))
         if space == "cosinesimil":
-            path = "lucene" if engine == "lucene" else "nmslib"
-            scores = {i: self.profile.score(path, c) for i, c in self._cosines(docs, positions, field_name, q).items()}
+            path = "lucene" if engine == "lucene" else "ann"
+            cosines = self._cosines(docs, positions, field_name, q)
+            scores = {i: self.profile.score(path, c, index.created) for i, c in cosines.items()}
         else:
             scores = {}
             for i in positions:
@@ -748,11 +995,11 @@ class FakeSearchServer:
                 raise ApiError(400, "illegal_argument_exception", f"Invalid space type: {params.get('space_type')}")
             _, q = self._vector(index, params["field"], params["query_value"])
             cosines = self._cosines(docs, sorted(matched), params["field"], q)
-            return {i: self.profile.score("knn_score", c) for i, c in cosines.items()}
+            return {i: self.profile.score("knn_score", c, index.created) for i, c in cosines.items()}
         painless = re.fullmatch(r"cosineSimilarity\(params\.(\w+), '(\w+)'\) \+ 1\.0", script.get("source", ""))
         if painless and script.get("lang", "painless") == "painless" and self.profile.dense_vector:
             param, field_name = painless.groups()
             _, q = self._vector(index, field_name, params[param])
             cosines = self._cosines(docs, sorted(matched), field_name, q)
-            return {i: self.profile.score("painless", c) for i, c in cosines.items()}
+            return {i: self.profile.score("painless", c, index.created) for i, c in cosines.items()}
         raise ApiError(400, "script_exception", "compile error", script=script.get("source", ""), lang=script.get("lang", "painless"))

@@ -32,7 +32,7 @@ from elasticsearch7.exceptions import TransportError, UnsupportedProductError
 
 from resources.backends import open_backend
 from resources.backends.base import STORED_FIELDS, BuildInfo, Filters
-from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTransport
+from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTransport, choose_engine, read_server
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
@@ -48,10 +48,20 @@ CASES = [
     ("escloud-7.10", "auto", "escloud"),
     ("opensearch-2.11", "auto", "opensearch"),
     ("opensearch-2.11", "escloud", "escloud"),
+    ("opensearch-2.17", "escloud", "escloud"),
+    ("opensearch-2.18", "escloud", "escloud"),
     ("opensearch-2.19", "escloud", "escloud"),
     ("opensearch-3.1", "auto", "opensearch"),
     ("elasticsearch-7.17", "auto", "elasticsearch"),
+    ("opensearch-2.11-compatibility", "auto", "opensearch"),
+    ("opensearch-2.11-no-monitor", "opensearch", "opensearch"),
+    ("escloud-7.10-no-monitor", "escloud", "escloud"),
+    ("opensearch-2.11-3-shards", "auto", "opensearch"),
+    ("opensearch-2.11-item-429", "auto", "opensearch"),
+    ("opensearch-2.11-bulk-429", "auto", "opensearch"),
+    ("opensearch-2.11-bulk-413", "auto", "opensearch"),
 ]
+
 CASE_IDS = [f"{p}-{e}" for p, e, _ in CASES]
 
 
@@ -83,6 +93,18 @@ def corpus(n: int = N, dim: int = DIM, seed: int = 0) -> tuple[pd.DataFrame, np.
     return pd.DataFrame(rows), vectors
 
 
+def assert_found(got: list[str], expected: list[str], exact: bool, what: str = "") -> None:
+    """Exact searches return ``expected`` in order; approximate (HNSW) ones at least 3 in 4 of them, any order.
+
+    Filtered searches on ``escloud`` and ``elasticsearch`` are exact scripts; the ``opensearch``
+    engine's filtered kNN and every plain ``knn`` query may be approximate on a real cluster.
+    """
+    if exact:
+        assert got == expected, what
+    else:
+        assert len(got) == len(expected) and len(set(got) & set(expected)) >= 0.75 * len(expected), what
+
+
 def build_info(name: str = "test") -> BuildInfo:
     return BuildInfo(image_model="tiny-clip", text_model="tiny-text", dim=DIM, count=0, built_at="2026-11-26T00:00:00Z", name=name)
 
@@ -96,7 +118,10 @@ class Cluster:
     engine: str | None
 
     def backend(self, **changes) -> ElasticsearchBackend:
-        return ElasticsearchBackend(dataclasses.replace(self.settings, **changes))
+        backend = ElasticsearchBackend(self.settings.replace(**changes))
+        if self.fake is not None:
+            backend.bulk_backoff_s = 0.0  # the fake's rejections clear at once: retry without waiting
+        return backend
 
     def raw(self) -> Elasticsearch:
         """A plain client for looking behind the backend's back (product check done as the backend does)."""
@@ -125,7 +150,7 @@ def cluster(request) -> Iterator[Cluster]:
     """Each engine on the fake, then the real cluster when ``IMAGE_SEARCH_ES_URL`` names one."""
     index = f"image_search_test_{uuid.uuid4().hex[:8]}"
     if request.param is None:
-        settings = dataclasses.replace(Settings.from_env(), backend="elasticsearch", index_name=index)
+        settings = Settings.from_env(backend="elasticsearch", index_name=index)
         real = Cluster(settings, None, None)
         yield real
         leftovers = real.indices()
@@ -284,7 +309,7 @@ def test_filters_apply_inside_the_search_so_k_results_come_back(cluster: Cluster
         assert len(hits) == k, name
         assert {h.photo_id for h in hits} <= passing, name
         expected = sorted(passing, key=lambda pid: -float(vectors[int(pid[1:])] @ query))[:k]
-        assert [h.photo_id for h in hits] == expected, name
+        assert_found([h.photo_id for h in hits], expected, exact=backend.engine != "opensearch", what=name)
         everything = backend.knn(query, len(passing), filters)
         assert {h.photo_id for h in everything} == passing, name
 
@@ -324,7 +349,7 @@ def test_query_service_more_like_this_and_keywords_over_the_cluster(cluster: Clu
     docs, vectors = corpus()
     backend = cluster.backend()
     backend.build(docs, vectors, build_info())
-    service = SearchService(backend, dataclasses.replace(cluster.settings, home=tmp_path))
+    service = SearchService(backend, cluster.settings.replace(home=tmp_path))
     similar = service.more_like_this("p00011", k=5)
     assert similar[0].photo_id == "p00011" and similar[0].cosine == pytest.approx(1.0, abs=1e-5)
     assert similar[0].photographer_name == docs["photographer_name"][11]
@@ -334,11 +359,40 @@ def test_query_service_more_like_this_and_keywords_over_the_cluster(cluster: Clu
     assert all(r.orientation == "square" for r in found)
 
 
+def test_clean_up_deletes_only_builds_this_project_made_for_this_alias(cluster: Cluster) -> None:
+    """Neighbours named like this alias's builds survive every clean-up: another alias's builds
+    (``<alias>_vnext_v...``), indices matching the build pattern that lack this project's
+    ``_meta`` or carry another tool's, and an old build someone gave an alias of their own."""
+    alias = cluster.settings.index_name
+    raw = cluster.raw()
+    stamp = "20200101000000000000"
+    text = {"describe": {"type": "text"}}
+    neighbours = {
+        f"{alias}_vnext_v{stamp}": {"_meta": {"image_search": {"name": f"{alias}_vnext_v{stamp}", "alias": f"{alias}_vnext"}}},
+        f"{alias}_v{stamp}": {},
+        f"{alias}_v{stamp[:-1]}1": {"_meta": {"other_tool": {"name": f"{alias}_v{stamp[:-1]}1"}}},
+        f"{alias}_v_other": {},
+        f"{alias}_v2": {},
+    }
+    for name, extra in neighbours.items():
+        raw.indices.create(index=name, mappings={"properties": text, **extra})
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    first = backend.build(docs, vectors, build_info())
+    raw.indices.put_alias(index=first.name, name=f"{alias}_pinned")
+    second = backend.build(docs, vectors, build_info())
+    third = backend.build(docs, vectors, build_info())
+    fourth = backend.build(docs, vectors, build_info())
+    assert third.details["removed"] == [] and fourth.details["removed"] == [second.name]
+    assert set(raw.indices.get(index=f"{alias}*")) == set(neighbours) | {first.name, third.name, fourth.name}
+    assert cluster.aliased() == {fourth.name} and backend.count() == N
+
+
 def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:
         secrets = ["s3cr3t-Pa55"]
-        settings = dataclasses.replace(cluster.settings, es_url=cluster.fake.url.replace("://", "://elastic:s3cr3t-Pa55@"))
+        settings = cluster.settings.replace(es_url=cluster.fake.url.replace("://", "://elastic:s3cr3t-Pa55@"))
     else:
         settings = cluster.settings
         secrets = [s for s in (urlsplit(settings.es_url).password, settings.es_password, settings.es_api_key) if s]
@@ -353,7 +407,7 @@ def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, 
         backend.build(bad, vectors, build_info())
     dead = f"http://elastic:{secrets[0]}@127.0.0.1:9"
     with pytest.raises(ImageSearchError) as unreachable:
-        ElasticsearchBackend(dataclasses.replace(settings, es_url=dead))
+        ElasticsearchBackend(settings.replace(es_url=dead))
     assert "***:***@127.0.0.1:9" in str(unreachable.value) and "\n" not in str(unreachable.value)
     shown = [str(refused.value), str(unreachable.value), repr(report), str(settings), str(settings.describe())]
     shown += ["".join(traceback.format_exception(e.value)) for e in (refused, unreachable)]
@@ -555,12 +609,16 @@ def test_fake_an_elasticsearch_7_with_the_knn_plugin_gets_the_design_engine() ->
 
 def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
     with FakeSearchServer("opensearch-3.1") as fake:
-        with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on OpenSearch 3.1.0"):
-            ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
         with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=elasticsearch does not run on OpenSearch"):
             ElasticsearchBackend(Settings(es_url=fake.url, es_engine="elasticsearch"))
     with FakeSearchServer("elasticsearch-oss-7.10") as fake:
         with pytest.raises(ImageSearchError, match="neither a k-NN plugin nor dense_vector"):
+            ElasticsearchBackend(Settings(es_url=fake.url))
+        with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on Elasticsearch 7.10.2"):
+            ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+    bare = dataclasses.replace(PROFILES["opensearch-2.11"], name="opensearch-min", plugins=())
+    with FakeSearchServer(bare) as fake:
+        with pytest.raises(ImageSearchError, match="OpenSearch 2.11.1 has neither a k-NN plugin"):
             ElasticsearchBackend(Settings(es_url=fake.url))
     other = ServerProfile("other", "1.0.0", None, None, "Some other database")
     with FakeSearchServer(other) as fake:
@@ -593,6 +651,185 @@ def test_fake_refuses_what_each_engine_refuses() -> None:
         assert result["errors"] and item["status"] == 400 and item["error"]["type"] == "mapper_parsing_exception"
         with pytest.raises(TransportError, match="does not support filters"):
             raw.search(index="x", query={"knn": {"photo_embedding": {"vector": [1, 0, 0], "k": 1, "filter": {"match_all": {}}}}})
+
+
+@pytest.mark.parametrize(
+    ("profile", "engine"),
+    [("opensearch-2.11", "nmslib"), ("opensearch-2.17", "nmslib"), ("opensearch-2.18", "nmslib"),
+     ("opensearch-2.19", "faiss"), ("opensearch-3.1", "faiss")],
+)
+def test_fake_escloud_on_opensearch_declares_cosine_on_the_field(profile: str, engine: str) -> None:
+    """OpenSearch 2.17 and 2.18 ignore the index-level space type (k-NN #2296) and 3.x removed it:
+    the field's own method says cosinesimil, on nmslib before 2.19 and faiss from 2.19 (k-NN #2376, #2427)."""
+    with FakeSearchServer(profile) as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        docs, vectors = corpus()
+        report = backend.build(docs, vectors, build_info())
+        (created,) = fake.bodies("PUT", f"/{report.name}")
+        assert created["mappings"]["properties"]["photo_embedding"] == {
+            "type": "knn_vector",
+            "dimension": DIM,
+            "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": engine},
+        }
+        assert "knn.space_type" not in created["settings"]["index"]
+        probe = _probe(vectors, 5, 0.5)
+        for filters in (None, Filters(orientation=docs.orientation[5])):
+            assert {h.photo_id: h.score for h in backend.knn(probe, N, filters)}["p00005"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_fake_a_build_whose_field_would_not_score_by_cosine_is_never_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapping is read back after creation. To get a field the engine resolves to l2, this test
+    makes the escloud engine send the design's index-level form to OpenSearch 2.18 (k-NN #2296)."""
+    from resources.backends import elasticsearch as es
+
+    with FakeSearchServer("opensearch-2.18") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        legacy = es.EsCloudEngine(dataclasses.replace(backend.server, distribution="elasticsearch"))
+        monkeypatch.setattr(backend.impl, "mappings", legacy.mappings)
+        with pytest.raises(ImageSearchError) as refused:
+            backend.build(docs, vectors, build_info())
+        message = str(refused.value)
+        assert "l2" in message and "cosinesimil" in message and "unchanged" in message and "\n" not in message
+        assert set(fake.indices) == {good.name} and backend.info().name == good.name
+
+
+def test_fake_opensearch_in_compatibility_mode_is_recognised() -> None:
+    """compatibility.override_main_response_version: GET / says 7.10.2 without a distribution; GET /_nodes tells the truth."""
+    with FakeSearchServer("opensearch-2.11-compatibility") as fake:
+        version = Elasticsearch(fake.url, transport_class=_CheckedTransport).info()["version"]
+        assert version["number"] == "7.10.2" and "distribution" not in version
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        assert backend.engine == "opensearch"
+        assert backend.server.label == "OpenSearch 2.11.1 (compatibility mode)"
+
+
+def test_compatibility_mode_counts_the_lowest_node_version_or_asks_for_the_engine() -> None:
+    """Mid rolling upgrade the nodes differ: the oldest decides. Without GET /_nodes, ``auto`` cannot choose."""
+    root = PROFILES["opensearch-2.11-compatibility"].root()
+    server = read_server(root, ["opensearch-knn 2.19.1.0"], ["2.19.1", "2.18.0"])
+    assert server.label == "OpenSearch 2.18.0 (compatibility mode)"
+    hidden = read_server(root, None, None)
+    assert hidden.version is None and hidden.distribution == "opensearch"
+    with pytest.raises(ImageSearchError, match="GET /_nodes was refused.*set IMAGE_SEARCH_ES_ENGINE"):
+        choose_engine("auto", hidden)
+    assert choose_engine("escloud", hidden).mappings(4)[0][1]["method"]["engine"] == "nmslib"
+
+
+def test_fake_credentials_without_the_monitor_privilege(caplog: pytest.LogCaptureFixture) -> None:
+    """GET / needs cluster:monitor/main. With an explicit engine the backend goes on and warns once
+    about what it could not check; with ``auto`` it names the setting to use."""
+    with FakeSearchServer("opensearch-2.11-no-monitor") as fake:
+        with pytest.raises(ImageSearchError) as refused:
+            ElasticsearchBackend(Settings(es_url=fake.url))
+        message = str(refused.value)
+        assert "403" in message and "cluster:monitor/main" in message and "IMAGE_SEARCH_ES_ENGINE" in message
+        assert "\n" not in message
+        caplog.clear()
+        backend = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="opensearch"))
+        ours = "resources.backends.elasticsearch"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == ours]
+        assert len(warnings) == 1 and "cluster:monitor/main" in warnings[0] and "cluster check" in warnings[0]
+        docs, vectors = corpus()
+        backend.build(docs, vectors, build_info())
+        assert backend.knn(vectors[3], 1)[0].photo_id == "p00003"
+
+
+def test_fake_partial_shard_failures_fail_the_search_in_one_line() -> None:
+    """HTTP 200 with ``_shards.failed > 0`` is a failed search, not a short result list."""
+    with FakeSearchServer("opensearch-2.11-3-shards") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-partial-shards")
+        for search in (lambda: backend.knn(vectors[0], 5), lambda: backend.keyword("lake", 5), backend.count):
+            with pytest.raises(ImageSearchError) as failed:
+                search()
+            message = str(failed.value)
+            assert "2 of 3 shards" in message and "node_disconnected_exception" in message and "\n" not in message
+        with pytest.raises(ImageSearchError, match="2 of 3 shards.*unchanged"):
+            backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-3-shards")
+        assert set(fake.indices) == {good.name} and backend.count() == N
+
+
+def test_fake_scores_follow_each_index_created_version_after_an_upgrade() -> None:
+    """From 2.19 the knn_score script returns (1 + cos) / 2 only on indices created by 2.19 (k-NN #2357/#2375),
+    while graph (plain kNN) scores changed for every index. A process started before the upgrade
+    still converts filtered scores right, and all scores from the first build made after it."""
+    with FakeSearchServer("opensearch-2.18") as fake:
+        before = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        docs, vectors = corpus()
+        before.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.19")
+        probe = _probe(vectors, 5, 0.5)
+        filtered = Filters(orientation=docs.orientation[5])
+
+        def cosine(backend: ElasticsearchBackend, filters: Filters | None) -> float:
+            return {h.photo_id: h.score for h in backend.knn(probe, N, filters)}["p00005"]
+
+        after = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        assert cosine(after, None) == pytest.approx(0.5, abs=1e-4)
+        assert cosine(after, filtered) == pytest.approx(0.5, abs=1e-4)
+        assert cosine(before, filtered) == pytest.approx(0.5, abs=1e-4)
+        before.build(docs, vectors, build_info())
+        for backend in (before, after):
+            for filters in (None, filtered):
+                assert cosine(backend, filters) == pytest.approx(0.5, abs=1e-4), (backend.server.label, filters)
+
+
+@pytest.mark.parametrize("profile", ["opensearch-2.11-item-429", "opensearch-2.11-bulk-429"])
+def test_fake_rejected_bulk_items_and_requests_are_retried(profile: str) -> None:
+    with FakeSearchServer(profile) as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        backend.bulk_backoff_s = 0.0
+        docs, vectors = corpus()
+        report = backend.build(docs, vectors, build_info())
+        assert report.errors == {} and report.count == N == backend.count()
+        assert len(fake.bodies("POST", "/_bulk")) > 1
+
+
+def test_fake_a_bulk_request_refused_as_too_large_is_split() -> None:
+    """HTTP 413 (an empty body, as Netty answers past http.max_content_length or a proxy's limit)."""
+    with FakeSearchServer("opensearch-2.11-bulk-413") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, vectors = corpus(n=300)
+        report = backend.build(docs, vectors, build_info())
+        assert report.errors == {} and report.count == 300 == backend.count()
+        assert backend.knn(vectors[299], 1)[0].photo_id == "p00299"
+
+
+def test_fake_a_circuit_breaker_fails_the_build_in_one_line_and_the_old_build_serves() -> None:
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        backend.bulk_backoff_s = 0.0
+        docs, vectors = corpus()
+        good = backend.build(docs, vectors, build_info())
+        fake.switch_to("opensearch-2.11-circuit-breaker")
+        with pytest.raises(ImageSearchError) as tripped:
+            backend.build(docs, vectors, build_info())
+        message = str(tripped.value)
+        assert "circuit_breaking_exception" in message and "heap" in message and "unchanged" in message
+        assert "\n" not in message
+        assert set(fake.indices) == {good.name} and backend.count() == N
+
+
+def test_fake_open_distro_refuses_a_method_and_more_than_10000_dimensions() -> None:
+    """ESCloud 7.10 runs the Open Distro 1.13 k-NN plugin (KNNVectorFieldMapper at k-NN tag v1.13.0.0)."""
+    with FakeSearchServer("escloud-7.10") as fake:
+        raw = Elasticsearch(fake.url, transport_class=_CheckedTransport)
+        method = {"name": "hnsw", "space_type": "cosinesimil", "engine": "nmslib"}
+        with pytest.raises(TransportError, match=r"unknown parameter \[method\]"):
+            raw.indices.create(index="x", mappings={"properties": {"v": {"type": "knn_vector", "dimension": 4, "method": method}}})
+        with pytest.raises(TransportError, match="cannot be greater than 10000"):
+            raw.indices.create(index="x", mappings={"properties": {"v": {"type": "knn_vector", "dimension": 10_001}}})
+        backend = ElasticsearchBackend(Settings(es_url=fake.url))
+        docs, _ = corpus(n=2)
+        sent = len(fake.requests)
+        with pytest.raises(ImageSearchError, match="10001-dimensional vectors exceed .*10000"):
+            backend.build(docs, np.ones((2, 10_001), dtype=np.float32), build_info())
+        assert not fake.indices and len(fake.requests) == sent
 
 
 # -- transport security ---------------------------------------------------------------------------------

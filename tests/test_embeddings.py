@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from assets.catalog import photo_catalog
 from assets.checks import VECTORS_COVER_IMAGES_CHECK, vectors_cover_images
-from assets.embeddings import VECTORS_VALID_CHECK, image_embeddings, load_embeddings, model_key, vectors_valid
+from assets.embeddings import VECTORS_VALID_CHECK, image_embeddings, vectors_valid
 from assets.images import images
 from assets.partitions import photo_bucket
 from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
@@ -27,6 +28,7 @@ from image_search.tiny_models import write_tiny_models
 from resources.clip import ClipEncoder
 from resources.dagster_resources import ClipResource, SettingsResource
 from resources.image_store import ImageStore
+from resources.vector_store import VectorStore, chunk_schema, load_embeddings, model_key
 from tests.http_fixtures import cmyk_jpeg, exif_rotated_jpeg, jpeg_bytes, palette_png_transparent, png16, webp_bytes
 
 ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
@@ -164,12 +166,50 @@ def test_bad_images_in_the_store_are_counted_and_the_run_goes_on(home, tiny_mode
     meta = _metadata(result)
     assert meta["decode_failures"] == 2 and meta["encoded"] == len(stored) - 2
     failed = {pid for pid, kind in victims.items() if kind in ("truncated", "html")}
-    assert all(pid in meta["decode_failure_examples"] for pid in failed)
+    assert failed <= {record.data["photo_id"] for record in meta["decode_failure_examples"].records}
     checks = _checks(result)
     assert checks[VECTORS_VALID_CHECK] is True
     assert checks[VECTORS_COVER_IMAGES_CHECK] is False
     ids, _ = load_embeddings(_settings(home, tiny_models).get(), str(tiny_models[0]))
     assert sorted(ids) == sorted(set(stored) - failed)
+
+
+def test_vectors_valid_takes_the_dimension_from_the_store_and_needs_no_model(home, tiny_models):
+    """Run alone, with only the settings resource: the check reads vectors, never the model."""
+    run_embeddings(home, tiny_models)
+    settings = _settings(home, tiny_models)
+    store = VectorStore.for_settings(settings.get())
+    bucket = sorted(p.name for p in store.root.iterdir())[0]
+    rows = store.read_bucket(bucket, ["photo_id", "image_bytes", "image_mtime_ns"])
+    for part in store.bucket_dir(bucket).glob("part-*.parquet"):
+        part.unlink()
+    foreign = pa.table(
+        {
+            "photo_id": rows["photo_id"],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(8 * len(rows), np.float32)), 8),
+            "model_id": pa.array([store.model_id] * len(rows)),
+            "image_bytes": rows["image_bytes"],
+            "image_mtime_ns": rows["image_mtime_ns"],
+        },
+        schema=chunk_schema(8),
+    )
+    os.utime(store.write_chunk(bucket, foreign), ns=(0, 0))
+
+    assert "clip" not in vectors_valid.required_resource_keys
+    unloadable = ClipResource(settings=SettingsResource(home=str(home), image_model=str(home / "no-such-model")))
+    result = materialize(
+        [image_embeddings, vectors_valid],
+        selection=AssetSelection.checks(vectors_valid),
+        resources={"settings": settings, "clip": unloadable},
+        instance=DagsterInstance.ephemeral(),
+        tags=ALL_BUCKETS,
+        raise_on_error=False,
+    )
+
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.metadata["dimension"].value == 512
+    assert evaluation.metadata["wrong_dimension"].value == len(rows) > 0
 
 
 def _write_store(home: Path, count: int) -> list[str]:
@@ -196,12 +236,13 @@ def test_a_run_killed_mid_way_resumes_with_no_duplicate_and_no_missing_vector(tm
     script = textwrap.dedent(
         f"""
         import torch
-        from dagster import DagsterInstance, materialize
+        from dagster import AssetSelection, DagsterInstance, materialize
         import assets.embeddings as embeddings
+        import resources.vector_store as vector_store
         from resources.dagster_resources import ClipResource, SettingsResource
 
         torch.set_num_threads(1)
-        embeddings.CHUNK_ROWS = 16
+        vector_store.CHUNK_ROWS = 16
         settings = SettingsResource(home={str(home)!r}, image_model={model_id!r}, text_model={str(tiny_models[1])!r})
         materialize([embeddings.image_embeddings], resources={{"settings": settings, "clip": ClipResource(settings=settings)}},
                     instance=DagsterInstance.ephemeral(), tags={ALL_BUCKETS!r})

@@ -24,7 +24,6 @@ import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, evaluate_automation_conditions
 
 import sensors
-from assets.embeddings import load_embeddings
 from assets.partitions import photo_bucket
 from image_search.sample import write_release
 from resources.backends import open_backend
@@ -33,6 +32,7 @@ from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS, ImageStore
 from resources.locks import store_lock
+from resources.vector_store import load_embeddings
 from tests.es_fake import FakeSearchServer
 from tests.http_fixtures import FaultServer
 

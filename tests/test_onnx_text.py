@@ -51,7 +51,7 @@ def test_text_queries_run_on_onnx_runtime_with_pytorchs_vectors(tiny_models, tmp
     batched = encoder.encode_texts(QUERIES)
     assert encoder.text_runtime == "onnx"
     # The graph and its weights, each whole: no temporary folder is left behind.
-    name = encoder.onnx_text_model.path.name
+    name = encoder.load_onnx_text_model().path.name
     assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.data"]
     reference = encoder.text_model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
     singles = np.concatenate([encoder.encode_texts([q]) for q in QUERIES])
@@ -60,7 +60,7 @@ def test_text_queries_run_on_onnx_runtime_with_pytorchs_vectors(tiny_models, tmp
     # Padding in a batch of different lengths must not change any vector.
     assert (batched * reference).sum(axis=1).min() >= 0.9999
     assert (singles * reference).sum(axis=1).min() >= 0.9999
-    assert encoder.onnx_text_model.probe_cosine >= 0.9999
+    assert encoder.load_onnx_text_model().probe_cosine >= 0.9999
 
 
 def test_the_pytorch_weights_are_dropped_once_the_session_serves(tiny_models, tmp_path, fresh_models):
@@ -69,7 +69,7 @@ def test_the_pytorch_weights_are_dropped_once_the_session_serves(tiny_models, tm
     before = model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
     encoder.encode_texts(["warm up"])
     assert (str(tiny_models[1]), "cpu") not in clip_module._MODELS
-    kept = encoder.onnx_text_model._model
+    kept = encoder.load_onnx_text_model()._model
     assert {p.device.type for p in kept.parameters()} == {"meta"}
     # The model the caller held still works, and the property loads it again on demand.
     assert {p.device.type for p in model.parameters()} == {"cpu"}

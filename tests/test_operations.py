@@ -20,9 +20,13 @@ from dagster import (
     AssetMaterialization,
     DagsterInstance,
     Definitions,
+    EnvVar,
+    ResourceParam,
     RunRequest,
+    asset,
     build_schedule_context,
     build_sensor_context,
+    materialize,
     validate_run_config,
 )
 
@@ -308,6 +312,69 @@ def test_dagster_cli_validates_each_workspace(workspace, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _validate(env_changes: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    env.update(DAGSTER_HOME=str(tmp_path), **env_changes)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+
+
+def test_a_bad_unrelated_setting_does_not_stop_the_code_location_from_loading(tmp_path):
+    """Only the schedule's cron and the sensor's interval are read when the definitions load."""
+    unrelated = _validate({"IMAGE_SEARCH_BACKEND": "solr", "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "lots"}, tmp_path)
+    assert unrelated.returncode == 0, unrelated.stdout[-2000:] + unrelated.stderr[-2000:]
+    interval = _validate({"IMAGE_SEARCH_RELEASE_POLL_SECONDS": "often"}, tmp_path)
+    assert interval.returncode != 0
+    assert "IMAGE_SEARCH_RELEASE_POLL_SECONDS='often' is not a whole number" in interval.stdout + interval.stderr
+
+
+def test_credentials_are_env_vars_resolved_when_a_run_starts(monkeypatch):
+    """The definitions hold the variable's name, never its value; the run reads the value at launch."""
+    monkeypatch.setenv("IMAGE_SEARCH_ES_PASSWORD", "at-load")
+    monkeypatch.delenv("IMAGE_SEARCH_ES_API_KEY", raising=False)
+    resource = SettingsResource.with_credentials_from_env()
+    assert resource.es_password == EnvVar("IMAGE_SEARCH_ES_PASSWORD") and resource.es_api_key is None
+    assert "at-load" not in repr(resource)
+    seen = []
+
+    @asset
+    def probe(settings: ResourceParam[Settings]) -> None:
+        seen.append(settings.es_password)
+
+    monkeypatch.setenv("IMAGE_SEARCH_ES_PASSWORD", "at-launch")
+    assert materialize([probe], resources={"settings": resource}).success
+    assert seen == ["at-launch"]
+
+
+def test_the_installed_project_loads_its_definitions_from_any_directory(tmp_path):
+    """A wheel of the project holds definitions, jobs and sensors; the deploy files load them from it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "definitions.py", "jobs.py", "sensors.py"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("assets", "resources", "search_app", "image_search"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheels")],
+                   check=True, cwd=tmp_path, timeout=300)
+    site = tmp_path / "site"
+    wheel = next((tmp_path / "wheels").glob("*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = (
+        "import runpy, definitions, jobs, sensors, assets\n"
+        "print(definitions.__file__, jobs.__file__, sensors.__file__, assets.__file__)\n"
+        f"runpy.run_path({str(ROOT / 'deploy' / 'celery' / 'celery_definitions.py')!r})['defs'].resolve_job_def('publish_index')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "DAGSTER_CELERY_BROKER_URL": "pyamqp://guest@127.0.0.1:5672//"}
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=240)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert all(path.startswith(str(site)) for path in loaded.stdout.split()), loaded.stdout
 
 
 def test_definitions_wire_pools_retries_automation_and_default_running_operations():

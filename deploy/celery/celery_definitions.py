@@ -7,6 +7,6 @@ start workers with ``dagster-celery worker start -y deploy/celery/run_config.yam
 from dagster import Definitions
 from dagster_celery import celery_executor
 
-import definitions
+import definitions  # the installed project's, whatever the working directory
 
 defs = Definitions.merge(definitions.defs, Definitions(executor=celery_executor))

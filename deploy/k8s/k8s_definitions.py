@@ -7,6 +7,6 @@ chart; run with ``deploy/k8s/run_config.yaml``.
 from dagster import Definitions
 from dagster_k8s import k8s_job_executor
 
-import definitions
+import definitions  # the installed project's, whatever the working directory
 
 defs = Definitions.merge(definitions.defs, Definitions(executor=k8s_job_executor))

@@ -1,10 +1,8 @@
-"""The one search-backend interface every engine implements.
+"""The one search-backend interface every engine implements, and the query vocabulary they share.
 
-A backend stores, per photo, its unit-length image vector and the catalog fields search
-needs, publishes each build atomically, and answers kNN and keyword searches with
-filters applied inside the search (so ``k`` results come back whenever ``k`` documents
-pass). Scores leave every backend as the same numbers: cosine similarity for kNN, the
-engine's BM25 score for keyword search.
+A backend stores each photo's unit image vector and catalog fields, publishes each build
+atomically, and answers kNN (cosine) and keyword (BM25) searches with filters applied
+inside the search, so ``k`` results come back whenever ``k`` documents pass.
 """
 
 from __future__ import annotations
@@ -12,12 +10,19 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
+from resources.errors import ImageSearchError
+
 ORIENTATIONS = ("landscape", "portrait", "square")
+#: How a text query matches: by image vector, by keywords (BM25), or both fused.
+Mode = Literal["vector", "keyword", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+#: The most results one search returns, on every query path.
+MAX_K = 1000
 
 #: Catalog columns stored with each document and returned with each hit.
 STORED_FIELDS = (
@@ -35,6 +40,13 @@ STORED_FIELDS = (
     "photo_location_country",
     "photo_submitted_at",
 )
+
+
+def check_k(k: int, limit: int = MAX_K) -> int:
+    """``k`` as an int when it asks for 1 to ``limit`` results; otherwise a one-line error."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= limit:
+        raise ImageSearchError(f"k={k!r} is out of range: ask for 1 to {limit} results")
+    return int(k)
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,8 @@ class BuildReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Progress = Callable[[int, int], None]
+#: Called as ``progress(done, total)`` while a build loads documents.
+BuildProgress = Callable[[int, int], None]
 
 
 class SearchBackend(ABC):
@@ -116,7 +129,7 @@ class SearchBackend(ABC):
         documents: pd.DataFrame,
         vectors: np.ndarray,
         info: BuildInfo,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ) -> BuildReport:
         """Write a new build beside the live one, validate its count, then publish it atomically.
 

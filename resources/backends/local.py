@@ -10,21 +10,10 @@ Layout::
     index/builds/<name>/keyword/   the BM25 index (resources/keyword_index.py)
     index/builds/<name>/ann.faiss  an IVF-flat index, only above ``Settings.ann_min_docs``
 
-A build is written under a temporary name, checked, renamed into ``builds/``, and published
-by replacing ``CURRENT`` (write a temporary file, then ``os.replace``), so a reader sees the
-old build or the new one, never half of one. The previous build is kept for
-:meth:`LocalBackend.rollback`; older ones are removed. Readers stat ``CURRENT`` on every
-query (microseconds) and switch to a newly published build by themselves.
-
-kNN is exact by default: one float32 matrix-vector product and a partial sort. From
-``_SCREEN_MIN_DOCS`` documents, where the float32 matrix outgrows a CPU's last-level cache
-and the product becomes memory-bound, a float16 copy (half the bytes, scored with SimSIMD)
-screens the candidates and float32 re-scores them, with a margin that provably keeps the
-answer exact (:func:`_screened_top_k`).
-Above ``ann_min_docs`` documents a faiss IVF-flat index answers instead, its ``nprobe`` tuned at
-build time until recall@10 against exact search on sample queries reaches
-:data:`TARGET_RECALL`. Filters are a boolean mask over documents applied inside the search,
-so ``k`` results come back whenever ``k`` documents pass.
+Publishing replaces ``CURRENT``, so a reader sees the old build or the new one, never half
+of one. kNN is exact (large builds screen with float16 and re-score in float32, still
+exact) up to ``ann_min_docs`` documents, approximate (faiss, tuned to
+:data:`TARGET_RECALL`) above; filters apply inside the search.
 """
 
 from __future__ import annotations
@@ -48,10 +37,10 @@ from resources.backends import BUILD_HINT
 from resources.backends.base import (
     STORED_FIELDS,
     BuildInfo,
+    BuildProgress,
     BuildReport,
     Filters,
     Hit,
-    Progress,
     SearchBackend,
 )
 from resources.config import Settings
@@ -69,7 +58,7 @@ _TUNING_QUERIES = 200
 _SUBSET_SHARE = 0.25
 #: From this many documents builds carry a float16 copy for exact search: the float32 matrix is
 #: then 32 MB or more, the last-level cache of the CPUs this runs on, and one pass over it is
-#: bound by memory bandwidth (1.8 ms for 25k documents here, against 1.3 ms in float16).
+#: bound by memory bandwidth, which half the bytes relieve.
 _SCREEN_MIN_DOCS = 16_384
 #: Unit roundoff of float16 and of float32.
 _F16_EPS = 2.0**-11
@@ -367,7 +356,7 @@ class LocalBackend(SearchBackend):
         documents: pd.DataFrame,
         vectors: np.ndarray,
         info: BuildInfo,
-        progress: Progress | None = None,
+        progress: BuildProgress | None = None,
     ) -> BuildReport:
         started = time.perf_counter()
         documents, vectors = _validated(documents, vectors, info)
@@ -475,7 +464,7 @@ def _screened_top_k(build: _Build, q: np.ndarray, k: int, mask: np.ndarray | Non
     return candidates[best], exact[best]
 
 
-def _report(progress: Progress | None, done: int, total: int) -> None:
+def _report(progress: BuildProgress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
 

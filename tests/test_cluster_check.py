@@ -1,0 +1,144 @@
+"""``image-search cluster check`` against every profile of the wire-level fake (``tests/es_fake.py``).
+
+No real cluster can run here, so each profile stands for one real answer (its comment in
+the fake names the source). The check must pass where a build works, and fail with one line
+naming the problem where it does not; either way it leaves the cluster's other indices as
+they were. One test runs it as the user does, as a subprocess, and shows it loads no Dagster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from image_search.cli import main
+from resources.backends.elasticsearch import ElasticsearchBackend
+from resources.config import Settings
+from tests.es_fake import PROFILES, FakeSearchServer
+from tests.test_elasticsearch_backend import build_info, corpus
+
+ROOT = Path(__file__).parents[1]
+SECRET = "s3cr3t-Pa55"
+
+#: (profile, IMAGE_SEARCH_ES_ENGINE) where a build works, so the check passes.
+PASSING = [
+    ("escloud-7.10", "auto"),
+    ("opensearch-2.11", "auto"),
+    ("opensearch-2.11", "escloud"),
+    ("opensearch-2.17", "escloud"),
+    ("opensearch-2.18", "escloud"),
+    ("opensearch-2.19", "auto"),
+    ("opensearch-2.19", "escloud"),
+    ("opensearch-3.1", "auto"),
+    ("opensearch-3.1", "escloud"),
+    ("elasticsearch-7.17", "auto"),
+    ("opensearch-2.11-compatibility", "auto"),
+    ("opensearch-2.11-no-monitor", "opensearch"),
+    ("escloud-7.10-no-monitor", "escloud"),
+    ("opensearch-2.11-3-shards", "auto"),
+    ("opensearch-2.11-item-429", "auto"),
+    ("opensearch-2.11-bulk-429", "auto"),
+    ("opensearch-2.11-bulk-413", "auto"),
+]
+#: (profile, IMAGE_SEARCH_ES_ENGINE, the failing check, what its line must say).
+FAILING = [
+    ("elasticsearch-oss-7.10", "auto", "connect", "neither a k-NN plugin nor dense_vector"),
+    ("opensearch-2.11-no-monitor", "auto", "connect", "cluster:monitor/main"),
+    ("opensearch-2.11-circuit-breaker", "auto", "build", "circuit_breaking_exception"),
+    ("opensearch-2.11-partial-shards", "auto", "build", "only 2 of 3 shards answered"),
+]
+
+
+def test_every_profile_is_checked() -> None:
+    assert {p for p, _ in PASSING} | {p for p, *_ in FAILING} == set(PROFILES)
+
+
+def _check(fake: FakeSearchServer, engine: str, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, list[str]]:
+    for name in [n for n in os.environ if n.startswith("IMAGE_SEARCH_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IMAGE_SEARCH_BACKEND", "elasticsearch")
+    monkeypatch.setenv("IMAGE_SEARCH_ES_URL", fake.url.replace("://", f"://elastic:{SECRET}@"))
+    monkeypatch.setenv("IMAGE_SEARCH_ES_ENGINE", engine)
+    monkeypatch.setattr(ElasticsearchBackend, "bulk_backoff_s", 0.0)  # the fake's 429s clear at once
+    capsys.readouterr()
+    code = main(["cluster", "check"])
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    return code, captured.out.splitlines()
+
+
+def _publish(fake: FakeSearchServer, engine: str) -> None:
+    """A published build of ``image_search`` and an index named like it, as a user's cluster would hold."""
+    backend = ElasticsearchBackend(Settings(es_url=fake.url, es_engine=engine))
+    backend.bulk_backoff_s = 0.0
+    backend.build(*corpus(), build_info())
+    backend.client.indices.create(index="image_search_vnext_v20200101000000000000")
+
+
+@pytest.mark.parametrize(("profile", "engine"), PASSING, ids=[f"{p}-{e}" for p, e in PASSING])
+def test_cluster_check_passes_where_a_build_works(profile, engine, monkeypatch, capsys) -> None:
+    with FakeSearchServer(profile) as fake:
+        _publish(fake, engine)
+        before = ({n: index.docs for n, index in fake.indices.items()}, {a: set(m) for a, m in fake.aliases.items()})
+        code, lines = _check(fake, engine, monkeypatch, capsys)
+        assert code == 0, "\n".join(lines)
+        heads = [line.split()[0] for line in lines]
+        for head in ("cluster", "plugins", "engine", "query", "filtered", "published"):
+            assert head in heads, "\n".join(lines)
+        assert any(line.startswith("mapping") for line in lines)
+        results = {line.split(":")[0][6:]: line[:4] for line in lines if line[:4] in ("ok  ", "FAIL", "skip")}
+        assert results == dict.fromkeys(
+            ["build", "cosine", "filtered", "filters", "keywords", "alias swap", "clean-up", "scratch removed"], "ok  "
+        ), "\n".join(lines)
+        assert any("cosine 0.5 scores 0.5000 unfiltered" in line for line in lines)
+        assert lines[-1].startswith("all checks passed on ")
+        after = ({n: index.docs for n, index in fake.indices.items()}, {a: set(m) for a, m in fake.aliases.items()})
+        assert after == before
+
+
+@pytest.mark.parametrize(("profile", "engine", "check", "says"), FAILING, ids=[f"{p}-{e}" for p, e, *_ in FAILING])
+def test_cluster_check_names_the_problem_in_one_line(profile, engine, check, says, monkeypatch, capsys) -> None:
+    with FakeSearchServer(profile) as fake:
+        code, lines = _check(fake, engine, monkeypatch, capsys)
+        assert code == 1
+        failures = [line for line in lines if line.startswith("FAIL")]
+        assert len(failures) == 1 and failures[0].startswith(f"FAIL  {check}: ") and says in failures[0], "\n".join(lines)
+        assert not [n for n in fake.indices if "_check_" in n]
+
+
+def test_cluster_check_finds_a_published_index_that_scores_by_l2(monkeypatch, capsys) -> None:
+    """An index built with the design's index-level space type on OpenSearch 2.18 (k-NN #2296), as earlier
+    versions of this project built it: the check fails on it, while its own scratch checks pass."""
+    with FakeSearchServer("opensearch-2.18") as fake:
+        backend = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
+        legacy = dataclasses.replace(backend.server, distribution="elasticsearch")
+        (body,) = type(backend.impl)(legacy).create_bodies(16, {})
+        backend.client.indices.create(index="image_search_v20250101000000000000", **body)
+        backend.client.indices.put_alias(index="image_search_v20250101000000000000", name="image_search")
+        code, lines = _check(fake, "escloud", monkeypatch, capsys)
+        assert code == 1
+        failures = [line for line in lines if line.startswith("FAIL")]
+        assert len(failures) == 1 and failures[0].startswith("FAIL  published: image_search_v20250101000000000000 scores")
+        assert "l2" in failures[0] and "#2296" in failures[0]
+        assert sum(line.startswith("ok  ") for line in lines) == 8
+
+
+def test_cluster_check_as_a_command_loads_no_dagster() -> None:
+    """What a user runs, in a fresh process: the exit status and output, and no Dagster import."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+        env.update(IMAGE_SEARCH_BACKEND="elasticsearch", IMAGE_SEARCH_ES_URL=fake.url)
+        script = (
+            "import sys; from image_search.cli import main; code = main(['cluster', 'check']);"
+            " assert 'dagster' not in sys.modules, 'dagster imported'; sys.exit(code)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "all checks passed on OpenSearch 2.11.1" in done.stdout
