@@ -95,7 +95,10 @@ def columns_of(version: str) -> dict[str, list[str]]:
     """The documents of release ``version`` and their columns in file order (no colors before 1.1.0)."""
     if version not in RELEASES:
         raise ValueError(f"unknown Unsplash Lite release {version!r}; known: {', '.join(RELEASES)}")
-    has = lambda name: _key(ADDED_IN.get(name, "1.0.0")) <= _key(version)  # noqa: E731
+
+    def has(name: str) -> bool:
+        return _key(ADDED_IN.get(name, "1.0.0")) <= _key(version)
+
     return {doc: [c for c in columns if has(c)] for doc, columns in COLUMNS.items() if has(doc)}
 
 
