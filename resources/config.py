@@ -110,6 +110,7 @@ class Settings:
     refresh_cron: str = "0 3 * * *"
     release_poll_seconds: int = 600
     lock_timeout: float = 3600.0
+    stale_run_seconds: float = 3600.0
     embed_batch_size: int = 0
     decode_workers: int = 0
     gpu_decode: bool = True
@@ -144,6 +145,7 @@ class Settings:
             refresh_cron=_env("IMAGE_SEARCH_REFRESH_CRON", "0 3 * * *"),
             release_poll_seconds=_env_int("IMAGE_SEARCH_RELEASE_POLL_SECONDS", 600),
             lock_timeout=_env_float("IMAGE_SEARCH_LOCK_TIMEOUT", 3600.0),
+            stale_run_seconds=_env_float("IMAGE_SEARCH_STALE_RUN_SECONDS", 3600.0),
             embed_batch_size=_env_int("IMAGE_SEARCH_EMBED_BATCH_SIZE", 0),
             decode_workers=_env_int("IMAGE_SEARCH_DECODE_WORKERS", 0),
             gpu_decode=_env_bool("IMAGE_SEARCH_GPU_DECODE", True),
