@@ -4,7 +4,8 @@ A run killed with SIGKILL (the OOM killer, ``kill -9`` of a hung process, a lost
 stays "started" in the instance and keeps its concurrency-pool slots, so the next run that
 needs the pool waits forever. The daemon's run monitoring frees them, but
 ``dagster asset materialize`` runs no daemon: ``image-search materialize`` calls
-:func:`recover_dead_runs` before it launches anything.
+:func:`recover_dead_runs` before it launches anything, and :class:`LocalRunLauncher` gives
+run monitoring (``dagster dev``, ``dagster-daemon``) the same judgement of a worker.
 
 A run's worker is the process that reported its pid in the run's engine events. On an
 instance kept in SQLite under ``DAGSTER_HOME`` every run ran on this machine, so the worker
@@ -21,8 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 from dagster._core.events import JobFailureData, RunFailureReason
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.runs import SqliteRunStorage
 
@@ -139,3 +141,15 @@ def pool_waits(instance: DagsterInstance, run_id: str) -> Iterator[PoolWait]:
                 holders = tuple(sorted({slot.run_id for slot in info.claimed_slots if slot.run_id != run_id}))
                 yield PoolWait(pool, pending.step_key, pending.enqueued_timestamp.timestamp(), holders)
 
+
+class LocalRunLauncher(DefaultRunLauncher):
+    """Dagster's default launcher (runs in a subprocess of the code server), plus a health check of
+    run workers, without which run monitoring cannot notice a dead one (DefaultRunLauncher has none)."""
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        reason = dead_reason(self._instance, run.run_id)
+        return CheckRunHealthResult(WorkerStatus.RUNNING) if reason is None else CheckRunHealthResult(WorkerStatus.FAILED, reason)

@@ -9,16 +9,19 @@ a log line appears.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from assets.embeddings import load_embeddings
 from image_search.sample import write_release
@@ -33,6 +36,7 @@ from tests.pause import PausePoint, kill_group
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ALL_BUCKETS = ["--partition-range", "b00...b63"]
+RANGE_TAGS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
 
 
 # -- processes, waits and locks ---------------------------------------------------------
@@ -66,6 +70,8 @@ def test_a_wait_reports_at_once_then_every_interval_and_gives_up_after_the_timeo
 
 _HOLD = """
 import sys
+import time
+import uuid
 from pathlib import Path
 from resources.locks import store_lock
 with store_lock(Path(sys.argv[1]), "images bucket b05", timeout=5, run_id="run-a"):
@@ -266,3 +272,83 @@ def test_a_wait_for_a_slot_held_by_a_live_run_is_reported_and_gives_up_after_the
         assert holder.wait() == 0, (tmp_path / "holder.log").read_text()[-4000:]
     assert slot_holders(env) == []
 
+
+# -- the deployment path: the daemon ----------------------------------------------------
+
+#: Only a guard against a hung test: every wait below is for a condition, never a duration.
+GIVE_UP_S = 600
+
+
+def until(condition, what: str, process: subprocess.Popen, log: Path):
+    """Poll ``condition`` until it returns something true; fail at once if ``process`` ends first."""
+    for _ in range(GIVE_UP_S * 2):
+        value = condition()
+        if value:
+            return value
+        assert process.poll() is None, f"{process.args[0]} ended (rc {process.returncode}) before {what}\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {GIVE_UP_S} s")
+
+
+def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``dagster-daemon run`` on the project's workspace, in its own process group."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def test_with_the_daemon_a_killed_run_is_failed_by_run_monitoring_its_slot_freed_and_retried(tmp_path, instance_env):
+    """A run killed together with its daemon and code server (a lost machine, or ``make demo`` killed
+    while serving): once a daemon runs again, run monitoring asks the project's run launcher about the
+    worker, fails the run, frees its clip_model slot, and run retries launch it again."""
+    env, photos, dagster = instance_env, photo_ids(instance_env), str(BIN / "dagster")
+    for sensor in ("release_sensor", "catalog_change_sensor", "automation_sensor"):
+        # Stopped, as in the UI: on this fresh instance they would launch runs of their own.
+        subprocess.run([dagster, "sensor", "stop", "-w", "workspace.yaml", sensor], cwd=ROOT, env=env, check=True, capture_output=True)
+    killed = str(uuid.uuid4())
+    with PausePoint("assets.embeddings:_write_chunk#2") as pause:
+        daemon = start_daemon(pause.env(env), tmp_path / "daemon.log")
+        try:
+            subprocess.run(
+                [dagster, "job", "launch", "-w", "workspace.yaml", "-j", "update_vectors", "--run-id", killed,
+                 "--tags", json.dumps(RANGE_TAGS)],
+                cwd=ROOT, env=env, check=True, capture_output=True,
+            )
+            pause.wait(daemon, tmp_path / "daemon.log")
+            # The retry daemon skips failures older than its first look: let it have looked.
+            until(lambda: retry_cursor(env), "the retry daemon's first look", daemon, tmp_path / "daemon.log")
+        finally:
+            kill_group(daemon)
+    assert slot_holders(env) == [killed]
+    before = vector_ids(env)
+
+    daemon = start_daemon(env, tmp_path / "daemon-again.log")
+    try:
+        retry = until(lambda: finished_retry(env, killed), "a finished retry", daemon, tmp_path / "daemon-again.log")
+    finally:
+        kill_group(daemon)
+    with instance_of(env) as instance:
+        assert retry.status == DagsterRunStatus.SUCCESS, (tmp_path / "daemon-again.log").read_text()[-4000:]
+        assert instance.get_run_by_id(killed).status == DagsterRunStatus.FAILURE
+        messages = [entry.message for entry in instance.all_logs(killed)]
+        assert any("Detected run worker status FAILED" in m and "is no longer running" in m for m in messages), messages[-5:]
+        encoded = [e.message for e in instance.all_logs(retry.run_id) if " encoded (" in e.message]
+    assert slot_holders(env) == []
+    assert any(f"image_embeddings: {len(photos) - len(before)} encoded" in m for m in encoded), encoded
+    assert sorted(vector_ids(env)) == photos
+
+
+def retry_cursor(env: dict[str, str]) -> bool:
+    # Dagster's own key for the cursor of the event-log consumer that launches run retries
+    # (dagster/_daemon/auto_run_reexecution/event_log_consumer.py, _create_cursor_key).
+    key = f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType.RUN_FAILURE.value}"
+    with instance_of(env) as instance:
+        return key in instance.daemon_cursor_storage.get_cursor_values({key})
+
+
+def finished_retry(env: dict[str, str], run_id: str):
+    with instance_of(env) as instance:
+        retries = instance.get_runs(filters=RunsFilter(tags={"dagster/parent_run_id": run_id}))
+        return next((run for run in retries if run.is_finished), None)
