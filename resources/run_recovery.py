@@ -59,7 +59,7 @@ def dead_reason(instance: DagsterInstance, run_id: str) -> str | None:
     latest = instance.get_records_for_run(run_id, ascending=False, limit=1).records
     idle = time.time() - latest[0].timestamp if latest else 0.0
     stale_after = Settings.from_env().stale_run_seconds
-    return f"it has logged nothing for {idle:.0f} s (IMAGE_SEARCH_STALE_RUN_SECONDS={stale_after:g})" if idle > stale_after else None
+    return f"it has logged nothing for {idle:.0f} s (IMAGE_SEARCH_STALE_RUN_SECONDS={stale_after:g})" if idle >= stale_after else None
 
 
 def describe_run(run: DagsterRun | None, run_id: str) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, asset
+from dagster import materialize as materialize_in_process
 
 from assets.embeddings import load_embeddings
 from image_search.sample import write_release
@@ -30,7 +31,7 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.locks import REPORT_EVERY_S, Wait, store_lock
 from resources.processes import ProcessRef, pid_running
-from resources.run_recovery import IN_PROGRESS
+from resources.run_recovery import IN_PROGRESS, dead_reason
 from tests.pause import PausePoint, kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +119,22 @@ def test_a_lock_whose_holder_was_killed_is_taken_over_naming_it(tmp_path):
         assert left_by == f"run run-a, pid {holder.pid} on {socket.gethostname()}"
     with store_lock(lock, "search_index", timeout=5) as left_by:
         assert left_by is None
+
+
+def test_on_a_shared_instance_a_run_counts_as_dead_once_it_has_logged_nothing_for_too_long(monkeypatch):
+    """Where the instance's storage is not this machine's SQLite (here Dagster's in-memory one, standing
+    in for a Postgres instance shared by several machines), no pid is checked: the run's events are its heartbeat."""
+
+    @asset
+    def one() -> None:
+        pass
+
+    with DagsterInstance.ephemeral() as instance:
+        run_id = materialize_in_process([one], instance=instance).run_id
+        monkeypatch.setenv("IMAGE_SEARCH_STALE_RUN_SECONDS", "3600")
+        assert dead_reason(instance, run_id) is None
+        monkeypatch.setenv("IMAGE_SEARCH_STALE_RUN_SECONDS", "0")
+        assert dead_reason(instance, run_id).startswith("it has logged nothing for ")
 
 
 # -- the command-line path, end to end --------------------------------------------------
