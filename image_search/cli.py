@@ -19,8 +19,8 @@ from resources.errors import ImageSearchError
 #: end to end with the default, 42-54 ms with this). Read once, when numpy loads its BLAS.
 OPENBLAS_THREAD_TIMEOUT = "4"
 
-#: Modules under image_search/ that each add one subcommand through ``register(subparsers)``.
-COMMANDS = ("sample", "bench", "query", "cluster")
+#: Modules under image_search/ that add their subcommands through ``register(subparsers)``.
+COMMANDS = ("sample", "bench", "query", "cluster", "materialize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     refresh_cron: str = Field("0 3 * * *", description="when the scheduled refresh runs (cron, UTC)")
     release_poll_seconds: int = Field(600, ge=30, description="how often the new-release sensor looks")
     lock_timeout: float = Field(3600.0, description="seconds a run waits for another writing the same data")
+    stale_run_seconds: float = Field(
+        3600.0, ge=0, description="seconds without events after which a run on a shared instance counts as dead"
+    )
     embed_batch_size: int = Field(0, ge=0, description="images per model call (0: automatic)")
     decode_workers: int = Field(0, ge=0, description="parallel image decoders (0: one per CPU core)")
     gpu_decode: bool = Field(True, description="decode JPEGs on the GPU when encoding on CUDA")

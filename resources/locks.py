@@ -1,12 +1,14 @@
-"""Lock files that keep two runs from writing the same part of the store at once.
+"""Lock files that keep two runs from writing the same part of the store at once, and waits that say what they wait for.
 
 Two materializations of the same bucket (a backfill and a sensor's run, or two people in
 the UI) would otherwise interleave their writes to one manifest, one vector folder or one
 index build. Each writer holds an exclusive ``flock`` on ``<home>/locks/<stage>/<bucket>.lock``
-(``<home>/locks/<stage>.lock`` for an unpartitioned stage) while it writes; a second writer
-waits for it, logging that it does, and fails with a one-line error after
-``IMAGE_SEARCH_LOCK_TIMEOUT`` seconds. The kernel releases the lock when its holder exits,
-killed or not, so a crash never leaves a stale lock behind.
+(``<home>/locks/<stage>.lock`` for an unpartitioned stage) while it writes, and records
+itself in the file (host, pid, start time, run id) so that a waiter can name it. The kernel
+releases the lock when its holder exits, killed or not, so a dead holder never blocks
+anyone; a record still in the file tells the next holder that its predecessor died
+holding it, and it says so. A second writer waits for a live holder, saying so as
+:class:`Wait` directs, and fails with a one-line error after ``IMAGE_SEARCH_LOCK_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -15,40 +17,95 @@ import fcntl
 import functools
 import os
 import time
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from resources.errors import ImageSearchError
+from resources.processes import ProcessRef
 
+#: Seconds between two lines about the same wait.
+REPORT_EVERY_S = 60.0
 _POLL_S = 0.2
 
 
+class Wait:
+    """The policy of every wait on another run (a lock here, a pool slot in ``resources/run_recovery.py``).
+
+    Report at once and then every :data:`REPORT_EVERY_S`, so nothing waits silently; give
+    up after ``timeout`` seconds, so nothing waits forever. ``since`` (on ``clock``) is when
+    the wait began, if earlier than now.
+    """
+
+    def __init__(self, timeout: float, since: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.timeout, self.clock = timeout, clock
+        self.started = clock() if since is None else since
+        self._reported: float | None = None
+
+    @property
+    def waited(self) -> float:
+        return max(0.0, self.clock() - self.started)
+
+    def expired(self) -> bool:
+        return self.waited >= self.timeout
+
+    def report_due(self) -> bool:
+        """True on the first call and then once every :data:`REPORT_EVERY_S`."""
+        now = self.clock()
+        if self._reported is not None and now - self._reported < REPORT_EVERY_S:
+            return False
+        self._reported = now
+        return True
+
+
+def _holder(fd: int) -> str | None:
+    """Who the lock file says holds it: ``run <id>, pid <n> on <host>``, or None if it names no one."""
+    record = ProcessRef.from_json(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    if record is None:
+        return None
+    process, extra = record
+    run = f"run {extra['run_id']}, " if extra.get("run_id") else ""
+    return f"{run}{process.describe()}"
+
+
 @contextmanager
-def store_lock(path: Path, what: str, timeout: float, log: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the ``with`` block, waiting up to ``timeout`` seconds for it."""
+def store_lock(
+    path: Path, what: str, timeout: float, log: Callable[[str], None] | None = None, run_id: str | None = None
+) -> Iterator[str | None]:
+    """Hold an exclusive lock on ``path`` for the ``with`` block, waiting up to ``timeout`` seconds for it.
+
+    Yields who held it last and died holding it (see :func:`_holder`), or None.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        waiting = False
+        wait = Wait(timeout)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                holder = _holder(fd) or "not recorded yet"
+                if log is not None and wait.report_due():
+                    log(
+                        f"waiting for another run ({holder}) that is writing {what}: {wait.waited:.0f} s so far, "
+                        f"giving up after {timeout:g} s (lock {path})"
+                    )
+                if wait.expired():
                     raise ImageSearchError(
-                        f"{what} is being written by another run (lock {path}) and stayed so for {timeout:g} s: "
-                        "let that run finish or stop it, then run again"
+                        f"{what} is being written by another run ({holder}) and stayed so for {timeout:g} s "
+                        f"(lock {path}): let that run finish or stop it, or raise IMAGE_SEARCH_LOCK_TIMEOUT, "
+                        "then run again"
                     ) from None
-                if not waiting and log is not None:
-                    log(f"waiting for another run that is writing {what} (lock {path})")
-                waiting = True
                 time.sleep(_POLL_S)
+        left_by = _holder(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        os.pwrite(fd, ProcessRef.current().to_json(run_id=run_id).encode(), 0)
+        try:
+            yield left_by
+        finally:
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 
@@ -58,7 +115,8 @@ def holds_store_locks(stage: str):
 
     The function must take the Dagster ``context`` first and the ``settings`` resource by
     keyword. A partitioned run locks each of its buckets, in order (so two overlapping
-    ranges cannot deadlock); an unpartitioned one locks the stage.
+    ranges cannot deadlock); an unpartitioned one locks the stage. Locks left by a holder
+    that died are taken over with one line per dead holder.
     """
 
     def decorate(fn):
@@ -73,8 +131,13 @@ def holds_store_locks(stage: str):
                 else [(root / f"{stage}.lock", stage)]
             )
             with ExitStack() as held:
+                left_by = Counter()
                 for path, what in targets:
-                    held.enter_context(store_lock(path, what, settings.lock_timeout, context.log.info))
+                    dead = held.enter_context(store_lock(path, what, settings.lock_timeout, context.log.info, context.run_id))
+                    if dead is not None:
+                        left_by[dead] += 1
+                for holder, count in left_by.items():
+                    context.log.warning(f"took over {count} {stage} lock(s) left by {holder}, which died holding them")
                 return fn(context, *args, **kwargs)
 
         return wrapper

@@ -32,8 +32,10 @@ fi
 # Per-pool limits live in the instance's database: one encoder at a time (see .dagster/dagster.yaml).
 "$BIN/dagster" instance concurrency set clip_model 1
 
+# `dagster asset materialize`, after failing any run a crash left "started" and freeing its
+# pool slots; a wait for a slot is reported and gives up after IMAGE_SEARCH_LOCK_TIMEOUT.
 materialize() {
-    "$BIN/dagster" asset materialize -m definitions "$@"
+    "$BIN/image-search" materialize "$@"
 }
 materialize --select 'group:ingestion'
 materialize --select 'group:vectors' --partition-range b00...b63

@@ -35,6 +35,7 @@ from resources.locks import store_lock
 from resources.vector_store import load_embeddings
 from tests.es_fake import FakeSearchServer
 from tests.http_fixtures import FaultServer
+from tests.pause import PausePoint, kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_INDEX = AssetKey("search_index")
@@ -263,11 +264,11 @@ def served_release(out: Path, server, photos: int, seed: int) -> dict:
     return info
 
 
-def _cli(args: list[str], dagster_home: Path, log: Path) -> subprocess.Popen:
-    """``dagster asset materialize`` in its own process, as a user runs it, its log in ``log``.
+def _cli(args: list[str], dagster_home: Path, log: Path, pause: PausePoint) -> subprocess.Popen:
+    """``dagster asset materialize`` in its own process group, as a user runs it, its log in ``log``.
 
     Steps run inside that process (the in-process executor), so one SIGKILL stops the run
-    as a lost node or an out-of-memory kill would.
+    as a lost node or an out-of-memory kill would; ``pause`` holds it where the test wants.
     """
     dagster_home.mkdir(exist_ok=True)
     shutil.copy(ROOT / ".dagster" / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -275,25 +276,19 @@ def _cli(args: list[str], dagster_home: Path, log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", *args,
              "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})],
-            cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(dagster_home)}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=pause.env({**os.environ, "DAGSTER_HOME": str(dagster_home)}),
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
 
-def kill_when(child: subprocess.Popen, ready, timeout: float = 180) -> None:
-    """SIGKILL ``child`` as soon as ``ready()``; fail if it ends or times out first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert child.poll() is None, f"the run ended (rc {child.returncode}) before it could be killed"
-        assert time.monotonic() < deadline, f"not ready to kill within {timeout} s"
-        time.sleep(0.05)
-    assert child.poll() is None, "the run ended before it could be killed"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-
-
-def _journaled(home: Path) -> int:
-    journals = (home / "images" / "manifest").glob("*.journal.jsonl")
-    return sum(len(path.read_bytes().splitlines()) for path in journals)
+def kill_at(target: str, args: list[str], dagster_home: Path, log: Path) -> None:
+    """Run the CLI with ``args``, hold it before ``target`` (``module:function#n``), then SIGKILL it there."""
+    with PausePoint(target) as pause:
+        child = _cli(args, dagster_home, log, pause)
+        try:
+            pause.wait(child, log)
+        finally:
+            kill_group(child)
 
 
 def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the_next(tmp_path, pipeline_env, monkeypatch):
@@ -308,11 +303,13 @@ def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the
         with DagsterInstance.ephemeral() as instance:
             run_job(instance, "ingest_release")
 
-            kill_when(_cli(all_buckets, dagster_home, log), lambda: _journaled(pipeline_env) >= 3)
+            # Before the 4th downloaded photo is journaled: 3 are stored, the rest are not.
+            kill_at("resources.image_store:ImageStore.append_journal#4", all_buckets, dagster_home, log)
             stored = {p for b in {photo_bucket(p) for p in photo_ids} for p in ImageStore(settings().images_dir).read_manifest(b)["photo_id"]}
             assert 3 <= len(stored) < len(photo_ids), "killed mid-download"
 
-            kill_when(_cli(all_buckets, dagster_home, log), lambda: "to encode with" in log.read_text())
+            # Before the second bucket's vectors are written: the first bucket's are, the rest are not.
+            kill_at("resources.vector_store:VectorStore.write_chunk#2", all_buckets, dagster_home, log)
             assert set(vector_ids()) < photo_ids, "killed mid-encoding"
 
             finished = run_job(instance, "update_vectors", ALL_BUCKETS)
@@ -324,7 +321,8 @@ def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the
 
             run_job(instance, "publish_index")
             before = open_backend(settings()).info()
-            kill_when(_cli(["--select", "search_index"], dagster_home, log), lambda: "building the local index" in log.read_text())
+            # The new build is complete on disk; killed before CURRENT points at it.
+            kill_at("resources.backends.local:_write_text_atomic", ["--select", "search_index"], dagster_home, log)
             survivor = open_backend(settings())
             assert survivor.info() == before and survivor.count() == len(photo_ids), "the published build keeps serving"
             probe_id = sorted(photo_ids)[0]

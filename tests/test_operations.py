@@ -260,6 +260,8 @@ def test_project_instance_enables_run_retries_monitoring_and_pools(tmp_path):
     with DagsterInstance.from_config(str(home)) as instance:
         assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
         assert instance.run_monitoring_enabled
+        assert instance.run_launcher.supports_check_run_worker_health, "else run monitoring cannot see a dead worker"
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
         assert instance.get_concurrency_config().pool_config.default_pool_limit >= 2
     # The command scripts/demo.sh runs to pin the encoder's pool, run as it is there.
     [line] = [l for l in (ROOT / "scripts" / "demo.sh").read_text().splitlines() if "concurrency set" in l]
