@@ -15,8 +15,6 @@ glance. The blocking check ``photo_ids_unique`` stops the per-photo stages if th
 catalog ever holds an empty or repeated photo_id.
 """
 
-import os
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,14 +29,14 @@ from dagster import (
 )
 
 from assets.partitions import photo_bucket
-from assets.raw import COVERAGE_COLUMNS, _column_schema, _preview, colors, keywords, photos
+from assets.raw import _column_schema, _preview, colors, keywords, photos, write_atomically
 from resources.config import Settings
 from resources.errors import ImageSearchError
 
 #: Relative distance from 1 within which an aspect ratio counts as square.
 SQUARE_TOLERANCE = 0.02
 PHOTO_IDS_UNIQUE_CHECK = "photo_ids_unique"
-#: Catalog columns copied from the photos document when it has them (null when it does not).
+#: Catalog columns copied from the photos table as they are (null where the release lacks them).
 _COPIED = (
     "photo_url", "photo_image_url", "photo_description", "ai_description", "photographer_username",
     "photo_width", "photo_height", "photo_location_name", "photo_location_country",
@@ -113,18 +111,12 @@ def _first_or_null(lists: pa.Array) -> pa.Array:
 
 
 def build_catalog(settings: Settings) -> tuple[pa.Table, dict]:
-    """The catalog table and the counts the metadata reports (skips, absent columns)."""
-    photo_table = _table(settings, "photos")
-    present = set(photo_table.column_names)
-    absent = [c for c in (*_COPIED, "photo_aspect_ratio", "photographer_first_name", "photographer_last_name") if c not in present]
-    photo_table, empty_ids, repeats = _unique_photos(photo_table)
+    """The catalog table and the counts the metadata reports (skips, columns without values)."""
+    photo_table, empty_ids, repeats = _unique_photos(_table(settings, "photos"))
     ids = photo_table["photo_id"].combine_chunks()
-    n = len(ids)
 
-    def column(name: str, type_: pa.DataType) -> pa.Array:
-        if name in present:
-            return photo_table[name].combine_chunks().cast(type_)
-        return pa.nulls(n, type_)
+    def column(name: str) -> pa.Array:
+        return photo_table[name].combine_chunks()
 
     known = pa.array(ids)
     user_keywords = _table(settings, "keywords", ["photo_id", "keyword"], filters=[("suggested_by_user", "=", True)])
@@ -135,32 +127,29 @@ def build_catalog(settings: Settings) -> tuple[pa.Table, dict]:
     described = _per_photo_lists(pairs, "keyword", [("photo_id", "ascending"), ("keyword", "ascending")])
     describe = pc.fill_null(pc.binary_join(_lookup(ids, described, "keyword_list"), " "), "")
 
-    color_schema = pq.read_schema(settings.tables_dir / "colors.parquet") if (settings.tables_dir / "colors.parquet").is_file() else None
-    coverage = next((c for c in COVERAGE_COLUMNS if color_schema is not None and c in color_schema.names), None)
-    if color_schema is None or coverage is None:
-        raise ImageSearchError(f"no colors table with a coverage column at {settings.tables_dir / 'colors.parquet'}: materialize colors first")
-    color_rows = _table(settings, "colors", ["photo_id", "keyword", coverage])
+    color_rows = _table(settings, "colors", ["photo_id", "keyword", "ai_coverage"])
     colors_unknown = pc.sum(pc.invert(pc.is_in(color_rows["photo_id"], value_set=known))).as_py() or 0
     color_pairs = pa.table({
         "photo_id": color_rows["photo_id"],
         "keyword": pc.utf8_trim_whitespace(color_rows["keyword"]),
-        "coverage": pc.fill_null(color_rows[coverage], 0.0),
+        "coverage": pc.fill_null(color_rows["ai_coverage"], 0.0),
     })
     color_pairs = color_pairs.filter(pc.and_(pc.is_in(color_pairs["photo_id"], value_set=known), pc.fill_null(pc.not_equal(color_pairs["keyword"], ""), False)))
     by_coverage = _per_photo_lists(color_pairs, "keyword", [("photo_id", "ascending"), ("coverage", "descending"), ("keyword", "ascending")])
     color_lists = _lookup(ids, by_coverage, "keyword_list")
     color_lists = pc.if_else(pc.is_null(color_lists), pa.scalar([], pa.list_(pa.string())), color_lists)
 
-    width, height = column("photo_width", pa.int64()), column("photo_height", pa.int64())
+    # Releases before 1.1.0 have no width, height or aspect ratio: both stay null there.
+    width, height = column("photo_width"), column("photo_height")
     measured = pc.divide(pc.cast(width, pa.float64()), pc.if_else(pc.greater(height, 0), pc.cast(height, pa.float64()), None))
-    aspect = pc.coalesce(column("photo_aspect_ratio", pa.float64()), pc.round(measured, 2))
+    aspect = pc.coalesce(column("photo_aspect_ratio"), pc.round(measured, 2))
     orientation = pc.if_else(
         pc.less_equal(pc.abs(pc.subtract(aspect, 1.0)), SQUARE_TOLERANCE),
         "square",
         pc.if_else(pc.greater(aspect, 1.0), "landscape", "portrait"),
     )
-    first_name = pc.utf8_trim_whitespace(pc.fill_null(column("photographer_first_name", pa.string()), ""))
-    last_name = pc.utf8_trim_whitespace(pc.fill_null(column("photographer_last_name", pa.string()), ""))
+    first_name = pc.utf8_trim_whitespace(pc.fill_null(column("photographer_first_name"), ""))
+    last_name = pc.utf8_trim_whitespace(pc.fill_null(column("photographer_last_name"), ""))
     name = pc.utf8_trim_whitespace(pc.binary_join_element_wise(first_name, last_name, " "))
 
     arrays = {
@@ -174,7 +163,7 @@ def build_catalog(settings: Settings) -> tuple[pa.Table, dict]:
         "bucket": pa.array([photo_bucket(pid) for pid in ids.to_pylist()], pa.string()),
     }
     for name_ in _COPIED:
-        arrays[name_] = column(name_, CATALOG_SCHEMA.field(name_).type)
+        arrays[name_] = column(name_)
     table = pa.table({f.name: arrays[f.name] for f in CATALOG_SCHEMA}, schema=CATALOG_SCHEMA)
     table = table.sort_by("photo_id")
     stats = {
@@ -182,7 +171,7 @@ def build_catalog(settings: Settings) -> tuple[pa.Table, dict]:
         "skipped_repeated_photo_ids": repeats,
         "skipped_keywords_unknown_photo": kw_unknown,
         "skipped_colors_unknown_photo": colors_unknown,
-        "absent_columns": absent,
+        "empty_columns": [c for c in CATALOG_SCHEMA.names if table.num_rows and table[c].null_count == table.num_rows],
         "photos_without_describe": pc.sum(pc.equal(describe, "")).as_py() or 0,
         "photos_without_colors": pc.sum(pc.equal(pc.list_value_length(color_lists), 0)).as_py() or 0,
     }
@@ -208,21 +197,10 @@ def compare_catalogs(previous: pa.Table, current: pa.Table) -> dict[str, int]:
     }
 
 
-def write_atomically(table: pa.Table, path) -> None:
-    """Write ``table`` to ``path`` as Parquet under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @asset(
     group_name="ingestion",
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",
     deps=[photos, keywords, colors],
     description="One row per photo: image URL, describe (user-suggested keywords), descriptions, attribution, size, place, colours, bucket.",
 )
@@ -240,14 +218,14 @@ def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settin
     skips = {k: v for k, v in stats.items() if k.startswith("skipped_") and v}
     if skips:
         context.log.warning(f"photo_catalog skipped rows: {skips}")
-    if stats["absent_columns"]:
-        context.log.warning(f"the photos document has no {', '.join(stats['absent_columns'])}; those catalog fields are empty")
+    if stats["empty_columns"]:
+        context.log.warning(f"no photo has a value for {', '.join(stats['empty_columns'])} (the release lacks them or left them empty)")
     metadata = {
         "dagster/row_count": table.num_rows,
         "dagster/column_schema": _column_schema(table.schema),
         "path": MetadataValue.path(str(path)),
-        **{k: v for k, v in stats.items() if k != "absent_columns"},
-        "absent_columns": MetadataValue.json(stats["absent_columns"]),
+        **{k: v for k, v in stats.items() if k != "empty_columns"},
+        "empty_columns": MetadataValue.json(stats["empty_columns"]),
         "preview": MetadataValue.md(_preview(table, PREVIEW_COLUMNS)),
     }
     if changes is not None:

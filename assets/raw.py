@@ -4,18 +4,20 @@
 downloaded (progress in the logs, resumed with an HTTP ``Range`` request after a cut, size
 and sha256 recorded), a local zip is read in place, and either zip is extracted; a folder
 is read in place. A manifest under ``release/`` tells the document assets where the files
-are.
+are and which release version their columns show (1.0.x to 1.4.x).
 
 ``photos``, ``keywords``, ``collections``, ``conversions`` and ``colors`` each stream their
-document (every ``<name>.tsv*`` / ``<name>.csv*`` file, tab-separated, quoting off, column
-names from the file's header) through pyarrow's block reader into ``tables/<name>.parquet``,
-so the 4 M conversion rows never sit in memory at once. Known columns get their types
-(integers, floats, ``t``/``f`` flags, UTC timestamps); the rest stay strings. Bad rows are
-counted and reported, never silently dropped: a row with the wrong number of fields is
-skipped, a value that does not parse as its column's type becomes null, and non-UTF-8 bytes
-are replaced by U+FFFD. A missing or empty document, or one without a column the catalog
-needs, fails with one line naming the file. Every table is written under a temporary name
-and renamed when complete.
+document (every part, ``<name>.tsv*`` / ``<name>.csv*``, each with its header) with the
+official loaders' CSV rules (``resources/csv_stream.py``) into ``tables/<name>.parquet``,
+so the 4 M conversion rows never sit in memory at once. Every table has the columns of the
+latest release with the types of ``create_tables.sql`` (``resources/lite_format.py``);
+columns an older release lacks are null and listed in the metadata, and a document it
+lacks (colors before 1.1.0) is an empty table. Bad records are counted and reported, never
+silently dropped: one with the wrong number of fields is skipped and reported with the
+line it starts on, a value that does not parse as its column's type becomes null, and
+non-UTF-8 bytes are replaced by U+FFFD. A missing or empty document, one without a column
+the catalog needs, or a file cut inside a quoted value fails with one line naming the
+file. Every table is written under a temporary name and renamed when complete.
 """
 
 import hashlib
@@ -31,7 +33,6 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
@@ -44,62 +45,29 @@ from dagster import (
 )
 
 from resources.config import Settings, mask_url
+from resources.csv_stream import EXAMPLES, FileReport, read_batches, read_header
 from resources.errors import ImageSearchError
+from resources.lite_format import (
+    ADDED_IN,
+    COLUMNS,
+    DOCUMENTS,
+    REQUIRED_COLUMNS,
+    canonical_header,
+    has_document,
+    release_of,
+)
 
-DOCUMENTS = ("photos", "keywords", "collections", "conversions", "colors")
 MANIFEST = "manifest.json"
 
-#: Columns without which the catalog cannot be built; any one missing fails the document.
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "photos": ("photo_id", "photo_url", "photo_image_url", "photo_width", "photo_height", "photographer_username"),
-    "keywords": ("photo_id", "keyword", "suggested_by_user"),
-    "collections": ("photo_id",),
-    "conversions": ("photo_id",),
-    "colors": ("photo_id", "keyword"),
-}
-#: The colours' coverage column: ``coverage`` in DOCS.md, ``ai_coverage`` in the zips.
-COVERAGE_COLUMNS = ("ai_coverage", "coverage")
-
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-#: Types of the known columns; every other column is kept as a string.
-COLUMN_TYPES: dict[str, pa.DataType] = {
-    "photo_submitted_at": _TIMESTAMP,
-    "photo_featured": pa.bool_(),
-    "photo_width": pa.int64(),
-    "photo_height": pa.int64(),
-    "photo_aspect_ratio": pa.float64(),
-    "exif_iso": pa.int64(),
-    "exif_aperture_value": pa.float64(),
-    "exif_focal_length": pa.float64(),
-    "photo_location_latitude": pa.float64(),
-    "photo_location_longitude": pa.float64(),
-    "stats_views": pa.int64(),
-    "stats_downloads": pa.int64(),
-    "ai_primary_landmark_latitude": pa.float64(),
-    "ai_primary_landmark_longitude": pa.float64(),
-    "ai_primary_landmark_confidence": pa.float64(),
-    "ai_service_1_confidence": pa.float64(),
-    "ai_service_2_confidence": pa.float64(),
-    "suggested_by_user": pa.bool_(),
-    "suggested_by_ai_service_3": pa.bool_(),
-    "confirmed_by_ai_service_3": pa.bool_(),
-    "photo_collected_at": _TIMESTAMP,
-    "converted_at": _TIMESTAMP,
-    "red": pa.int64(),
-    "green": pa.int64(),
-    "blue": pa.int64(),
-    "coverage": pa.float64(),
-    "ai_coverage": pa.float64(),
-    "score": pa.float64(),
-    "ai_score": pa.float64(),
-}
 _PATTERNS = {
     pa.int64(): r"^\s*[-+]?[0-9]+\s*$",
     pa.float64(): r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$",
     _TIMESTAMP: r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}(:?\d{2})?)?$",
 }
 _HAS_ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
-_BLOCK_SIZE = 16 << 20
+#: PostgreSQL's boolean literals (create_tables.sql types these columns boolean); the files hold t/f.
+_TRUE, _FALSE = ["t", "true", "y", "yes", "on", "1"], ["f", "false", "n", "no", "off", "0"]
 _DOWNLOAD_CHUNK = 1 << 20
 _DOWNLOAD_ATTEMPTS = 5
 PREVIEW_ROWS = 5
@@ -295,10 +263,24 @@ def fetch_release(settings: Settings, log) -> dict:
                 action = "download the release again"
             raise ImageSearchError(f"release zip {zip_path} is corrupt ({exc}): {action}") from None
         manifest.update(documents_dir=str(documents_dir), zip=str(zip_path), size=zip_path.stat().st_size, sha256=_sha256(zip_path))
-    found = {doc: [p.name for p in document_files(Path(manifest["documents_dir"]), doc)] for doc in DOCUMENTS}
-    manifest["files"] = found
+    documents_dir = Path(manifest["documents_dir"])
+    files = {doc: document_files(documents_dir, doc) for doc in DOCUMENTS}
+    manifest["files"] = {doc: [p.name for p in paths] for doc, paths in files.items()}
+    manifest["release"] = _release_of(files)
     _write_json(release_dir / MANIFEST, manifest)
     return manifest
+
+
+def _release_of(files: dict[str, list[Path]]) -> str | None:
+    """The release whose columns the first file of each document has (``"1.2.x"``); an unreadable one is left out."""
+    headers = {}
+    for doc, paths in files.items():
+        if paths:
+            try:
+                headers[doc] = canonical_header(doc, read_header(paths[0]))
+            except ImageSearchError:
+                continue
+    return release_of(headers)
 
 
 def read_manifest(settings: Settings) -> dict:
@@ -321,9 +303,11 @@ def unsplash_release(context: AssetExecutionContext, settings: ResourceParam[Set
     missing = [doc for doc, files in manifest["files"].items() if not files]
     if missing:
         context.log.warning(f"the release has no file for {', '.join(missing)} (looked for <name>.tsv* and <name>.csv*)")
+    context.log.info(f"the files have the columns of Unsplash Lite {manifest['release'] or 'an unknown release'}")
     metadata = {
         "source": manifest["source"],
         "kind": manifest["kind"],
+        "release": manifest["release"] or "unknown",
         "documents_dir": MetadataValue.path(manifest["documents_dir"]),
         "files": MetadataValue.json(manifest["files"]),
     }
@@ -339,14 +323,6 @@ def document_files(documents_dir: Path, name: str) -> list[Path]:
     """The files of document ``name``: ``<name>.tsv*`` and ``<name>.csv*`` anywhere under the folder."""
     found = {p for pattern in (f"{name}.tsv*", f"{name}.csv*") for p in documents_dir.rglob(pattern)}
     return sorted(p for p in found if p.is_file() and not p.name.endswith((".tmp", ".part")))
-
-
-def _read_header(path: Path) -> list[str]:
-    with pa.input_stream(str(path), compression="detect") as stream:
-        line = stream.read(1 << 16).split(b"\n")[0].rstrip(b"\r")
-    if not line.strip():
-        raise ImageSearchError(f"{path} is empty: it needs a header line and rows; download the release again")
-    return [c.strip() for c in line.decode("utf-8", errors="replace").split("\t")]
 
 
 def _fix_utf8(array: pa.Array) -> tuple[pa.Array, int]:
@@ -366,8 +342,8 @@ def _convert(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, int]:
     present = pc.is_valid(array)
     if target == pa.bool_():
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(array))
-        true = pc.is_in(lowered, pa.array(["t", "true"]))
-        false = pc.is_in(lowered, pa.array(["f", "false"]))
+        true = pc.is_in(lowered, pa.array(_TRUE))
+        false = pc.is_in(lowered, pa.array(_FALSE))
         ok = pc.or_(true, false)
         converted = pc.if_else(ok, true, pa.scalar(None, pa.bool_()))
     else:
@@ -403,98 +379,107 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def ingest_document(documents_dir: Path, name: str, out_path: Path, log) -> dict:
+def ingest_document(documents_dir: Path, name: str, out_path: Path, log, release: str | None = None) -> dict:
     """Stream document ``name`` into ``out_path`` (typed Parquet); return counts for the metadata.
 
-    Raises :class:`ImageSearchError` when the document has no file, a file is empty, lacks a
-    required column or has a header that differs from the first file's.
+    The table has every column of the latest release with its create_tables.sql type, then
+    any column unknown here as a string; a column the files lack is null and listed in
+    ``absent_columns``. A document that ``release`` (``"1.0.x"``) does not publish becomes an
+    empty table. Raises :class:`ImageSearchError` when any other document has no file, a
+    file is empty, lacks a required column, has a header unlike the first file's, or ends
+    inside a quoted value.
     """
     files = document_files(documents_dir, name)
+    known = COLUMNS[name]
+    if not files and not has_document(release, name):
+        log.info(f"Unsplash Lite {release} has no {name} document: writing an empty table")
+        schema = pa.schema(list(known.items()))
+        write_atomically(schema.empty_table(), out_path)
+        return _stats(schema, files=[], absent_document=f"Unsplash Lite {release} has no {name} document (added in {ADDED_IN[name]})")
     if not files:
         raise ImageSearchError(
             f"the release in {documents_dir} has no {name} document ({name}.tsv* or {name}.csv*): "
             "check IMAGE_SEARCH_DATASET points at a complete Unsplash Lite release"
         )
-    header = _read_header(files[0])
-    required = REQUIRED_COLUMNS[name]
-    missing = [c for c in required if c not in header]
-    if name == "colors" and not any(c in header for c in COVERAGE_COLUMNS):
-        missing.append(" or ".join(COVERAGE_COLUMNS))
+    header = canonical_header(name, read_header(files[0]))
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in header]
     if missing:
         raise ImageSearchError(
             f"{files[0]} has no column {', '.join(missing)}, which the catalog needs (its header: {' '.join(header[:12])}); "
             "is this an Unsplash Lite release?"
         )
-    schema = pa.schema([(c, COLUMN_TYPES.get(c, pa.string())) for c in header])
+    schema = pa.schema(list(known.items()) + [(c, pa.string()) for c in header if c not in known])
+    stats = _stats(schema, files=[f.name for f in files])
+    stats["absent_columns"] = {c: f"added in {ADDED_IN[c]}" if c in ADDED_IN else "not in the files" for c in known if c not in header}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    skipped: list[str] = []
-    skipped_rows = 0
-    non_utf8 = 0
-    unparsed: Counter[str] = Counter()
-    rows = 0
-    preview = None
-
-    def on_bad_row(row) -> str:
-        nonlocal skipped_rows
-        skipped_rows += 1
-        if len(skipped) < 3:
-            skipped.append(f"{current.name} line {row.number}: {row.actual_columns} fields, expected {row.expected_columns}")
-        return "skip"
-
+    current = files[0]
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for current in files:
-                file_header = _read_header(current)
+                file_header = canonical_header(name, read_header(current))
                 if file_header != header:
                     raise ImageSearchError(
-                        f"{current} has columns {' '.join(file_header)}, unlike {files[0].name} ({' '.join(header)}): "
+                        f"{current} has columns {' '.join(file_header)}, unlike {files[0]} ({' '.join(header)}): "
                         "mixed releases in one folder? keep one release per folder"
                     )
-                with pa.input_stream(str(current), compression="detect") as stream:
-                    reader = pacsv.open_csv(
-                        stream,
-                        read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=_BLOCK_SIZE),
-                        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_bad_row),
-                        convert_options=pacsv.ConvertOptions(
-                            column_types={c: pa.string() for c in header},
-                            check_utf8=False,
-                            strings_can_be_null=True,
-                            null_values=[""],
-                        ),
-                    )
-                    for batch in reader:
-                        arrays = []
-                        for field, array in zip(schema, batch.columns):
-                            array, fixed = _fix_utf8(array)
-                            non_utf8 += fixed
-                            if field.type != pa.string():
-                                array, bad = _convert(array, field.type)
-                                unparsed[field.name] += bad
-                            arrays.append(array)
-                        typed = pa.Table.from_arrays(arrays, schema=schema)
-                        writer.write_table(typed)
-                        rows += typed.num_rows
-                        if preview is None and typed.num_rows:
-                            preview = typed.slice(0, PREVIEW_ROWS)
-                        log.info(f"{name}: {rows:,} rows read from {current.name}")
-        if rows == 0:
+                report = FileReport()
+                for batch in read_batches(current, header, report):
+                    typed = _typed(batch, schema, stats)
+                    writer.write_table(typed)
+                    if stats["preview"] is None and typed.num_rows:
+                        stats["preview"] = typed.slice(0, PREVIEW_ROWS)
+                    log.info(f"{name}: {stats['rows'] + report.rows:,} rows read from {current.name}")
+                stats["rows"] += report.rows
+                stats["skipped_rows"] += report.skipped
+                stats["multiline_records"] += report.multiline_records
+                stats["skipped_examples"] += [
+                    f"{current.name} line {line}: {fields} fields, expected {len(header)}" for line, fields in report.skipped_lines
+                ]
+        if stats["rows"] == 0:
             raise ImageSearchError(f"{name} document ({', '.join(str(f) for f in files)}) has a header but no rows: download the release again")
         os.replace(tmp, out_path)
     except pa.ArrowInvalid as exc:
         raise ImageSearchError(f"{current} could not be read as tab-separated text ({str(exc).splitlines()[0]}): download the release again") from None
     finally:
         tmp.unlink(missing_ok=True)
+    stats["skipped_examples"] = stats["skipped_examples"][:EXAMPLES]
+    stats["unparsed_values"] = {k: v for k, v in stats["unparsed_values"].items() if v}
+    return stats
+
+
+def _stats(schema: pa.Schema, files: list[str], absent_document: str | None = None) -> dict:
+    """The counts :func:`ingest_document` reports, all zero."""
     return {
-        "rows": rows,
-        "files": [f.name for f in files],
-        "schema": schema,
-        "preview": preview,
-        "skipped_rows": skipped_rows,
-        "skipped_examples": skipped,
-        "non_utf8_values": non_utf8,
-        "unparsed_values": {k: v for k, v in unparsed.items() if v},
+        "rows": 0, "files": files, "schema": schema, "preview": None, "skipped_rows": 0, "skipped_examples": [],
+        "multiline_records": 0, "non_utf8_values": 0, "unparsed_values": Counter(), "absent_columns": {},
+        "absent_document": absent_document,
     }
+
+
+def _typed(batch: pa.RecordBatch, schema: pa.Schema, stats: dict) -> pa.Table:
+    """``batch`` (strings) as a table of ``schema``: UTF-8 repaired, typed, absent columns null; counts into ``stats``."""
+    arrays = {}
+    for column, array in zip(batch.schema.names, batch.columns):
+        array, fixed = _fix_utf8(array)
+        stats["non_utf8_values"] += fixed
+        target = schema.field(column).type
+        if target != pa.string():
+            array, bad = _convert(array, target)
+            stats["unparsed_values"][column] += bad
+        arrays[column] = array
+    return pa.Table.from_arrays([arrays.get(f.name, pa.nulls(batch.num_rows, f.type)) for f in schema], schema=schema)
+
+
+def write_atomically(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as Parquet under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _document_asset(name: str):
@@ -502,33 +487,39 @@ def _document_asset(name: str):
         name=name,
         group_name="ingestion",
         kinds={"parquet"},
-        code_version="1",
+        code_version="2",
         deps=[unsplash_release],
         description=f"The release's {name} document as typed Parquet (tables/{name}.parquet).",
     )
     def _asset(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
-        documents_dir = Path(read_manifest(settings)["documents_dir"])
+        manifest = read_manifest(settings)
         out_path = settings.tables_dir / f"{name}.parquet"
-        stats = ingest_document(documents_dir, name, out_path, context.log)
+        stats = ingest_document(Path(manifest["documents_dir"]), name, out_path, context.log, manifest.get("release"))
         if stats["skipped_rows"]:
-            context.log.warning(f"{name}: skipped {stats['skipped_rows']} rows with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")
+            context.log.warning(f"{name}: skipped {stats['skipped_rows']} records with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")
         if stats["non_utf8_values"]:
             context.log.warning(f"{name}: replaced invalid UTF-8 bytes in {stats['non_utf8_values']} values")
         if stats["unparsed_values"]:
             context.log.warning(f"{name}: values that did not parse, kept as null: {stats['unparsed_values']}")
-        return MaterializeResult(
-            metadata={
-                "dagster/row_count": stats["rows"],
-                "dagster/column_schema": _column_schema(stats["schema"]),
-                "path": MetadataValue.path(str(out_path)),
-                "files": MetadataValue.json(stats["files"]),
-                "skipped_rows": stats["skipped_rows"],
-                "skipped_examples": MetadataValue.json(stats["skipped_examples"]),
-                "non_utf8_values": stats["non_utf8_values"],
-                "unparsed_values": MetadataValue.json(stats["unparsed_values"]),
-                "preview": MetadataValue.md(_preview(stats["preview"])),
-            }
-        )
+        if stats["absent_columns"]:
+            context.log.info(f"{name}: the files have no {', '.join(stats['absent_columns'])}; those columns are null")
+        metadata = {
+            "dagster/row_count": stats["rows"],
+            "dagster/column_schema": _column_schema(stats["schema"]),
+            "path": MetadataValue.path(str(out_path)),
+            "files": MetadataValue.json(stats["files"]),
+            "skipped_rows": stats["skipped_rows"],
+            "skipped_examples": MetadataValue.json(stats["skipped_examples"]),
+            "multiline_records": stats["multiline_records"],
+            "non_utf8_values": stats["non_utf8_values"],
+            "unparsed_values": MetadataValue.json(stats["unparsed_values"]),
+            "absent_columns": MetadataValue.json(stats["absent_columns"]),
+        }
+        if stats["absent_document"]:
+            metadata["absent_document"] = stats["absent_document"]
+        if stats["preview"] is not None:
+            metadata["preview"] = MetadataValue.md(_preview(stats["preview"]))
+        return MaterializeResult(metadata=metadata)
 
     return _asset
 

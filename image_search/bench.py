@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+from pathlib import Path
 
 #: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
 BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest", "bench_download", "bench_relevance", "bench_embed")
+
+
+def cpu_description() -> str:
+    """The CPU model, its bf16 and AVX2 flags and the CPU count: figures compare only on the same CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"unknown CPU, {os.cpu_count()} CPUs"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
+    flags = sorted({flag for flag in ("avx512_bf16", "amx_bf16", "avx2") if f" {flag}" in info})
+    return f"{model}, flags {' '.join(flags) or 'none of avx2/avx512_bf16/amx_bf16'}, {os.cpu_count()} CPUs"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

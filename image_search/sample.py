@@ -1,13 +1,25 @@
-"""``image-search sample DIR``: a synthetic release in the exact Unsplash Lite format.
+"""``image-search sample DIR``: a synthetic release written the way Unsplash Lite is published.
 
 Unsplash Lite may not be redistributed, so tests, CI and the offline demo ingest this
-instead: the five tab-separated documents with every column of release 1.4 (real types,
-``t``/``f`` flags, a few stray spaces in keywords, empty fields for missing values), one
-small JPEG per photo whose colours and shapes are also its user-suggested keywords and its
-colour rows, and optionally tiny CLIP models. Row counts follow the options, so the same
-generator makes a 48-photo test fixture and a release of the real size (25,000 photos,
-2.7 M keyword rows, 4 M conversion rows) for the memory benchmark: the big documents are
-built column-wise with numpy and pyarrow and streamed to disk in chunks.
+instead. By default it writes what the real files hold (see resources/lite_format.py for
+the sources): the documents and columns of the chosen release (``--release-version``,
+1.0.0 to 1.4.1, with that release's file names), split into ``--parts`` files that each
+start with the header, tab-separated with CSV quoting where a value needs it (a quote, a
+tab or a line break: the value is wrapped in ``"`` and inner quotes doubled). Free text is
+what people type: photo descriptions, location names, collection titles and search terms
+hold quotes, tabs, LF and CR LF line breaks, CJK and emoji, and a user-suggested keyword
+holds a line break (release 1.0.0 had one, unsplash/datasets issue 29). Values follow the
+real domains: ``t``/``f`` flags, hex colours without ``#``, conversions of type
+``download``, ``collection_type`` collection or topic, ``user_suggestion_source``
+photographer, admin or unknown, a 28-character BlurHash from its base-83 alphabet,
+``ai_coverage`` as a percentage and ``ai_score`` between 0 and 1 (DOCS.md).
+
+It also writes one small JPEG per photo whose colours and shapes are also its first
+user-suggested keywords and its colour rows, and optionally tiny CLIP models. Row counts
+follow the options, so the same generator makes a 48-photo test fixture and a release of
+the real size (25,000 photos, 2.7 M keyword rows, 4 M conversion rows) for the memory
+benchmark: the big documents are built column-wise with numpy and pyarrow and streamed to
+disk in chunks.
 
 ``--duplicates N`` makes the last N photos near-copies (brightened, slightly cropped,
 re-encoded) of earlier ones and lists the planted pairs in ``planted_duplicates.tsv``.
@@ -23,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from resources.errors import ImageSearchError
+from resources.lite_format import DOCUMENTS, LATEST_RELEASE, RELEASES, columns_of
 
 #: Colour names with the RGB each stands for; the names are also Unsplash colour keywords.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -72,37 +84,35 @@ _PLACES = (
     ("Berlin, Germany", "Germany", "Berlin", 52.52, 13.405),
     ("Banff, Canada", "Canada", "Banff", 51.1784, -115.5708),
 )
-_FIRST_NAMES = "Anna Ben Chen Dana Emil Fatima Goran Hana Ivan Julia Kenji Lea Mateo Nora Omar Priya".split()
-_LAST_NAMES = "Smith Müller Wang Silva Kowalski Nguyen Okafor Rossi Tanaka Dubois Larsen Haddad".split()
+_FIRST_NAMES = "Anna Ben Chen Dana Emil Fatima Goran Hana Ivan Julia Kenji Lea Mateo Nora Omar Priya Zoë 美咲".split()
+_LAST_NAMES = "Smith Müller Wang Silva Kowalski Nguyen Okafor Rossi Tanaka Dubois Larsen Haddad O'Brien 山田".split()
 _CAMERAS = (("Canon", "EOS 5D Mark IV"), ("NIKON CORPORATION", "NIKON D750"), ("SONY", "ILCE-7M3"), ("FUJIFILM", "X-T3"), ("Apple", "iPhone 12 Pro"))
 _COUNTRIES = "US GB DE FR JP CN BR IN CA AU ES IT NL SE KR MX".split()
 
-#: Column names of each document, as in release 1.4's DOCS.md (colors uses the zip's ai_ names).
-COLUMNS: dict[str, list[str]] = {
-    "photos": [
-        "photo_id", "photo_url", "photo_image_url", "photo_submitted_at", "photo_featured",
-        "photo_width", "photo_height", "photo_aspect_ratio", "photo_description",
-        "photographer_username", "photographer_first_name", "photographer_last_name",
-        "exif_camera_make", "exif_camera_model", "exif_iso", "exif_aperture_value",
-        "exif_focal_length", "exif_exposure_time", "photo_location_name",
-        "photo_location_latitude", "photo_location_longitude", "photo_location_country",
-        "photo_location_city", "stats_views", "stats_downloads", "ai_description",
-        "ai_primary_landmark_name", "ai_primary_landmark_latitude",
-        "ai_primary_landmark_longitude", "ai_primary_landmark_confidence", "blur_hash",
-    ],
-    "keywords": [
-        "photo_id", "keyword", "ai_service_1_confidence", "ai_service_2_confidence",
-        "suggested_by_user", "user_suggestion_source", "suggested_by_ai_service_3",
-        "confirmed_by_ai_service_3",
-    ],
-    "collections": ["photo_id", "collection_id", "collection_title", "photo_collected_at", "collection_type"],
-    "conversions": [
-        "converted_at", "conversion_type", "keyword", "photo_id", "anonymous_user_id",
-        "conversion_country", "device_type", "search_orientation_filter", "search_ordering",
-    ],
-    "colors": ["photo_id", "hex", "red", "green", "blue", "keyword", "ai_coverage", "ai_score"],
+#: Free text as people type it, one case of the CSV rules each (the last has them all).
+#: Photo ``i`` below this many gets text ``i`` as its location name and description.
+TRICKY_TEXTS = (
+    "Morning light over the ridge\nshot from the hut",
+    "Old harbour at dusk\r\nwritten on Windows",
+    'My "favourite" corner of the city',
+    "Left\tright: a tab typed into the text",
+    "雨の日の東京タワー",
+    "Sunset 🌅 over the bay 🏖️",
+    '"Quoted from the first character"',
+    'All at once: "quote"\ttab\r\nCRLF\nLF 山 🏔️',
+)
+#: User-suggested keywords that need quoting; photo ``i`` below this many has keyword ``i``.
+TRICKY_KEYWORDS = ("night\nsky", 'vinyl 12"', "富士山", "🌸 blossom", "tab\tkeyword")
+#: Search terms that need quoting, a few among the conversions (and the first ones).
+TRICKY_SEARCHES = ('"blue hour"', "猫", "coffee ☕", "beach\ttowel", "two\nlines")
+_TEXT_SHARE = 0.03
+_TRICKY_SHARE = 0.002
+#: Columns whose values may need CSV quoting; every other column holds ids, numbers, flags or timestamps.
+_FREE_TEXT = {
+    "photo_description", "ai_description", "photographer_first_name", "photographer_last_name",
+    "photo_location_name", "photo_location_city", "keyword", "collection_title",
 }
-DOCUMENTS = tuple(COLUMNS)
+_BASE83 = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~"))
 #: File name of the planted near-duplicate pairs (original photo_id, copy photo_id).
 PLANTED_DUPLICATES = "planted_duplicates.tsv"
 
@@ -146,28 +156,72 @@ def _spread(rng: np.random.Generator, total: int, n: int, cap: int, floor: int =
     return counts
 
 
-class _TsvWriter:
-    """Appends record batches to a tab-separated file with one header, never quoting."""
+def _csv_field(values: pa.Array) -> pa.Array:
+    """``values`` as CSV fields: a value holding a quote, tab or line break is quoted, its quotes doubled."""
+    needs = pc.fill_null(pc.match_substring_regex(values, '["\t\r\n]'), False)
+    if not pc.any(needs).as_py():
+        return values
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(values, '"', '""'), '"', "")
+    return pc.if_else(needs, quoted, values)
 
-    def __init__(self, path: Path, columns: list[str]):
-        self.path = path
-        self.columns = columns
+
+def file_names(release_version: str, document: str, parts: int) -> list[str]:
+    """The part file names of ``document`` as ``release_version`` names them.
+
+    1.3.0 named every document ``.csv000`` (unsplash/datasets pull request 71); 1.4.1
+    "fixed the extension of the photos.tsv file" (pull request 74), so 1.4.0 had
+    ``photos.csv000``; every other release uses ``.tsv000``.
+    """
+    csv = release_version.startswith("1.3.") or (release_version == "1.4.0" and document == "photos")
+    return [f"{document}.{'csv' if csv else 'tsv'}{k:03d}" for k in range(parts)]
+
+
+class _DocumentWriter:
+    """Writes one document: ``parts`` files of about equal row counts, each with the header line."""
+
+    def __init__(self, out: Path, document: str, release_version: str, total: int, parts: int):
+        self.columns = columns_of(release_version)[document]
+        self.paths = [out / name for name in file_names(release_version, document, parts)]
+        self.bounds = [round(total * k / parts) for k in range(parts + 1)]
         self.rows = 0
-        self._tmp = path.with_name(path.name + ".tmp")
+        self._part = -1
+        self._file = None
+        self._next_part()
+
+    def _next_part(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._tmp.replace(self.paths[self._part])
+        self._part += 1
+        self._tmp = self.paths[self._part].with_name(self.paths[self._part].name + ".tmp")
         self._file = open(self._tmp, "wb")
-        self._file.write(("\t".join(columns) + "\n").encode("utf-8"))
+        self._file.write(("\t".join(self.columns) + "\n").encode("utf-8"))
 
     def write(self, columns: dict[str, pa.Array]) -> None:
-        table = pa.table({name: columns[name] for name in self.columns})
-        pacsv.write_csv(
-            table, self._file,
-            write_options=pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"),
+        """Append rows given column by column (every column of the latest release; the release's are written)."""
+        fields = []
+        for name in self.columns:
+            values = columns[name] if columns[name].type == pa.string() else columns[name].cast(pa.string())
+            fields.append(_csv_field(values) if name in _FREE_TEXT else values)
+        lines = pc.binary_join_element_wise(
+            pc.binary_join_element_wise(*fields, "\t", null_handling="replace", null_replacement=""), pa.scalar(""), "\n"
         )
-        self.rows += table.num_rows
+        offsets = np.frombuffer(lines.buffers()[1], np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+        data = memoryview(lines.buffers()[2])
+        done = 0
+        while done < len(lines):
+            if self.rows == self.bounds[self._part + 1]:
+                self._next_part()
+            take = min(len(lines) - done, self.bounds[self._part + 1] - self.rows)
+            self._file.write(data[offsets[done]:offsets[done + take]])
+            done += take
+            self.rows += take
 
     def close(self) -> None:
+        while self._part < len(self.paths) - 1:
+            self._next_part()
         self._file.close()
-        self._tmp.replace(self.path)
+        self._tmp.replace(self.paths[self._part])
 
 
 def _design(i: int) -> tuple[str, str, str]:
@@ -231,35 +285,44 @@ def write_release(
     images: bool = True,
     models: bool = False,
     seed: int = 0,
+    release_version: str = LATEST_RELEASE,
+    parts: int = 1,
 ) -> dict:
     """Write a synthetic Unsplash Lite release into ``out_dir`` and return what it holds.
 
     Unset row counts scale with ``photos``: 20 keywords, 3 collections, 10 conversions and
-    3 colours per photo. Every photo's first two keywords are its background colour and its
-    shape, suggested by the user, so ``describe`` is predictable; its colour rows put the
-    background first by coverage. ``image_base_url`` replaces the ``file://`` URLs with
-    ``<image_base_url>/<photo_id>.jpg`` (for serving the images folder over HTTP).
+    3 colours per photo (no colours before release 1.1.0). Every photo's first two keywords
+    are its background colour and its shape, suggested by the user, so ``describe`` is
+    predictable; its colour rows put the background first by coverage. ``image_base_url``
+    replaces the ``file://`` URLs with ``<image_base_url>/<photo_id>.jpg`` (for serving the
+    images folder over HTTP).
 
-    The returned dict has the row count of each document, ``photo_ids``, ``designs``
-    (photo_id -> (background, shape, accent)), ``duplicates`` (planted pairs), ``images_dir``
-    and, with ``models``, ``models_dir``.
+    The returned dict has the row count of each document, ``files`` (document -> file
+    names), ``photo_ids``, ``designs`` (photo_id -> (background, shape, accent)),
+    ``duplicates`` (planted pairs), ``images_dir`` and, with ``models``, ``models_dir``.
     """
+    if release_version not in RELEASES:
+        raise ImageSearchError(f"--release-version {release_version} is not one of {', '.join(RELEASES)}")
+    documents = columns_of(release_version)
     keywords = 20 * photos if keywords is None else keywords
     collections = 3 * photos if collections is None else collections
     conversions = 10 * photos if conversions is None else conversions
-    colors = 3 * photos if colors is None else colors
+    colors = (3 * photos if colors is None else colors) if "colors" in documents else 0
     for name, value in (("photos", photos), ("keywords", keywords), ("collections", collections),
                         ("conversions", conversions), ("colors", colors), ("duplicates", duplicates)):
         if value < 0:
             raise ImageSearchError(f"--{name} {value} is negative: give a count of 0 or more")
     if photos < 1:
         raise ImageSearchError("--photos must be at least 1")
+    if parts < 1:
+        raise ImageSearchError(f"--parts {parts}: give 1 or more")
     if duplicates >= photos:
         raise ImageSearchError(f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    text_rng = np.random.default_rng([seed, 1])
     photo_ids = _ids(rng, photos)
 
     # The last `duplicates` photos copy the design (and later the image) of an earlier one.
@@ -268,8 +331,11 @@ def write_release(
     design_of[photos - duplicates:] = originals
     designs = [_design(int(d)) for d in design_of]
 
+    def writer(document: str, total: int) -> _DocumentWriter:
+        return _DocumentWriter(out, document, release_version, total, parts)
+
     images_dir = out / "images"
-    _write_photos(out, rng, photo_ids, designs, images_dir, image_base_url)
+    _write_photos(writer("photos", photos), rng, text_rng, photo_ids, designs, images_dir, image_base_url)
     if images:
         images_dir.mkdir(exist_ok=True)
         _write_images(images_dir, rng, photo_ids, designs, design_of, photos - duplicates)
@@ -279,15 +345,17 @@ def write_release(
         f.writelines(f"{a}\t{b}\n" for a, b in pairs)
 
     keyword_counts = _spread(rng, keywords, photos, 2 + len(VOCABULARY))
-    _write_keywords(out, rng, photo_ids, designs, keyword_counts)
-    _write_collections(out, rng, photo_ids, collections)
-    _write_conversions(out, rng, photo_ids, designs, keyword_counts, conversions)
-    _write_colors(out, rng, photo_ids, designs, colors)
-    _write_docs(out)
+    _write_keywords(writer("keywords", keywords), rng, photo_ids, designs, keyword_counts, release_version)
+    _write_collections(writer("collections", collections), rng, text_rng, photo_ids, collections)
+    _write_conversions(writer("conversions", conversions), rng, text_rng, photo_ids, designs, keyword_counts, conversions)
+    if "colors" in documents:
+        _write_colors(writer("colors", colors), rng, photo_ids, designs, colors)
+    _write_docs(out, release_version)
 
     summary = {
         "photos": photos, "keywords": keywords, "collections": collections,
-        "conversions": conversions, "colors": colors,
+        "conversions": conversions, "colors": colors, "release_version": release_version,
+        "files": {doc: file_names(release_version, doc, parts) for doc in documents},
         "photo_ids": list(photo_ids), "designs": dict(zip(photo_ids, designs)),
         "duplicates": pairs, "images_dir": str(images_dir) if images else None,
     }
@@ -299,7 +367,23 @@ def write_release(
     return summary
 
 
-def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url: str | None) -> None:
+def _free_text(rng: np.random.Generator, plain: list[str | None], tricky: tuple[str, ...]) -> pa.Array:
+    """``plain`` with value ``i`` replaced by ``tricky[i]`` for the first ones and a few more at random.
+
+    The random ones (``_TEXT_SHARE``) get one of the tricky texts appended, so every kind of
+    value the CSV rules cover also turns up at scale. Missing values stay missing.
+    """
+    values = list(plain)
+    for i, text in enumerate(tricky[: len(values)]):
+        values[i] = text
+    picked = np.flatnonzero(rng.random(len(values)) < _TEXT_SHARE)
+    for i, k in zip(picked.tolist(), rng.integers(0, len(tricky), size=len(picked)).tolist()):
+        if i >= len(tricky) and values[i] is not None:
+            values[i] = f"{values[i]} {tricky[k]}"
+    return pa.array(values, pa.string())
+
+
+def _write_photos(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, images_dir: Path, image_base_url: str | None) -> None:
     n = len(photo_ids)
     # 60% landscape, 30% portrait, 10% (nearly) square, as on Unsplash.
     kind = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
@@ -323,7 +407,9 @@ def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url
 
     has_place = place >= 0
     has_camera = camera >= 0
-    columns = {
+    place_names = [_PLACES[p][0] if p >= 0 else None for p in place]
+    descriptions = opt(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])
+    writer.write({
         "photo_id": pa.array(photo_ids, pa.string()),
         "photo_url": pa.array([f"https://unsplash.com/photos/{pid}" for pid in photo_ids]),
         "photo_image_url": pa.array(image_urls),
@@ -332,7 +418,7 @@ def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url
         "photo_width": pa.array(width),
         "photo_height": pa.array(height),
         "photo_aspect_ratio": pa.array(np.round(width / height, 2)),
-        "photo_description": pa.array(opt(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])),
+        "photo_description": _free_text(text_rng, descriptions, TRICKY_TEXTS),
         "photographer_username": pa.array([f"{f.lower()}{l.lower()}{k}" for f, l, k in zip(first, last, rng.integers(1, 999, size=n))]),
         "photographer_first_name": pa.array(first),
         "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
@@ -342,7 +428,7 @@ def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url
         "exif_aperture_value": pa.array(opt(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
         "exif_focal_length": pa.array(opt(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
         "exif_exposure_time": pa.array(opt(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
-        "photo_location_name": pa.array(opt(has_place, [_PLACES[p][0] for p in place])),
+        "photo_location_name": _free_text(text_rng, place_names, TRICKY_TEXTS),
         "photo_location_latitude": pa.array(opt(has_place, [_PLACES[p][3] for p in place]), pa.float64()),
         "photo_location_longitude": pa.array(opt(has_place, [_PLACES[p][4] for p in place]), pa.float64()),
         "photo_location_country": pa.array(opt(has_place, [_PLACES[p][1] for p in place])),
@@ -353,11 +439,10 @@ def _write_photos(out, rng, photo_ids, designs, images_dir: Path, image_base_url
         "ai_primary_landmark_name": pa.array(opt(landmark, ["Eiffel Tower"] * n)),
         "ai_primary_landmark_latitude": pa.array(opt(landmark, [48.8584] * n), pa.float64()),
         "ai_primary_landmark_longitude": pa.array(opt(landmark, [2.2945] * n), pa.float64()),
-        "ai_primary_landmark_confidence": pa.array(opt(landmark, np.round(rng.uniform(0.5, 1, n), 6).tolist()), pa.float64()),
-        "blur_hash": pa.array(["L" + "".join(row) for row in _ID_ALPHABET[rng.integers(0, 62, size=(n, 27))]]),
-    }
-    writer = _TsvWriter(out / "photos.tsv000", COLUMNS["photos"])
-    writer.write(columns)
+        "ai_primary_landmark_confidence": pa.array(opt(landmark, [f"{c:.6f}" for c in rng.uniform(0.5, 1, n)])),
+        # A 4 x 3 component BlurHash: size flag "L", then 27 base-83 digits (blurha.sh).
+        "blur_hash": pa.array(["L" + "".join(row) for row in _BASE83[text_rng.integers(0, len(_BASE83), size=(n, 27))]]),
+    })
     writer.close()
 
 
@@ -384,12 +469,14 @@ def _chunks(total: int):
 
 
 def _keyword_of(photo_index: np.ndarray, rank: np.ndarray, designs) -> pa.Array:
-    """Keyword number ``rank`` of each photo: its background colour, its shape, then distinct vocabulary."""
+    """Keyword number ``rank`` of each photo: its background colour, its shape, a tricky one for the first photos, then vocabulary."""
     design_kw = np.array([[bg, shape] for bg, shape, _ in designs], dtype=object)
     vocab_index = (photo_index * 7 + rank - 2) % len(VOCABULARY)
     generic = np.array(VOCABULARY, dtype=object)[vocab_index]
     early = rank < 2
     generic[early] = design_kw[photo_index[early], rank[early]]
+    tricky = (rank == 2) & (photo_index < len(TRICKY_KEYWORDS))
+    generic[tricky] = np.array(TRICKY_KEYWORDS, dtype=object)[photo_index[tricky]]
     return pa.array(generic, pa.string())
 
 
@@ -401,77 +488,85 @@ def _row_positions(counts: np.ndarray, start: int, stop: int) -> tuple[np.ndarra
     return photo_index, rows - offsets[photo_index]
 
 
-def _write_keywords(out, rng, photo_ids, designs, counts: np.ndarray) -> None:
-    writer = _TsvWriter(out / "keywords.tsv000", COLUMNS["keywords"])
+def _write_keywords(writer: _DocumentWriter, rng, photo_ids, designs, counts: np.ndarray, release_version: str) -> None:
+    """Keyword rows; AI confidences (0-100, DOCS.md) are at least 40 from 1.3.0 on (CHANGELOG.md)."""
+    floor = 40 if release_version >= "1.3.0" else 20
     for start, stop in _chunks(int(counts.sum())):
         photo_index, rank = _row_positions(counts, start, stop)
         n = stop - start
         keyword = _keyword_of(photo_index, rank, designs)
         stray = pa.array(rng.random(n) < 0.02)
         keyword = pc.if_else(stray, pc.binary_join_element_wise(keyword, pa.scalar(" "), pa.scalar("")), keyword)
-        by_user = (rank < 2) | (rng.random(n) < 0.15)
-        ai1 = np.round(rng.uniform(20, 100, n), 6)
-        ai2 = np.round(rng.uniform(20, 100, n), 6)
+        by_user = (rank < 2) | (rng.random(n) < 0.15) | ((rank == 2) & (photo_index < len(TRICKY_KEYWORDS)))
+        source = rng.choice(["photographer", "admin", "unknown"], size=n, p=[0.8, 0.15, 0.05])
         writer.write({
             "photo_id": pa.array(photo_ids[photo_index], pa.string()),
             "keyword": keyword,
-            "ai_service_1_confidence": pa.array(ai1, mask=rng.random(n) < 0.3),
-            "ai_service_2_confidence": pa.array(ai2, mask=rng.random(n) < 0.5),
+            "ai_service_1_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.3),
+            "ai_service_2_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.5),
             "suggested_by_user": pa.array(np.where(by_user, "t", "f")),
-            "user_suggestion_source": pa.array(np.where(by_user, "manual", ""), pa.string()),
+            "user_suggestion_source": pa.array(np.where(by_user, source, None), pa.string()),
             "suggested_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.4, "t", "f")),
             "confirmed_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.2, "t", "f")),
         })
     writer.close()
 
 
-def _write_collections(out, rng, photo_ids, total: int) -> None:
-    titles = np.array([w.title() for w in _NOUNS] + [f"{a.title()} {n}" for a in _ADJECTIVES for n in _NOUNS[:20]], dtype=object)
+def _write_collections(writer: _DocumentWriter, rng, text_rng, photo_ids, total: int) -> None:
+    """Photo-collection rows: user collections with numeric ids, and topics (about 1 in 10) with Unsplash-style ids."""
+    titles = [w.title() for w in _NOUNS] + [f"{a.title()} {n}" for a in _ADJECTIVES for n in _NOUNS[:20]]
     collection_count = max(1, total // 10)
-    writer = _TsvWriter(out / "collections.tsv000", COLUMNS["collections"])
+    numbered = (np.arange(collection_count) + 1_000_000).astype(str).astype(object)
+    topic = text_rng.random(collection_count) < 0.1
+    ids = np.where(topic, _ids(text_rng, collection_count), numbered)
+    names = _free_text(text_rng, [titles[k % len(titles)] for k in range(collection_count)], TRICKY_TEXTS).to_numpy(zero_copy_only=False)
     for start, stop in _chunks(total):
         n = stop - start
         collection = rng.integers(0, collection_count, size=n)
         writer.write({
             "photo_id": pa.array(photo_ids[rng.integers(0, len(photo_ids), size=n)], pa.string()),
-            "collection_id": pa.array((collection + 1_000_000).astype(str)),
-            "collection_title": pa.array(titles[collection % len(titles)], pa.string()),
+            "collection_id": pa.array(ids[collection], pa.string()),
+            "collection_title": pa.array(names[collection], pa.string()),
             "photo_collected_at": _timestamps(rng, n),
-            "collection_type": pa.array(np.where(collection % 5 == 0, "featured", "user")),
+            "collection_type": pa.array(np.where(topic[collection], "topic", "collection")),
         })
     writer.close()
 
 
-def _write_conversions(out, rng, photo_ids, designs, keyword_counts: np.ndarray, total: int) -> None:
-    """Downloads after a search: each pairs a photo with one of its own keywords, as in the dump."""
+def _write_conversions(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, keyword_counts: np.ndarray, total: int) -> None:
+    """Downloads after a search (the only conversion type, DOCS.md): each pairs a photo with one of its own keywords."""
     users = _ids(rng, max(1, total // 20), length=32)
     with_keywords = np.flatnonzero(keyword_counts)
-    writer = _TsvWriter(out / "conversions.tsv000", COLUMNS["conversions"])
+    searches = np.array(TRICKY_SEARCHES, dtype=object)
     for start, stop in _chunks(total):
         n = stop - start
         if len(with_keywords):
             photo_index = rng.choice(with_keywords, size=n)
             rank = (rng.random(n) * keyword_counts[photo_index]).astype(np.int64)
-            keyword = _keyword_of(photo_index, rank, designs)
+            keyword = _keyword_of(photo_index, rank, designs).to_numpy(zero_copy_only=False)
         else:
             photo_index = rng.integers(0, len(photo_ids), size=n)
-            keyword = pa.array(np.array(VOCABULARY, dtype=object)[rng.integers(0, len(VOCABULARY), size=n)], pa.string())
+            keyword = np.array(VOCABULARY, dtype=object)[rng.integers(0, len(VOCABULARY), size=n)]
+        typed = text_rng.random(n) < _TRICKY_SHARE
+        keyword[typed] = searches[text_rng.integers(0, len(searches), size=int(typed.sum()))]
+        if start == 0:
+            keyword[: len(searches)] = searches[:n]
         writer.write({
             "converted_at": _timestamps(rng, n),
-            "conversion_type": pa.array(np.where(rng.random(n) < 0.9, "download", "view")),
-            "keyword": keyword,
+            "conversion_type": pa.array(np.full(n, "download")),
+            "keyword": pa.array(keyword, pa.string()),
             "photo_id": pa.array(photo_ids[photo_index], pa.string()),
             "anonymous_user_id": pa.array(users[rng.integers(0, len(users), size=n)], pa.string()),
             "conversion_country": pa.array(np.array(_COUNTRIES, dtype=object)[rng.integers(0, len(_COUNTRIES), size=n)], pa.string()),
             "device_type": pa.array(rng.choice(["desktop", "mobile", "tablet"], size=n, p=[0.6, 0.35, 0.05])),
-            "search_orientation_filter": pa.array(rng.choice(["", "landscape", "portrait", "squarish"], size=n, p=[0.8, 0.1, 0.07, 0.03]), pa.string()),
-            "search_ordering": pa.array(rng.choice(["relevant", "latest"], size=n, p=[0.9, 0.1])),
+            "search_orientation_filter": pa.array(rng.choice(["all", "landscape", "portrait"], size=n, p=[0.8, 0.12, 0.08])),
+            "search_ordering": pa.array(rng.choice(["popular", "recent"], size=n, p=[0.9, 0.1])),
         })
     writer.close()
 
 
-def _write_colors(out, rng, photo_ids, designs, total: int) -> None:
-    """Colour rows: background (largest coverage), accent, then other palette colours; shuffled."""
+def _write_colors(writer: _DocumentWriter, rng, photo_ids, designs, total: int) -> None:
+    """Colour rows: background (largest coverage, in percent), accent, then other palette colours; shuffled."""
     names = list(PALETTE)
     counts = _spread(rng, total, len(photo_ids), len(names))
     photo_index, rank = _row_positions(counts, 0, total)
@@ -480,12 +575,12 @@ def _write_colors(out, rng, photo_ids, designs, total: int) -> None:
         bg, _, accent = designs[i]
         order = [bg, accent] + [c for c in names if c not in (bg, accent)]
         chosen.append(order[r])
-    coverage = np.round(np.where(rank == 0, 0.6, np.where(rank == 1, 0.25, 0.1 / (rank + 1))) + rng.uniform(0, 0.01, total), 6)
+    coverage = np.round(np.where(rank == 0, 60.0, np.where(rank == 1, 25.0, 10.0 / (rank + 1))) + rng.uniform(0, 1, total), 4)
     rgb = np.array([PALETTE[c] for c in chosen], dtype=np.int64).reshape(-1, 3)
     order = rng.permutation(total)
     table = {
         "photo_id": pa.array(photo_ids[photo_index], pa.string()),
-        "hex": pa.array([f"#{r:02X}{g:02X}{b:02X}" for r, g, b in rgb]),
+        "hex": pa.array([f"{r:02X}{g:02X}{b:02X}" for r, g, b in rgb]),
         "red": pa.array(rgb[:, 0]),
         "green": pa.array(rgb[:, 1]),
         "blue": pa.array(rgb[:, 2]),
@@ -493,22 +588,24 @@ def _write_colors(out, rng, photo_ids, designs, total: int) -> None:
         "ai_coverage": pa.array(coverage),
         "ai_score": pa.array(np.round(rng.uniform(0, 1, total), 6)),
     }
-    writer = _TsvWriter(out / "colors.tsv000", COLUMNS["colors"])
     writer.write({k: v.take(pa.array(order)) for k, v in table.items()})
     writer.close()
 
 
-def _write_docs(out: Path) -> None:
-    (out / "README.md").write_text("# Synthetic Unsplash Lite release\n\nWritten by `image-search sample`; every value is made up.\n", encoding="utf-8")
+def _write_docs(out: Path, release_version: str) -> None:
+    (out / "README.md").write_text(
+        f"# Synthetic Unsplash Lite {release_version} release\n\nWritten by `image-search sample`; every value is made up.\n", encoding="utf-8"
+    )
     (out / "DOCS.md").write_text(
-        "# Columns\n\n" + "".join(f"## {doc}\n\n{', '.join(cols)}\n\n" for doc, cols in COLUMNS.items()), encoding="utf-8"
+        "# Columns\n\n" + "".join(f"## {doc}\n\n{', '.join(cols)}\n\n" for doc, cols in columns_of(release_version).items()),
+        encoding="utf-8",
     )
     (out / "TERMS.md").write_text("Synthetic data: no terms beyond the project's licence.\n", encoding="utf-8")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``image-search sample``."""
-    parser = sub.add_parser("sample", help="write a synthetic release in the Unsplash Lite format")
+    parser = sub.add_parser("sample", help="write a synthetic release the way Unsplash Lite is published")
     parser.add_argument("dir", type=Path, help="folder to write the release into")
     parser.add_argument("--photos", type=int, default=100, help="photos (default 100)")
     parser.add_argument("--keywords", type=int, help="keyword rows (default 20 per photo)")
@@ -516,8 +613,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--conversions", type=int, help="conversion rows (default 10 per photo)")
     parser.add_argument("--colors", type=int, help="colour rows (default 3 per photo)")
     parser.add_argument("--duplicates", type=int, default=0, help="near-copies of other photos to plant (default 0)")
+    parser.add_argument("--release-version", default=LATEST_RELEASE, choices=RELEASES,
+                        help=f"the release whose documents, columns and file names to write (default {LATEST_RELEASE})")
+    parser.add_argument("--parts", type=int, default=1, help="files per document, each with the header (default 1)")
     parser.add_argument("--image-base-url", help="serve images from this URL instead of file:// URLs")
-    parser.add_argument("--no-images", dest="images", action="store_false", help="write the TSV files only")
+    parser.add_argument("--no-images", dest="images", action="store_false", help="write the documents only")
     parser.add_argument("--models", action="store_true", help="also write tiny random CLIP and text models under DIR/models")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(handler=_run)
@@ -529,8 +629,10 @@ def _run(args: argparse.Namespace) -> int:
         args.dir, photos=args.photos, keywords=args.keywords, collections=args.collections,
         conversions=args.conversions, colors=args.colors, duplicates=args.duplicates,
         image_base_url=args.image_base_url, images=args.images, models=args.models, seed=args.seed,
+        release_version=args.release_version, parts=args.parts,
     )
     counts = {doc: summary[doc] for doc in DOCUMENTS}
+    counts["release_version"] = summary["release_version"]
     counts["duplicates"] = len(summary["duplicates"])
     print(json.dumps({"dir": str(args.dir), **counts, "models_dir": summary.get("models_dir"),
                       "seconds": round(time.perf_counter() - started, 1)}))

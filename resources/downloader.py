@@ -20,15 +20,23 @@ Why each step:
 * atomic writes: a temporary name in the destination folder, then ``os.replace``; a killed
   run leaves at most stray ``.tmp`` files (see :func:`remove_stale_temporaries`), never a
   half-written image under a real name.
+* broken hosts are permanent failures, an outage is not (see :func:`host_problem` and
+  :meth:`Downloader.fetch_all`): Unsplash Lite has URLs whose host is not a web host at all
+  (``images.unsplash.com.jpg``, unsplash/datasets issue 46), and photos whose URL answers
+  404 (issue 61). Retrying those on every run costs time for nothing; marking a photo
+  permanent because this machine's DNS is down would lose it for good.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import functools
 import hashlib
 import io
+import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,11 +54,13 @@ from urllib3.exceptions import (
     LocationParseError,
     LocationValueError,
     MaxRetryError,
+    NameResolutionError,
     ReadTimeoutError,
     ResponseError,
 )
 from urllib3.util.retry import Retry
 from PIL import Image, UnidentifiedImageError
+from publicsuffixlist import PublicSuffixList
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from resources.config import Settings
@@ -75,9 +85,15 @@ _TEMP_SUFFIX = ".tmp"
 _CHUNK_BYTES = 256 * 1024
 
 
-#: Ledger reasons that a later run could cure (a server back up, a file put in place);
-#: every other reason is permanent for the same URL and is not retried by a re-run.
-TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "missing_file", "unreadable_file"})
+#: Ledger reasons that a later run could cure (a server back up, a file put in place, DNS
+#: working again); every other reason is permanent for the same URL and is not retried by a re-run.
+TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "dns_unavailable", "missing_file", "unreadable_file"})
+#: Top-level names that exist only on private networks, where a host may well resolve:
+#: RFC 6761's localhost, test and example, RFC 6762's local and the names its appendix G
+#: lists as used on internal networks.
+_PRIVATE_TLDS = frozenset({"localhost", "test", "example", "local", "intranet", "internal", "private", "corp", "home", "lan"})
+#: getaddrinfo's answers for a name that does not exist (as opposed to a resolver that failed).
+_NO_SUCH_NAME = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
 
 
 def is_transient(reason: str) -> bool:
@@ -87,6 +103,40 @@ def is_transient(reason: str) -> bool:
     if reason.startswith("http_") and reason[5:].isdigit():
         return int(reason[5:]) in _RETRY_STATUSES
     return False
+
+
+@functools.lru_cache(maxsize=1)
+def _public_suffixes() -> PublicSuffixList:
+    """The ICANN part of the Public Suffix List as the publicsuffixlist package ships it (no network)."""
+    return PublicSuffixList(only_icann=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be a web host, or None; decided from the name alone, so no outage can cause it.
+
+    A name of several labels whose last label is not a top-level domain of the Public
+    Suffix List (``images.unsplash.com.jpg``) can never resolve on the internet. IP
+    addresses, single-label names (``minio``, a container's name) and names under the
+    private-network top-level names of :data:`_PRIVATE_TLDS` (``svc.cluster.local``) are left
+    to name resolution: they may well exist where the pipeline runs.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.rstrip(".").lower().split(".")
+    if len(labels) < 2 or labels[-1] in _PRIVATE_TLDS:
+        return None
+    if _public_suffixes().publicsuffix(host.rstrip(".").lower(), accept_unknown=False) is None:
+        return f"{labels[-1]!r} is not a top-level domain, so {host} cannot be a web host"
+    return None
+
+
+def _is_public_host(host: str) -> bool:
+    """Whether ``host`` is an internet name (under a public suffix): one that resolves only if DNS works."""
+    return _public_suffixes().publicsuffix(host.rstrip(".").lower(), accept_unknown=False) is not None
 
 
 class FetchFailure(Exception):
@@ -309,6 +359,9 @@ class Downloader:
             headers={"User-Agent": USER_AGENT, "Accept": "image/jpeg,image/*;q=0.9"},
             cert_reqs="CERT_REQUIRED",
         )
+        # Set once an internet host answered: from then on, a name that does not resolve is broken.
+        self._public_dns_works = threading.Event()
+        self._nonexistent_hosts: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> "Downloader":
@@ -344,11 +397,17 @@ class Downloader:
         At most ``2 x concurrency`` fetches are in flight or queued, so ``items`` can be a
         lazy iterator over millions of rows. ``progress`` is called every
         ``progress_every_s`` seconds and once at the end.
+
+        A host the resolver says does not exist is a permanent ``unresolvable_host`` only if
+        some internet host answered in the same run; otherwise it is ``dns_unavailable``,
+        transient, since a machine without DNS says the same of every name. Such results are
+        held back to the end, so the verdict does not depend on which photo came first.
         """
         started = time.monotonic()
         done = failed = reported = 0
         last_report = started
         pending: set[Future[FetchResult]] = set()
+        held: list[FetchResult] = []
         iterator = iter(items)
         exhausted = False
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
@@ -367,13 +426,25 @@ class Downloader:
                     result = future.result()
                     done += 1
                     failed += not result.ok
-                    yield result
+                    if result.reason == "dns_unavailable":
+                        held.append(result)
+                    else:
+                        yield result
                 now = time.monotonic()
                 if progress is not None and now - last_report >= progress_every_s:
                     last_report, reported = now, done
                     progress(Progress(done, total, failed, now - started))
+        for result in held:
+            yield self._unresolved(result)
         if progress is not None and (done != reported or done == 0):
             progress(Progress(done, total, failed, time.monotonic() - started))
+
+    def _unresolved(self, result: FetchResult) -> FetchResult:
+        """``result`` (``dns_unavailable``) made permanent if its host does not exist while others resolve."""
+        host = urlsplit(result.url).hostname or ""
+        if self._public_dns_works.is_set() and host in self._nonexistent_hosts:
+            return dataclasses.replace(result, reason="unresolvable_host", detail=f"{host} does not resolve, while other hosts did")
+        return result
 
     def fetch_one(self, photo_id: str, url: str) -> FetchResult:
         """Fetch, validate, normalise and store one photo; never raises for a bad photo."""
@@ -423,6 +494,9 @@ class Downloader:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
+            problem = host_problem(parts.hostname) if parts.hostname else None
+            if problem:
+                raise FetchFailure("bad_host", problem)
             return self._read_http(with_imgix_params(url, self.imgix_params))
         if scheme == "file":
             return self._read_file(Path(url2pathname(unquote(parts.path))))
@@ -450,9 +524,13 @@ class Downloader:
         try:
             response = self._pool.request("GET", url, preload_content=False)
         except MaxRetryError as exc:
+            if isinstance(exc.reason, NameResolutionError):
+                raise self._resolution_failure(urlsplit(url).hostname or "", exc.reason) from None
             raise _transport_failure(exc.reason) from None
         except (HTTPError, ValueError) as exc:
             raise _transport_failure(exc) from None
+        if _is_public_host(urlsplit(url).hostname or ""):
+            self._public_dns_works.set()
         try:
             status = response.status
             if status in _RETRY_STATUSES:
@@ -486,6 +564,15 @@ class Downloader:
         finally:
             response.release_conn()
         return b"".join(chunks)
+
+
+    def _resolution_failure(self, host: str, exc: NameResolutionError) -> FetchFailure:
+        """``unresolvable_host`` (permanent) if the name does not exist and DNS works, else ``dns_unavailable``."""
+        if isinstance(exc.__cause__, socket.gaierror) and exc.__cause__.errno in _NO_SUCH_NAME:
+            if self._public_dns_works.is_set():
+                return FetchFailure("unresolvable_host", f"{host} does not resolve, while other hosts did")
+            self._nonexistent_hosts.add(host)
+        return _Transient("dns_unavailable", f"{host} did not resolve and no internet host has answered yet in this run")
 
 
 def _transport_failure(exc: BaseException | None) -> FetchFailure:

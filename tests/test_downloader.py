@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -16,8 +18,10 @@ from PIL import Image
 
 from resources.config import Settings
 from resources.downloader import (
+    MAX_ATTEMPTS,
     Downloader,
     FetchFailure,
+    host_problem,
     is_transient,
     normalise_image,
     parse_retry_after,
@@ -232,3 +236,58 @@ def test_bench_download_cli_prints_both_rates():
     assert (figures["images"], figures["stored"], figures["failed"], figures["baseline_images"]) == (40, 40, 0, 5)
     assert figures["baseline_images_per_s"] > 0 and figures["project_images_per_s"] > 0
     assert figures["kept_original"] == 40, "plain baseline JPEGs are kept as they are"
+
+
+# --------------------------------------------------------------------------- broken hosts and outages
+
+
+def test_a_host_that_cannot_be_a_web_host_fails_for_good_without_a_lookup(downloader, monkeypatch):
+    """Hosts from unsplash/datasets issue 46: a file name glued onto the host name."""
+    lookups = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: lookups.append(host) or real(host, *a, **k))
+    for url in ("https://images.unsplash.com.jpg/", "https://images.unsplash.com_thebeach.jpg/", "https://images.unsplash.come-home.jpg/x"):
+        result = downloader.fetch_one("broken", url)
+        assert (result.reason, result.attempts) == ("bad_host", 1), url
+        assert "'jpg' is not a top-level domain" in result.detail
+    assert lookups == [] and not is_transient("bad_host")
+    for name in ("localhost", "minio", "images.svc.cluster.local", "10.0.0.7", "images.unsplash.com", "images.unsplash.company"):
+        assert host_problem(name) is None, name
+
+
+@pytest.fixture
+def one_public_name(monkeypatch, server):
+    """``images.example.com`` resolves to the local server; every other name goes to the real resolver.
+
+    A stand-in for DNS, which cannot run here: this machine's resolver answers "not known"
+    for every internet name, as any machine without network does. The HTTP exchange after
+    the lookup is real.
+    """
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        return real("127.0.0.1" if host == "images.example.com" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return server.url("/").replace("127.0.0.1", "images.example.com")
+
+
+def test_a_name_that_does_not_resolve_is_permanent_only_when_other_hosts_do(tmp_path, server, one_public_name):
+    missing = f"http://no-such-host-{uuid.uuid4().hex}.com/photo.jpg"
+    good = one_public_name + "good.jpg"
+    server.add("/good.jpg", jpeg_bytes())
+    options = dict(concurrency=1, timeout=0.5, backoff_initial_s=0.01, backoff_max_s=0.02)
+
+    with Downloader(ImageStore(tmp_path / "outage"), **options) as downloader:
+        alone = {r.photo_id: r for r in downloader.fetch_all([("missing", missing), ("local", server.url("/good.jpg"))])}
+    assert alone["local"].ok, "127.0.0.1 answering says nothing about DNS"
+    assert alone["missing"].reason == "dns_unavailable" and is_transient("dns_unavailable")
+    assert alone["missing"].attempts == MAX_ATTEMPTS, "retried: DNS may come back"
+
+    with Downloader(ImageStore(tmp_path / "working"), **options) as downloader:
+        # The missing host fails first, before any internet host answered: the verdict waits for the run's end.
+        both = {r.photo_id: r for r in downloader.fetch_all([("missing", missing), ("good", good)])}
+        assert both["good"].ok
+        assert both["missing"].reason == "unresolvable_host" and not is_transient("unresolvable_host")
+        again = downloader.fetch_one("again", missing)
+        assert (again.reason, again.attempts) == ("unresolvable_host", 1), "once DNS is known to work, no retries"

@@ -5,6 +5,7 @@ project's own sensors and automation conditions."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -96,21 +97,23 @@ ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_part
 def mix_release(out: Path, base: Path, drop: set[str], extra: Path, add: set[str], new_urls: dict[str, str]) -> None:
     """Write a release: ``base`` without the ``drop`` photos, plus the ``add`` photos of ``extra``, with some URLs changed."""
     out.mkdir(parents=True)
+
+    def records(path: Path) -> list[list[str]]:
+        # The files are CSV with tab delimiters: quoted values may hold tabs and line breaks.
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.reader(f, delimiter="\t"))
+
     for name in DOCUMENTS:
-        header, *rows = (base / f"{name}.tsv000").read_text(encoding="utf-8").splitlines()
-        columns = header.split("\t")
+        columns, *rows = records(base / f"{name}.tsv000")
         id_column = columns.index("photo_id")
-        kept = [row for row in rows if row.split("\t")[id_column] not in drop]
-        _, *extra_rows = (extra / f"{name}.tsv000").read_text(encoding="utf-8").splitlines()
-        kept += [row for row in extra_rows if row.split("\t")[id_column] in add]
+        kept = [row for row in rows if row[id_column] not in drop]
+        kept += [row for row in records(extra / f"{name}.tsv000")[1:] if row[id_column] in add]
         if name == "photos":
             url_column = columns.index("photo_image_url")
-            for i, row in enumerate(kept):
-                cells = row.split("\t")
-                if cells[id_column] in new_urls:
-                    cells[url_column] = new_urls[cells[id_column]]
-                    kept[i] = "\t".join(cells)
-        (out / f"{name}.tsv000").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+            for row in kept:
+                row[url_column] = new_urls.get(row[id_column], row[url_column])
+        with open(out / f"{name}.tsv000", "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows([columns, *kept])
 
 
 @pytest.fixture

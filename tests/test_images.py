@@ -116,6 +116,35 @@ def test_every_bad_input_is_stored_or_in_the_ledger_and_reruns_fetch_nothing(
     assert counts == (0, len(rows) - failing, failing)
 
 
+def test_gone_photos_and_broken_hosts_are_recorded_once_and_not_fetched_again(tmp_path, server, fast_downloads, monkeypatch):
+    """Unsplash Lite's own failures: premium photos answer 404 (unsplash/datasets issue 61), a
+    host with a file name glued on (issue 46); 410 Gone is as final."""
+    rows = [
+        ("premium", server.add("/premium.jpg", b"", status=404, content_type="text/plain")),
+        ("removed", server.add("/removed.jpg", b"", status=410, content_type="text/plain")),
+        ("glued", "https://images.unsplash.com.jpg/"),
+    ]
+    rows += [(f"ok{i}", server.add(f"/ok/{i}.jpg", jpeg_bytes(seed=i))) for i in range(17)]
+    write_catalog(tmp_path, rows)
+    monkeypatch.setenv("IMAGE_SEARCH_MAX_DOWNLOAD_FAILURE_SHARE", "0.2")
+    store = ImageStore(tmp_path / "images")
+
+    def ledger() -> dict[str, str]:
+        frames = [store.read_ledger(bucket) for bucket in {photo_bucket(p) for p, _ in rows}]
+        table = pd.concat(frames, ignore_index=True)
+        assert table["photo_id"].is_unique
+        return dict(zip(table["photo_id"], table["reason"]))
+
+    run_images(tmp_path)
+    expected = {"premium": "http_404", "removed": "http_410", "glued": "bad_host"}
+    assert ledger() == expected
+    hits = dict(server.hits)
+    again = run_images(tmp_path).asset_materializations_for_node("images")[0].metadata
+    assert dict(server.hits) == hits, "no request for a photo known to be gone"
+    assert ledger() == expected
+    assert (again["fetched"].value, again["failed"].value) == (0, 3)
+
+
 def test_failure_share_check_fails_above_the_threshold(tmp_path, server, fast_downloads):
     rows = [(f"p{i}", server.url(f"/missing/{i}.jpg")) for i in range(3)]
     rows += [(f"ok{i}", server.add(f"/ok/{i}.jpg", jpeg_bytes(seed=i))) for i in range(7)]

@@ -1,14 +1,18 @@
 """Ingestion: the release, the five typed tables and the photo catalog, materialized for real.
 
-Every test writes a synthetic release with ``image_search.sample``, materializes the assets
-in-process with Dagster and reads back what they wrote. Downloads go to a real HTTP server
-on 127.0.0.1 that can cut a connection mid-way and honours ``Range`` requests.
+Every test writes a synthetic release with ``image_search.sample`` (quoted values with line
+breaks, tabs, quotes, CJK and emoji, as the real files hold), materializes the assets
+in-process with Dagster and reads back what they wrote; expected values come from Python's
+``csv`` module reading the same files. Downloads go to a real HTTP server on 127.0.0.1 that
+can cut a connection mid-way and honours ``Range`` requests.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import shutil
 import threading
 import zipfile
@@ -22,9 +26,10 @@ from dagster import DagsterInstance, materialize
 from assets.catalog import PHOTO_IDS_UNIQUE_CHECK, photo_catalog, photo_ids_unique
 from assets.partitions import photo_bucket
 from assets.raw import collections, colors, conversions, download, keywords, photos, unsplash_release
-from image_search.sample import DOCUMENTS, write_release
+from image_search.sample import TRICKY_TEXTS, write_release
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
+from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
 
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
 
@@ -56,12 +61,24 @@ def _error(home: Path, dataset, selection=INGESTION) -> str:
 
 
 def _rows(path: Path) -> list[list[str]]:
+    """The records of a document file read with Python's csv module: the official loaders' rules."""
     with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return list(csv.reader(f, delimiter="\t"))
 
 
-def _write_rows(path: Path, rows: list[list[str]]) -> None:
-    path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+def _write_rows(path: Path, rows: list[list[str]], *, line_end: str = "\n", prefix: bytes = b"") -> None:
+    """Write records with CSV quoting where a value needs it; ``\\udcXX`` in a value becomes the raw byte XX."""
+    out = io.StringIO()
+    csv.writer(out, delimiter="\t", lineterminator=line_end).writerows(rows)
+    path.write_bytes(prefix + out.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def _table(home: Path, name: str) -> list[dict]:
+    return pq.read_table(home / "tables" / f"{name}.parquet").to_pylist()
+
+
+def _catalog(home: Path) -> dict[str, dict]:
+    return {r["photo_id"]: r for r in pq.read_table(home / "catalog" / "catalog.parquet").to_pylist()}
 
 
 @pytest.fixture
@@ -79,12 +96,18 @@ def test_sample_release_ingests_completely(sample_release: Path, sample_release_
         meta = _metadata(result, doc)
         assert meta["dagster/row_count"] == sample_release_info[doc]
         assert meta["skipped_rows"] == 0 and meta["non_utf8_values"] == 0 and meta["unparsed_values"] == {}
+        assert meta["absent_columns"] == {}
         assert pq.read_metadata(tmp_path / "home" / "tables" / f"{doc}.parquet").num_rows == sample_release_info[doc]
+    assert _metadata(result, "unsplash_release")["release"] == "1.4.x"
+    assert _metadata(result, "photos")["multiline_records"] >= 3, "three of the tricky texts hold line breaks"
     assert "| photo_id |" in _metadata(result, "photos")["preview"]
     schema = pq.read_schema(tmp_path / "home" / "tables" / "photos.parquet")
     assert str(schema.field("photo_width").type) == "int64"
     assert str(schema.field("photo_submitted_at").type) == "timestamp[us, tz=UTC]"
+    for text_column in ("exif_aperture_value", "exif_focal_length", "ai_primary_landmark_confidence", "blur_hash"):
+        assert str(schema.field(text_column).type) == "string", "text in create_tables.sql stays text"
     assert str(pq.read_schema(tmp_path / "home" / "tables" / "keywords.parquet").field("suggested_by_user").type) == "bool"
+    assert str(pq.read_schema(tmp_path / "home" / "tables" / "collections.parquet").field("collection_id").type) == "string"
 
     expected_describe: dict[str, set[str]] = {}
     for row in _rows(sample_release / "keywords.tsv000")[1:]:
@@ -106,6 +129,105 @@ def test_sample_release_ingests_completely(sample_release: Path, sample_release_
     assert meta["skipped_repeated_photo_ids"] == 0 and meta["skipped_keywords_unknown_photo"] == 0
     assert "photos_added" not in meta, "no previous catalog to compare with"
     assert [e.passed for e in result.get_asset_check_evaluations() if e.check_name == PHOTO_IDS_UNIQUE_CHECK] == [True]
+
+
+#: Catalog columns copied from the photos document as they are.
+TEXT_COLUMNS = ("photo_url", "photo_image_url", "photo_description", "ai_description", "photographer_username",
+                "photo_location_name", "photo_location_country", "photo_location_city")
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_every_release_version_ingests_with_its_text_as_written(tmp_path: Path, version: str):
+    """Each release's documents, columns and file names, split in parts, with every kind of quoted value.
+
+    The expected values come from Python's csv module reading the same files.
+    """
+    release = tmp_path / "release"
+    info = write_release(release, photos=24, images=False, seed=13, release_version=version, parts=2)
+    home = tmp_path / "home"
+    result = _materialize(home, release)
+    assert _metadata(result, "unsplash_release")["release"] == version.rsplit(".", 1)[0] + ".x"
+
+    photos = [dict(zip(rows[0], row)) for name in info["files"]["photos"] for rows in [_rows(release / name)] for row in rows[1:]]
+    catalog = _catalog(home)
+    assert sorted(catalog) == sorted(r["photo_id"] for r in photos) == sorted(info["photo_ids"])
+    for row in photos:
+        for column in TEXT_COLUMNS:
+            assert catalog[row["photo_id"]][column] == (row.get(column) or None), (column, row.get(column))
+    assert {TRICKY_TEXTS[i] for i in range(len(TRICKY_TEXTS))} <= {r["photo_location_name"] for r in catalog.values()}
+
+    user_keywords: dict[str, set[str]] = {}
+    for name in info["files"]["keywords"]:
+        for row in _rows(release / name)[1:]:
+            if row[4] == "t":
+                user_keywords.setdefault(row[0], set()).add(row[1].strip())
+    for photo_id, words in user_keywords.items():
+        assert catalog[photo_id]["describe"] == " ".join(sorted(words))
+    assert "night\nsky" in catalog[info["photo_ids"][0]]["describe"], "a keyword with a line break reaches describe"
+
+    for doc in DOCUMENTS:
+        meta = _metadata(result, doc)
+        assert meta["skipped_rows"] == 0 and meta["unparsed_values"] == {}, doc
+        assert meta["dagster/row_count"] == info[doc]
+        assert set(meta["absent_columns"]) == set(COLUMNS.get(doc, {})) - set(columns_of(version).get(doc, COLUMNS[doc])), doc
+    if version < "1.1.0":
+        assert _metadata(result, "colors")["absent_document"].startswith("Unsplash Lite 1.0.x has no colors document")
+        assert _table(home, "colors") == []
+        assert all(r["orientation"] is None and r["photo_width"] is None and r["colors"] == [] for r in catalog.values())
+        assert {"photo_width", "orientation", "dominant_color"} <= set(_metadata(result, "photo_catalog")["empty_columns"])
+    else:
+        assert all(r["orientation"] in ("landscape", "portrait", "square") and r["dominant_color"] for r in catalog.values())
+
+
+def test_skipped_records_report_the_line_they_start_on(release: Path, tmp_path: Path):
+    """Bad records after others that span several lines: the lines are the file's, not record numbers."""
+    path = release / "keywords.tsv000"
+    text = path.read_text(encoding="utf-8")
+    first_bad = text.count("\n") + 1
+    assert first_bad > len(_rows(path)), "quoted line breaks before the bad records"
+    photo_id = _rows(path)[1][0]
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        f.write(f"{photo_id}\tonly two fields\n")
+        f.write(f'{photo_id}\t"a bad record\r\nover two lines"\n')
+        f.write(f"{photo_id}\tfine\t\t\tt\tphotographer\tf\tf\n")
+        f.write(f"{photo_id}\ta\tb\tc\td\te\tf\tg\th\ti\n")
+        f.write(f"{photo_id}\tfour\tfields\tonly\n")
+    result = _materialize(tmp_path / "home", release, [unsplash_release, keywords])
+    meta = _metadata(result, "keywords")
+    assert meta["skipped_rows"] == 4
+    assert meta["skipped_examples"] == [
+        f"keywords.tsv000 line {first_bad}: 2 fields, expected 8",
+        f"keywords.tsv000 line {first_bad + 1}: 2 fields, expected 8",
+        f"keywords.tsv000 line {first_bad + 4}: 10 fields, expected 8",
+    ]
+    assert meta["dagster/row_count"] == 30 * 20 + 1
+
+
+def test_a_quote_left_open_fails_naming_the_file_and_line(release: Path, tmp_path: Path):
+    home = tmp_path / "home"
+    path = release / "photos.tsv000"
+    start = path.read_text(encoding="utf-8").count("\n") + 1
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        f.write('NEWPHOTO123\thttps://unsplash.com/photos/NEWPHOTO123\t"a value cut short\nand never closed\n')
+    error = _error(home, release, [unsplash_release, photos])
+    assert str(path) in error and f"line {start}" in error and "quoted value" in error
+    assert not (home / "tables" / "photos.parquet").exists() and not list((home / "tables").glob("*.tmp"))
+
+
+def test_byte_order_mark_and_crlf_line_ends(release: Path, tmp_path: Path):
+    """A file written on Windows: a BOM before the header and CR LF after every record."""
+    for doc in ("photos", "keywords"):
+        _write_rows(release / f"{doc}.tsv000", _rows(release / f"{doc}.tsv000"), line_end="\r\n", prefix=codecs.BOM_UTF8)
+    home = tmp_path / "home"
+    result = _materialize(home, release)
+    photos_rows = _rows(release / "photos.tsv000")
+    header = [photos_rows[0][0].removeprefix("\ufeff"), *photos_rows[0][1:]]
+    catalog = _catalog(home)
+    assert len(catalog) == 30 and _metadata(result, "keywords")["skipped_rows"] == 0
+    for row in photos_rows[1:]:
+        record = dict(zip(header, row))
+        assert catalog[record["photo_id"]]["photo_description"] == (record["photo_description"] or None)
+    assert catalog[photos_rows[1][0]]["photo_description"] == TRICKY_TEXTS[0]
 
 
 def test_second_catalog_reports_what_changed(release: Path, tmp_path: Path):
@@ -132,17 +254,19 @@ def test_bad_rows_are_counted_and_skipped(release: Path, tmp_path: Path):
     repeat = list(photo_rows[1])
     repeat[header.index("photo_description")] = "the repeated row loses"
     photo_rows[2][header.index("photo_width")] = "wide"
+    photo_rows[3][header.index("exif_aperture_value")] = "f/2.8"
     blank = list(photo_rows[3])
     blank[0] = " "
-    _write_rows(release / "photos.tsv000", [*photo_rows, repeat, blank])
-    with open(release / "photos.tsv000", "ab") as f:
-        f.write(b"\t".join([b"NONUTF8xxxx", *[c.encode() for c in photo_rows[4][1:8]], b"caf\xe9 au lait", *[c.encode() for c in photo_rows[4][9:]]]) + b"\n")
+    non_utf8 = list(photo_rows[4])
+    non_utf8[0] = "NONUTF8xxxx"
+    non_utf8[header.index("photo_description")] = "caf\udce9 au lait"
+    _write_rows(release / "photos.tsv000", [*photo_rows, repeat, blank, non_utf8])
     with open(release / "keywords.tsv000", "a", encoding="utf-8") as f:
         f.write(f"{first_id}\ttoo few fields\n")
         f.write(f"{first_id}\ta\tb\tc\td\te\tf\tg\th\ti\n")
-        f.write("UNKNOWNPHOT\tghost\t\t\tt\tmanual\tf\tf\n")
+        f.write("UNKNOWNPHOT\tghost\t\t\tt\tphotographer\tf\tf\n")
     with open(release / "colors.tsv000", "a", encoding="utf-8") as f:
-        f.write("UNKNOWNPHOT\t#000000\t0\t0\t0\tblack\t0.9\t0.5\n")
+        f.write("UNKNOWNPHOT\t000000\t0\t0\t0\tblack\t90\t0.5\n")
 
     result = _materialize(tmp_path / "home", release)
     photo_meta = _metadata(result, "photos")
@@ -158,15 +282,17 @@ def test_bad_rows_are_counted_and_skipped(release: Path, tmp_path: Path):
     assert meta["skipped_keywords_unknown_photo"] == 1
     assert meta["skipped_colors_unknown_photo"] == 1
     assert meta["dagster/row_count"] == 31
-    catalog = {r["photo_id"]: r for r in pq.read_table(tmp_path / "home" / "catalog" / "catalog.parquet").to_pylist()}
+    catalog = _catalog(tmp_path / "home")
     assert catalog[first_id]["photo_description"] != "the repeated row loses"
     assert catalog["NONUTF8xxxx"]["photo_description"] == "caf\ufffd au lait"
     assert catalog[photo_rows[2][0]]["photo_width"] is None
     assert "UNKNOWNPHOT" not in catalog
+    apertures = {r["photo_id"]: r["exif_aperture_value"] for r in _table(tmp_path / "home", "photos")}
+    assert apertures[photo_rows[3][0]] == "f/2.8", "a text column keeps any text"
 
 
 def test_csv_names_and_coverage_header(release: Path, tmp_path: Path):
-    """The 2026 zips named the files *.csv000; DOCS.md calls the colour columns coverage and score."""
+    """1.3.0 named the files *.csv000; DOCS.md calls the colour columns coverage and score."""
     for doc in DOCUMENTS:
         (release / f"{doc}.tsv000").rename(release / f"{doc}.csv000")
     rows = _rows(release / "colors.csv000")
@@ -174,6 +300,7 @@ def test_csv_names_and_coverage_header(release: Path, tmp_path: Path):
     _write_rows(release / "colors.csv000", rows)
     result = _materialize(tmp_path / "home", release)
     assert _metadata(result, "colors")["dagster/row_count"] == 90
+    assert pq.read_schema(tmp_path / "home" / "tables" / "colors.parquet").names[-2:] == ["ai_coverage", "ai_score"]
     assert all(r["dominant_color"] for r in pq.read_table(tmp_path / "home" / "catalog" / "catalog.parquet").to_pylist()[:5])
 
 
@@ -184,7 +311,7 @@ def test_csv_names_and_coverage_header(release: Path, tmp_path: Path):
         (lambda d: (d / "keywords.tsv000").write_bytes(b""), "keywords", "is empty"),
         (lambda d: _write_rows(d / "keywords.tsv000", _rows(d / "keywords.tsv000")[:1]), "keywords", "header but no rows"),
         (lambda d: _write_rows(d / "photos.tsv000", [r[:2] + r[3:] for r in _rows(d / "photos.tsv000")]), "photos", "no column photo_image_url"),
-        (lambda d: _write_rows(d / "colors.tsv000", [r[:6] for r in _rows(d / "colors.tsv000")]), "colors", "no column ai_coverage or coverage"),
+        (lambda d: _write_rows(d / "colors.tsv000", [r[:6] for r in _rows(d / "colors.tsv000")]), "colors", "no column ai_coverage"),
     ],
     ids=["missing", "empty", "header-only", "missing-column", "no-coverage"],
 )
@@ -203,7 +330,7 @@ def test_failed_ingestion_keeps_the_previous_table(release: Path, tmp_path: Path
     rows = _rows(release / "photos.tsv000")
     _write_rows(release / "photos.tsv001", [rows[0][:-1], *[r[:-1] for r in rows[1:]]])
     error = _error(home, release, [unsplash_release, photos])
-    assert "photos.tsv001 has columns" in error
+    assert f"{release / 'photos.tsv001'} has columns" in error and f"unlike {release / 'photos.tsv000'}" in error
     assert table.read_bytes() == before
     assert not list((home / "tables").glob("*.tmp"))
 

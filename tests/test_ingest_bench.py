@@ -1,4 +1,4 @@
-"""``image-search bench ingest`` runs end to end and measures the ingestion child, not itself."""
+"""``image-search bench ingest`` runs end to end and measures the ingestion children, not itself."""
 
 from __future__ import annotations
 
@@ -14,5 +14,9 @@ def test_bench_ingest_small_release():
         capture_output=True, text=True, check=True, timeout=300,
     )
     figures = json.loads(done.stdout)
-    assert figures["photos"] == 200 and figures["input_tsv_mb"] > 0 and figures["parquet_mb"] > 0
-    assert figures["ingest_peak_rss_mb"] > figures["baseline_peak_rss_mb"] > 50
+    assert figures["photos"] == 200 and figures["input_mb"] > 0 and figures["parquet_mb"] > 0
+    assert figures["ingest_peak_rss_mb"] > figures["imports_peak_rss_mb"] > 50
+    assert figures["baseline_peak_rss_mb"] > figures["imports_peak_rss_mb"]
+    assert figures["ingest_skipped_records"] == 0
+    assert figures["baseline_skipped_records"] > 0, "the old reader splits records holding quoted line breaks"
+    assert "CPUs" in figures["cpu"]

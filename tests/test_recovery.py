@@ -9,6 +9,7 @@ a log line appears.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -219,9 +220,11 @@ def vector_ids(env: dict[str, str]) -> list[str]:
 
 
 def photo_ids(env: dict[str, str]) -> list[str]:
-    header, *rows = (Path(env["IMAGE_SEARCH_DATASET"]) / "photos.tsv000").read_text().splitlines()
-    column = header.split("\t").index("photo_id")
-    return sorted(row.split("\t")[column] for row in rows)
+    # The file is CSV with a tab delimiter: quoted values may hold tabs and line breaks.
+    with open(Path(env["IMAGE_SEARCH_DATASET"]) / "photos.tsv000", encoding="utf-8", newline="") as f:
+        header, *rows = csv.reader(f, delimiter="\t")
+    column = header.index("photo_id")
+    return sorted(row[column] for row in rows)
 
 
 def test_runs_killed_holding_bucket_locks_the_encoder_slot_and_the_index_lock_do_not_block_the_next(tmp_path, instance_env):
