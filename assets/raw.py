@@ -47,6 +47,7 @@ from dagster import (
 from resources.config import Settings, mask_url
 from resources.csv_stream import EXAMPLES, FileReport, read_batches, read_header
 from resources.errors import ImageSearchError
+from resources.files import Staged, sweep, write_parquet, write_text
 from resources.lite_format import (
     ADDED_IN,
     COLUMNS,
@@ -83,12 +84,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_DOWNLOAD_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _Retryable(Exception):
@@ -137,7 +132,7 @@ def download(url: str, dest_dir: Path, *, timeout: float, log, attempts: int = _
                 log.warning(f"{shown}: {exc or type(exc).__name__}; resuming (attempt {attempt + 1} of {attempts})")
                 time.sleep(min(2 ** attempt * 0.25, 10))
     os.replace(part, final)
-    _write_json(info_path, {"url": shown, "etag": etag, "size": final.stat().st_size})
+    write_text(info_path, json.dumps({"url": shown, "etag": etag, "size": final.stat().st_size}, indent=2))
     return final
 
 
@@ -195,11 +190,9 @@ def extract(zip_path: Path, dest: Path) -> Path:
     marker = dest / ".source.json"
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("sha256") == sha:
         return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    sweep(dest.parent)
     try:
-        with zipfile.ZipFile(zip_path) as archive:
+        with Staged(dest, folder=True) as tmp, zipfile.ZipFile(zip_path) as archive:
             for member in archive.infolist():
                 target = (tmp / member.filename).resolve()
                 if not target.is_relative_to(tmp.resolve()):
@@ -209,19 +202,9 @@ def extract(zip_path: Path, dest: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, _DOWNLOAD_CHUNK)
+            (tmp / ".source.json").write_text(json.dumps({"zip": str(zip_path), "sha256": sha}, indent=2), encoding="utf-8")
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise _CorruptZip(f"{exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_json(tmp / ".source.json", {"zip": str(zip_path), "sha256": sha})
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
@@ -267,7 +250,7 @@ def fetch_release(settings: Settings, log) -> dict:
     files = {doc: document_files(documents_dir, doc) for doc in DOCUMENTS}
     manifest["files"] = {doc: [p.name for p in paths] for doc, paths in files.items()}
     manifest["release"] = _release_of(files)
-    _write_json(release_dir / MANIFEST, manifest)
+    write_text(release_dir / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -394,7 +377,7 @@ def ingest_document(documents_dir: Path, name: str, out_path: Path, log, release
     if not files and not has_document(release, name):
         log.info(f"Unsplash Lite {release} has no {name} document: writing an empty table")
         schema = pa.schema(list(known.items()))
-        write_atomically(schema.empty_table(), out_path)
+        write_parquet(out_path, schema.empty_table(), compression="zstd")
         return _stats(schema, files=[], absent_document=f"Unsplash Lite {release} has no {name} document (added in {ADDED_IN[name]})")
     if not files:
         raise ImageSearchError(
@@ -411,11 +394,10 @@ def ingest_document(documents_dir: Path, name: str, out_path: Path, log, release
     schema = pa.schema(list(known.items()) + [(c, pa.string()) for c in header if c not in known])
     stats = _stats(schema, files=[f.name for f in files])
     stats["absent_columns"] = {c: f"added in {ADDED_IN[c]}" if c in ADDED_IN else "not in the files" for c in known if c not in header}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    sweep(out_path.parent)
     current = files[0]
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with Staged(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for current in files:
                 file_header = canonical_header(name, read_header(current))
                 if file_header != header:
@@ -436,13 +418,10 @@ def ingest_document(documents_dir: Path, name: str, out_path: Path, log, release
                 stats["skipped_examples"] += [
                     f"{current.name} line {line}: {fields} fields, expected {len(header)}" for line, fields in report.skipped_lines
                 ]
-        if stats["rows"] == 0:
-            raise ImageSearchError(f"{name} document ({', '.join(str(f) for f in files)}) has a header but no rows: download the release again")
-        os.replace(tmp, out_path)
+            if stats["rows"] == 0:
+                raise ImageSearchError(f"{name} document ({', '.join(str(f) for f in files)}) has a header but no rows: download the release again")
     except pa.ArrowInvalid as exc:
         raise ImageSearchError(f"{current} could not be read as tab-separated text ({str(exc).splitlines()[0]}): download the release again") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     stats["skipped_examples"] = stats["skipped_examples"][:EXAMPLES]
     stats["unparsed_values"] = {k: v for k, v in stats["unparsed_values"].items() if v}
     return stats
@@ -469,17 +448,6 @@ def _typed(batch: pa.RecordBatch, schema: pa.Schema, stats: dict) -> pa.Table:
             stats["unparsed_values"][column] += bad
         arrays[column] = array
     return pa.Table.from_arrays([arrays.get(f.name, pa.nulls(batch.num_rows, f.type)) for f in schema], schema=schema)
-
-
-def write_atomically(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` as Parquet under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _document_asset(name: str):

@@ -17,8 +17,7 @@ Why each step:
   encoder never meets CMYK, 16-bit, palette, transparency or animation. A plain baseline RGB
   JPEG with no rotation (what imgix returns) is kept byte for byte: re-encoding it would
   cost CPU and quality for nothing.
-* atomic writes: a temporary name in the destination folder, then ``os.replace``; a killed
-  run leaves at most stray ``.tmp`` files (see :func:`remove_stale_temporaries`), never a
+* atomic writes (``resources/files.py``): a killed run leaves at most a temporary, never a
   half-written image under a real name.
 * broken hosts are permanent failures, an outage is not (see :func:`host_problem` and
   :meth:`Downloader.fetch_all`): Unsplash Lite has URLs whose host is not a web host at all
@@ -35,7 +34,6 @@ import functools
 import hashlib
 import io
 import ipaddress
-import os
 import socket
 import threading
 import time
@@ -64,6 +62,7 @@ from publicsuffixlist import PublicSuffixList
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from resources.config import Settings
+from resources.files import write_bytes
 from resources.image_store import ImageStore
 from resources.pictures import MAX_PIXELS, is_upright, upright_rgb
 
@@ -81,7 +80,6 @@ USER_AGENT = "image-search/0.1 (+https://github.com/; photo catalog indexer)"
 #: refused. Octet-stream is allowed because some object stores serve every file as it.
 _ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_TEMP_SUFFIX = ".tmp"
 _CHUNK_BYTES = 256 * 1024
 
 
@@ -245,33 +243,6 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files a killed run left in ``folder``; returns how many."""
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob(f".*{_TEMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The temporary name carries the process and thread ids: unique among writers at any one
-    time, and cheaper than ``mkstemp``'s random names at hundreds of files a second.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{_TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
@@ -463,7 +434,7 @@ class Downloader:
                 reraise=True,
             )(attempt)
             jpeg, width, height, kept = normalise_image(data, max_pixels=self.max_pixels)
-            write_atomic(self.store.path_for(photo_id), jpeg)
+            write_bytes(self.store.path_for(photo_id), jpeg)
         except FetchFailure as exc:
             return FetchResult(
                 photo_id, url, exc.reason, exc.detail[:300], attempts, finished_at=datetime.now(timezone.utc)
