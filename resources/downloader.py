@@ -8,7 +8,7 @@ ledger. Nothing here raises for a bad photo; a bad photo never stops the others.
 
 Why each step:
 
-* retries (tenacity, exponential backoff with jitter) only for what can heal: connection
+* retries (the policy of ``resources/http_client.py``) only for what can heal: connection
   errors, timeouts, 408, 429 and 5xx; ``Retry-After`` is honoured up to a cap so one server
   cannot park a worker for an hour; other 4xx fail at once.
 * validation before anything is kept: content type, a byte cap, a pixel cap read from the
@@ -29,7 +29,6 @@ Why each step:
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import functools
 import hashlib
 import io
@@ -45,21 +44,19 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     LocationParseError,
     LocationValueError,
-    MaxRetryError,
     NameResolutionError,
     ReadTimeoutError,
     ResponseError,
 )
-from urllib3.util.retry import Retry
 from PIL import Image, UnidentifiedImageError
 from publicsuffixlist import PublicSuffixList
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from resources import http_client
 
 from resources.config import Settings
 from resources.files import write_bytes
@@ -69,17 +66,11 @@ from resources.pictures import MAX_PIXELS, is_upright, upright_rgb
 IMGIX_HOST = "images.unsplash.com"
 MAX_BYTES = 50 * 1024 * 1024
 MAX_ATTEMPTS = 4
-MAX_REDIRECTS = 5
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 8.0
-RETRY_AFTER_CAP_S = 30.0
 JPEG_QUALITY = 90
-USER_AGENT = "image-search/0.1 (+https://github.com/; photo catalog indexer)"
 
 #: Content types accepted before decoding; anything else (text/html, application/json) is
 #: refused. Octet-stream is allowed because some object stores serve every file as it.
 _ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
-_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK_BYTES = 256 * 1024
 
 
@@ -99,7 +90,7 @@ def is_transient(reason: str) -> bool:
     if reason in TRANSIENT_REASONS:
         return True
     if reason.startswith("http_") and reason[5:].isdigit():
-        return int(reason[5:]) in _RETRY_STATUSES
+        return int(reason[5:]) in http_client.RETRY_STATUSES
     return False
 
 
@@ -147,7 +138,7 @@ class FetchFailure(Exception):
         self.retry_after = retry_after
 
 
-class _Transient(FetchFailure):
+class _Transient(FetchFailure, http_client.Transient):
     """A failure worth another attempt (5xx, 429, a dropped connection, a timeout)."""
 
 
@@ -229,22 +220,6 @@ def with_imgix_params(url: str, params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
-
-
 def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
     """Validate ``data`` as an image and return (RGB JPEG bytes, width, height, kept original).
 
@@ -291,10 +266,8 @@ def _is_plain_jpeg(image: Image.Image) -> bool:
 class Downloader:
     """Fetches (photo_id, url) pairs into an :class:`ImageStore`, many at a time.
 
-    One instance owns one ``urllib3.PoolManager`` (keep-alive connection pools shared by
-    the worker threads); use it as a context manager or call :meth:`close`. urllib3 rather
-    than httpx: at a few hundred photos a second the client's own CPU time is the limit,
-    and urllib3 spends less than half of httpx's per request (measured, see README).
+    One instance owns one pool of ``resources/http_client.py`` (keep-alive connections
+    shared by the worker threads); use it as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -307,10 +280,10 @@ class Downloader:
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
         max_attempts: int = MAX_ATTEMPTS,
-        max_redirects: int = MAX_REDIRECTS,
-        backoff_initial_s: float = BACKOFF_INITIAL_S,
-        backoff_max_s: float = BACKOFF_MAX_S,
-        retry_after_cap_s: float = RETRY_AFTER_CAP_S,
+        max_redirects: int = http_client.MAX_REDIRECTS,
+        backoff_initial_s: float = http_client.BACKOFF_INITIAL_S,
+        backoff_max_s: float = http_client.BACKOFF_MAX_S,
+        retry_after_cap_s: float = http_client.RETRY_AFTER_CAP_S,
     ):
         self.store = store
         self.concurrency = concurrency
@@ -319,16 +292,9 @@ class Downloader:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_attempts = max_attempts
-        self.retry_after_cap_s = retry_after_cap_s
-        self._backoff = wait_exponential_jitter(
-            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
-        )
-        self._pool = urllib3.PoolManager(
-            maxsize=concurrency,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            retries=Retry(total=None, connect=0, read=0, status=0, other=0, redirect=max_redirects),
-            headers={"User-Agent": USER_AGENT, "Accept": "image/jpeg,image/*;q=0.9"},
-            cert_reqs="CERT_REQUIRED",
+        self._retry = {"initial_s": backoff_initial_s, "max_s": backoff_max_s, "retry_after_cap_s": retry_after_cap_s}
+        self._pool = http_client.pool(
+            timeout=timeout, maxsize=concurrency, accept="image/jpeg,image/*;q=0.9", max_redirects=max_redirects
         )
         # Set once an internet host answered: from then on, a name that does not resolve is broken.
         self._public_dns_works = threading.Event()
@@ -427,12 +393,7 @@ class Downloader:
             return self._read(url)
 
         try:
-            data = Retrying(
-                stop=stop_after_attempt(self.max_attempts),
-                wait=self._wait,
-                retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
-                reraise=True,
-            )(attempt)
+            data = http_client.retrying(self.max_attempts, **self._retry)(attempt)
             jpeg, width, height, kept = normalise_image(data, max_pixels=self.max_pixels)
             write_bytes(self.store.path_for(photo_id), jpeg)
         except FetchFailure as exc:
@@ -450,13 +411,6 @@ class Downloader:
             kept_original=kept,
             finished_at=datetime.now(timezone.utc),
         )
-
-    def _wait(self, retry_state) -> float:
-        """Exponential backoff with jitter, or the server's ``Retry-After`` (capped) when it sent one."""
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, FetchFailure) and exc.retry_after is not None:
-            return min(exc.retry_after, self.retry_after_cap_s)
-        return self._backoff(retry_state)
 
     def _read(self, url: str) -> bytes:
         """The raw bytes behind ``url`` (http, https, file:// or a local path), capped in size."""
@@ -494,18 +448,17 @@ class Downloader:
         deadline = time.monotonic() + 3 * self.timeout
         try:
             response = self._pool.request("GET", url, preload_content=False)
-        except MaxRetryError as exc:
-            if isinstance(exc.reason, NameResolutionError):
-                raise self._resolution_failure(urlsplit(url).hostname or "", exc.reason) from None
-            raise _transport_failure(exc.reason) from None
         except (HTTPError, ValueError) as exc:
-            raise _transport_failure(exc) from None
+            reason = http_client.cause(exc)
+            if isinstance(reason, NameResolutionError):
+                raise self._resolution_failure(urlsplit(url).hostname or "", reason) from None
+            raise _transport_failure(reason) from None
         if _is_public_host(urlsplit(url).hostname or ""):
             self._public_dns_works.set()
         try:
             status = response.status
-            if status in _RETRY_STATUSES:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status in http_client.RETRY_STATUSES:
+                retry_after = http_client.parse_retry_after(response.headers.get("Retry-After"))
                 raise _Transient(f"http_{status}", response.reason or "", retry_after=retry_after)
             if status >= 400:
                 raise FetchFailure(f"http_{status}", response.reason or "")

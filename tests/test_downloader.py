@@ -24,9 +24,9 @@ from resources.downloader import (
     host_problem,
     is_transient,
     normalise_image,
-    parse_retry_after,
     with_imgix_params,
 )
+from resources.http_client import parse_retry_after
 from resources.image_store import ImageStore
 from tests.http_fixtures import (
     FaultServer,
