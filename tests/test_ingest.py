@@ -23,13 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, materialize
 
+import sensors
 from assets.catalog import PHOTO_IDS_UNIQUE_CHECK, photo_catalog, photo_ids_unique
 from assets.partitions import photo_bucket
-from assets.raw import collections, colors, conversions, download, keywords, photos, unsplash_release
+from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
 from image_search.sample import TRICKY_TEXTS, write_release
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
+from resources.release import download
 
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
 
@@ -352,10 +354,17 @@ def _zip(folder: Path, zip_path: Path) -> bytes:
 
 
 class ZipServer:
-    """Serves one body at /release.zip with Range support; can cut the first N responses short."""
+    """Serves one body at /release.zip with Range and If-Range (RFC 9110 13.1.5); can cut the first N responses short.
 
-    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200):
+    ``etag`` and ``last_modified`` are the validators it sends (None: that header is left
+    out); ``head_length=False`` leaves Content-Length out of HEAD answers, as a server that
+    streams its files does.
+    """
+
+    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200,
+                 etag: str | None = '"v1"', last_modified: str | None = None, head_length: bool = True):
         self.body, self.cut_at, self.cuts, self.status = body, cut_at, cuts, status
+        self.etag, self.last_modified, self.head_length = etag, last_modified, head_length
         self.requests: list[str | None] = []
         server = self
 
@@ -363,10 +372,17 @@ class ZipServer:
             def log_message(self, *args):
                 pass
 
+            def validators(self):
+                if server.etag is not None:
+                    self.send_header("ETag", server.etag)
+                if server.last_modified is not None:
+                    self.send_header("Last-Modified", server.last_modified)
+
             def do_HEAD(self):
                 self.send_response(server.status)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.send_header("ETag", '"v1"')
+                if server.head_length:
+                    self.send_header("Content-Length", str(len(server.body)))
+                self.validators()
                 self.end_headers()
 
             def do_GET(self):
@@ -377,11 +393,13 @@ class ZipServer:
                     self.end_headers()
                     return
                 start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+                if self.headers.get("If-Range") not in (None, server.etag, server.last_modified):
+                    start = 0
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(server.body) - 1}/{len(server.body)}")
                 self.send_header("Content-Length", str(len(server.body) - start))
-                self.send_header("ETag", '"v1"')
+                self.validators()
                 self.end_headers()
                 end = len(server.body)
                 if server.cut_at is not None and server.cuts > 0:
@@ -467,6 +485,39 @@ def test_local_zip_is_extracted_once(release: Path, tmp_path: Path):
     shutil.copy(zip_path, tmp_path / "same.zip")
     _materialize(home, tmp_path / "same.zip", [unsplash_release])
     assert marker.stat().st_mtime_ns == stamp
+
+
+
+def test_a_server_without_etag_a_new_release_is_noticed_and_downloaded(release: Path, tmp_path: Path):
+    """The sensor and the download share one meaning of "changed": here the date alone tells the versions apart."""
+    first, second = _zip(release, tmp_path / "v1.zip"), None
+    (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
+    second = _zip(release, tmp_path / "v2.zip")
+    home = tmp_path / "home"
+    with ZipServer(first, etag=None, last_modified="Tue, 01 Sep 2026 00:00:00 GMT", head_length=False) as server:
+        assert _metadata(_materialize(home, server.url, [unsplash_release]), "unsplash_release")["sha256"] == hashlib.sha256(first).hexdigest()
+        seen = sensors.release_fingerprint(server.url, timeout=5)
+        _materialize(home, server.url, [unsplash_release])
+        assert len(server.requests) == 1 and sensors.release_fingerprint(server.url, timeout=5) == seen, "unchanged: kept"
+        server.body, server.last_modified = second, "Thu, 01 Oct 2026 00:00:00 GMT"
+        assert sensors.release_fingerprint(server.url, timeout=5) != seen
+        result = _materialize(home, server.url, [unsplash_release])
+    assert len(server.requests) == 2, "the new release is downloaded, not the old zip reused"
+    assert _metadata(result, "unsplash_release")["sha256"] == hashlib.sha256(second).hexdigest()
+
+
+def test_a_release_replaced_between_a_cut_and_the_resume_is_downloaded_afresh(release: Path, tmp_path: Path):
+    first = _zip(release, tmp_path / "v1.zip")
+    (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
+    second = _zip(release, tmp_path / "v2.zip")
+    dest = tmp_path / "downloads"
+    with ZipServer(first, cut_at=1000) as server:
+        with pytest.raises(ImageSearchError, match="materialize again to resume"):
+            download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+        server.body, server.etag = second, '"v2"'
+        done = download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+    assert server.requests == [None, "bytes=1000-"], "it asked to resume, If-Range made the server send it all"
+    assert done.read_bytes() == second
 
 
 class _Log:
