@@ -8,6 +8,7 @@ tells the document assets where the files are and which release their columns sh
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -28,6 +29,15 @@ from resources.lite_format import DOCUMENTS, canonical_header, release_of
 MANIFEST = "manifest.json"
 DOWNLOAD_ATTEMPTS = 5
 _CHUNK = 1 << 20
+#: What a write error means for the user, by errno; any other one is shown as the system says it.
+_DISK_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space there",
+    errno.EDQUOT: "the disk quota is used up: free space there or raise the quota",
+    errno.EFBIG: "a file exceeds the size this process may write: raise the limit (ulimit -f)",
+    errno.EACCES: "permission denied: make the folder writable by this user",
+    errno.EPERM: "permission denied: make the folder writable by this user",
+    errno.EROFS: "the file system is read-only: point IMAGE_SEARCH_HOME at a writable one",
+}
 
 
 def _sha256(path: Path) -> str:
@@ -155,7 +165,8 @@ def extract(zip_path: Path, dest: Path, sha256: str) -> Path:
     """Extract ``zip_path`` (whose digest is ``sha256``) into ``dest``, replacing it only once the whole zip extracted.
 
     A zip extracted there last is not extracted again. Member names that would land
-    outside ``dest`` are refused. A zip that cannot be read raises :class:`CorruptZip`.
+    outside ``dest`` are refused. A zip that cannot be read raises :class:`CorruptZip`; a
+    folder that cannot be written (full, read-only) raises a one-line error saying what to do.
     """
     marker = dest / ".source.json"
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("sha256") == sha256:
@@ -173,8 +184,13 @@ def extract(zip_path: Path, dest: Path, sha256: str) -> Path:
                 with archive.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
             (tmp / ".source.json").write_text(json.dumps({"zip": str(zip_path), "sha256": sha256}, indent=2), encoding="utf-8")
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise CorruptZip(f"release zip {zip_path} is corrupt ({exc})") from None
+    except OSError as exc:
+        advice = _DISK_ADVICE.get(exc.errno, exc.strerror or str(exc))
+        raise ImageSearchError(
+            f"could not extract release zip {zip_path} into {dest.parent}: {advice}; the zip is kept, materialize again to extract it"
+        ) from None
     return dest
 
 
