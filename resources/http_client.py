@@ -33,7 +33,9 @@ RETRY_AFTER_CAP_S = 30.0
 class Transient(Exception):
     """A failure another attempt may cure; ``retry_after`` is the server's ``Retry-After`` in seconds, if any."""
 
-    retry_after: float | None = None
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestFailed(Exception):

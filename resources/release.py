@@ -119,9 +119,8 @@ def _download_once(client: urllib3.PoolManager, url: str, part: Path, part_info_
             part.unlink()
             raise http_client.Transient(f"the server refused to resume at byte {offset}; starting over")
         if status in http_client.RETRY_STATUSES:
-            failure = http_client.Transient(f"HTTP {status}")
-            failure.retry_after = http_client.parse_retry_after(response.headers.get("Retry-After"))
-            raise failure
+            retry_after = http_client.parse_retry_after(response.headers.get("Retry-After"))
+            raise http_client.Transient(f"HTTP {status}", retry_after)
         if status >= 400:
             raise ImageSearchError(f"download of {shown} failed: HTTP {status}; check IMAGE_SEARCH_DATASET")
         validators = http_client.Validators.of(url, response)
