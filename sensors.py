@@ -10,7 +10,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import httpx
 import pandas as pd
 from dagster import (
     AssetKey,
@@ -27,6 +26,7 @@ from dagster import (
 
 from assets.partitions import photo_bucket
 from jobs import TRIGGER_TAG, ingest_job, vectors_job
+from resources import http_client
 from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
@@ -49,9 +49,9 @@ def release_fingerprint(dataset: str, timeout: float) -> str:
     """A short digest that changes when the release at ``dataset`` changes.
 
     A local zip: its size and modification time. A folder: the name, size and modification
-    time of every file in it (hidden ones left out). A URL: a ``HEAD`` request's final
-    address (without its query, which may carry a changing signature), ``ETag``,
-    ``Last-Modified`` and ``Content-Length``. Nothing is read or downloaded in full.
+    time of every file in it (hidden ones left out). A URL: its validators from a ``HEAD``
+    request, the same the release download compares (``resources/http_client.py``).
+    Nothing is read or downloaded in full.
     """
     if dataset.startswith(("http://", "https://")):
         return _url_fingerprint(dataset, timeout)
@@ -78,21 +78,19 @@ def _path_fingerprint(path: Path) -> str:
 def _url_fingerprint(url: str, timeout: float) -> str:
     shown = mask_url(url)
     try:
-        response = httpx.head(url, follow_redirects=True, timeout=timeout)
-    except httpx.HTTPError as exc:
+        validators = http_client.head(url, timeout=timeout)
+    except http_client.RequestFailed as exc:
+        if exc.status is not None:
+            raise ImageSearchError(f"IMAGE_SEARCH_DATASET={shown}: the server answered HTTP {exc.status}") from None
         raise ImageSearchError(
-            f"IMAGE_SEARCH_DATASET={shown}: HEAD request failed ({type(exc).__name__}); check the address and the network"
+            f"IMAGE_SEARCH_DATASET={shown}: HEAD request failed ({exc}); check the address and the network"
         ) from None
-    if response.status_code >= 400:
-        raise ImageSearchError(f"IMAGE_SEARCH_DATASET={shown}: the server answered HTTP {response.status_code}")
-    validators = [response.headers.get(name, "") for name in ("etag", "last-modified", "content-length")]
-    if not any(validators):
+    if not validators.known:
         raise ImageSearchError(
             f"IMAGE_SEARCH_DATASET={shown}: the server sends no ETag, Last-Modified or Content-Length, "
             "so a new release cannot be noticed; rely on the refresh schedule"
         )
-    final = response.url
-    return _digest([f"{final.scheme}://{final.host}{final.path}", *validators])
+    return validators.fingerprint()
 
 
 def _latest_storage_id(instance: DagsterInstance, key: AssetKey) -> int | None:

@@ -29,9 +29,10 @@ from dagster import (
 )
 
 from assets.partitions import photo_bucket
-from assets.raw import _column_schema, _preview, colors, keywords, photos, write_atomically
+from assets.raw import _column_schema, _preview, colors, keywords, photos
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.files import sweep, write_parquet
 
 #: Relative distance from 1 within which an aspect ratio counts as square.
 SQUARE_TOLERANCE = 0.02
@@ -214,7 +215,8 @@ def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settin
             changes = compare_catalogs(pq.read_table(path), table)
         except (pa.ArrowInvalid, OSError) as exc:
             context.log.warning(f"the previous catalog at {path} could not be read ({exc}); not comparing")
-    write_atomically(table, path)
+    sweep(path.parent)
+    write_parquet(path, table, compression="zstd")
     skips = {k: v for k, v in stats.items() if k.startswith("skipped_") and v}
     if skips:
         context.log.warning(f"photo_catalog skipped rows: {skips}")

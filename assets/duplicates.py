@@ -6,7 +6,6 @@ components, and only photos in a group of two or more are stored.
 """
 
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -35,6 +33,7 @@ from assets.metadata import as_table
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.files import sweep, write_parquet
 from resources.locks import holds_store_locks
 from resources.vector_store import load_embeddings
 
@@ -178,7 +177,6 @@ def group_table(used: VectorsUsed, roots: np.ndarray, catalog: pd.DataFrame) -> 
 
 def write_groups(table: pd.DataFrame, path: Path, threshold: float, image_model: str) -> None:
     """Write the groups to ``path`` atomically, with the threshold and model in the file's metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata(
         {
@@ -188,12 +186,8 @@ def write_groups(table: pd.DataFrame, path: Path, threshold: float, image_model:
             b"image_search.built_at": dt.datetime.now(dt.timezone.utc).isoformat().encode(),
         }
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    sweep(path.parent)
+    write_parquet(path, arrow)
 
 
 @asset(

@@ -30,6 +30,7 @@ from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.dagster_resources import ClipResource
 from resources.errors import ImageSearchError
+from resources.files import sweep
 from resources.image_store import ImageStore
 from resources.locks import holds_store_locks
 from resources.vector_store import ChunkWriter, VectorStore, chunk_schema, vectors_of
@@ -108,7 +109,8 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
     except ImageSearchError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     for bucket in buckets:
-        store.remove_partials(bucket)
+        # The bucket locks keep out every other writer: any temporary here is a dead run's.
+        sweep(store.bucket_dir(bucket), exclusive=True)
 
     todo = [(bucket, *item) for bucket in buckets for item in plans[bucket].todo]
     started = time.monotonic()

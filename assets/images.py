@@ -33,8 +33,9 @@ from PIL import Image
 from assets.partitions import photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.downloader import Downloader, FetchResult, is_transient, remove_stale_temporaries
+from resources.downloader import Downloader, FetchResult, is_transient
 from resources.errors import ImageSearchError
+from resources.files import sweep
 from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
 from resources.locks import holds_store_locks
 
@@ -144,7 +145,8 @@ def images(context: AssetExecutionContext, settings: ResourceParam[Settings]) ->
 
     kept, carried, todo, removed = {}, {}, [], 0
     for bucket in buckets:
-        remove_stale_temporaries(store.bucket_dir(bucket))
+        # The bucket locks keep out every other writer: any temporary here is a dead run's.
+        sweep(store.bucket_dir(bucket), exclusive=True)
         rows = catalog[catalog["bucket"] == bucket]
         kept[bucket], carried[bucket], bucket_todo, stale = _plan_fetches(store, rows, bucket)
         for photo_id in stale:

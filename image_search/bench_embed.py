@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from resources.errors import ImageSearchError
+from resources.files import Staged
 
 BENCH_SIZE = (640, 427)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
@@ -64,9 +65,8 @@ def _write_one(args: tuple[Path, int]) -> None:
     folder, seed = args
     final = folder / f"bench-{seed:06d}.jpg"
     if not final.exists():
-        partial = folder / f".bench-{seed:06d}.tmp"
-        _bench_image(seed).save(partial, "JPEG", quality=85)
-        os.replace(partial, final)
+        with Staged(final) as partial:
+            _bench_image(seed).save(partial, "JPEG", quality=85)
 
 
 def write_bench_images(folder: Path, count: int, workers: int | None = None) -> list[Path]:

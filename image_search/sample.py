@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.errors import ImageSearchError
+from resources.files import Staged
 from resources.lite_format import DOCUMENTS, LATEST_RELEASE, RELEASES, columns_of
 
 #: Colour names with the RGB each stands for; the names are also Unsplash colour keywords.
@@ -191,10 +192,10 @@ class _DocumentWriter:
     def _next_part(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._tmp.replace(self.paths[self._part])
+            self._staged.commit()
         self._part += 1
-        self._tmp = self.paths[self._part].with_name(self.paths[self._part].name + ".tmp")
-        self._file = open(self._tmp, "wb")
+        self._staged = Staged(self.paths[self._part])
+        self._file = open(self._staged.path, "wb")
         self._file.write(("\t".join(self.columns) + "\n").encode("utf-8"))
 
     def write(self, columns: dict[str, pa.Array]) -> None:
@@ -221,7 +222,7 @@ class _DocumentWriter:
         while self._part < len(self.paths) - 1:
             self._next_part()
         self._file.close()
-        self._tmp.replace(self.paths[self._part])
+        self._staged.commit()
 
 
 def _design(i: int) -> tuple[str, str, str]:

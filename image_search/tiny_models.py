@@ -27,9 +27,10 @@ shape downstream (Parquet vectors, index mappings) is the one production uses.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
+
+from resources.files import Staged
 
 DIM = 512
 #: The vocabulary size of the real text student's tokenizer (distilbert-base-multilingual-cased).
@@ -190,13 +191,7 @@ def write_tiny_models(models_dir: Path, *, full_size: bool = False) -> tuple[Pat
     paths = []
     for name, writer in (("clip", _write_clip), ("text", _write_text)):
         final = models_dir / name
-        partial = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
-        try:
+        with Staged(final, folder=True) as partial:
             writer(partial, full_size)
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
         paths.append(final)
     return paths[0], paths[1]

@@ -8,7 +8,7 @@ ledger. Nothing here raises for a bad photo; a bad photo never stops the others.
 
 Why each step:
 
-* retries (tenacity, exponential backoff with jitter) only for what can heal: connection
+* retries (the policy of ``resources/http_client.py``) only for what can heal: connection
   errors, timeouts, 408, 429 and 5xx; ``Retry-After`` is honoured up to a cap so one server
   cannot park a worker for an hour; other 4xx fail at once.
 * validation before anything is kept: content type, a byte cap, a pixel cap read from the
@@ -17,8 +17,7 @@ Why each step:
   encoder never meets CMYK, 16-bit, palette, transparency or animation. A plain baseline RGB
   JPEG with no rotation (what imgix returns) is kept byte for byte: re-encoding it would
   cost CPU and quality for nothing.
-* atomic writes: a temporary name in the destination folder, then ``os.replace``; a killed
-  run leaves at most stray ``.tmp`` files (see :func:`remove_stale_temporaries`), never a
+* atomic writes (``resources/files.py``): a killed run leaves at most a temporary, never a
   half-written image under a real name.
 * broken hosts are permanent failures, an outage is not (see :func:`host_problem` and
   :meth:`Downloader.fetch_all`): Unsplash Lite has URLs whose host is not a web host at all
@@ -30,12 +29,10 @@ Why each step:
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import functools
 import hashlib
 import io
 import ipaddress
-import os
 import socket
 import threading
 import time
@@ -47,41 +44,33 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     LocationParseError,
     LocationValueError,
-    MaxRetryError,
     NameResolutionError,
     ReadTimeoutError,
     ResponseError,
 )
-from urllib3.util.retry import Retry
 from PIL import Image, UnidentifiedImageError
 from publicsuffixlist import PublicSuffixList
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from resources import http_client
 
 from resources.config import Settings
+from resources.files import write_bytes
 from resources.image_store import ImageStore
 from resources.pictures import MAX_PIXELS, is_upright, upright_rgb
 
 IMGIX_HOST = "images.unsplash.com"
 MAX_BYTES = 50 * 1024 * 1024
 MAX_ATTEMPTS = 4
-MAX_REDIRECTS = 5
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 8.0
-RETRY_AFTER_CAP_S = 30.0
 JPEG_QUALITY = 90
-USER_AGENT = "image-search/0.1 (+https://github.com/; photo catalog indexer)"
 
 #: Content types accepted before decoding; anything else (text/html, application/json) is
 #: refused. Octet-stream is allowed because some object stores serve every file as it.
 _ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
-_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_TEMP_SUFFIX = ".tmp"
 _CHUNK_BYTES = 256 * 1024
 
 
@@ -101,7 +90,7 @@ def is_transient(reason: str) -> bool:
     if reason in TRANSIENT_REASONS:
         return True
     if reason.startswith("http_") and reason[5:].isdigit():
-        return int(reason[5:]) in _RETRY_STATUSES
+        return int(reason[5:]) in http_client.RETRY_STATUSES
     return False
 
 
@@ -149,7 +138,7 @@ class FetchFailure(Exception):
         self.retry_after = retry_after
 
 
-class _Transient(FetchFailure):
+class _Transient(FetchFailure, http_client.Transient):
     """A failure worth another attempt (5xx, 429, a dropped connection, a timeout)."""
 
 
@@ -231,49 +220,6 @@ def with_imgix_params(url: str, params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files a killed run left in ``folder``; returns how many."""
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob(f".*{_TEMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The temporary name carries the process and thread ids: unique among writers at any one
-    time, and cheaper than ``mkstemp``'s random names at hundreds of files a second.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{_TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
     """Validate ``data`` as an image and return (RGB JPEG bytes, width, height, kept original).
 
@@ -320,10 +266,8 @@ def _is_plain_jpeg(image: Image.Image) -> bool:
 class Downloader:
     """Fetches (photo_id, url) pairs into an :class:`ImageStore`, many at a time.
 
-    One instance owns one ``urllib3.PoolManager`` (keep-alive connection pools shared by
-    the worker threads); use it as a context manager or call :meth:`close`. urllib3 rather
-    than httpx: at a few hundred photos a second the client's own CPU time is the limit,
-    and urllib3 spends less than half of httpx's per request (measured, see README).
+    One instance owns one pool of ``resources/http_client.py`` (keep-alive connections
+    shared by the worker threads); use it as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -336,10 +280,10 @@ class Downloader:
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
         max_attempts: int = MAX_ATTEMPTS,
-        max_redirects: int = MAX_REDIRECTS,
-        backoff_initial_s: float = BACKOFF_INITIAL_S,
-        backoff_max_s: float = BACKOFF_MAX_S,
-        retry_after_cap_s: float = RETRY_AFTER_CAP_S,
+        max_redirects: int = http_client.MAX_REDIRECTS,
+        backoff_initial_s: float = http_client.BACKOFF_INITIAL_S,
+        backoff_max_s: float = http_client.BACKOFF_MAX_S,
+        retry_after_cap_s: float = http_client.RETRY_AFTER_CAP_S,
     ):
         self.store = store
         self.concurrency = concurrency
@@ -348,16 +292,9 @@ class Downloader:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_attempts = max_attempts
-        self.retry_after_cap_s = retry_after_cap_s
-        self._backoff = wait_exponential_jitter(
-            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
-        )
-        self._pool = urllib3.PoolManager(
-            maxsize=concurrency,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            retries=Retry(total=None, connect=0, read=0, status=0, other=0, redirect=max_redirects),
-            headers={"User-Agent": USER_AGENT, "Accept": "image/jpeg,image/*;q=0.9"},
-            cert_reqs="CERT_REQUIRED",
+        self._retry = {"initial_s": backoff_initial_s, "max_s": backoff_max_s, "retry_after_cap_s": retry_after_cap_s}
+        self._pool = http_client.pool(
+            timeout=timeout, maxsize=concurrency, accept="image/jpeg,image/*;q=0.9", max_redirects=max_redirects
         )
         # Set once an internet host answered: from then on, a name that does not resolve is broken.
         self._public_dns_works = threading.Event()
@@ -456,14 +393,9 @@ class Downloader:
             return self._read(url)
 
         try:
-            data = Retrying(
-                stop=stop_after_attempt(self.max_attempts),
-                wait=self._wait,
-                retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
-                reraise=True,
-            )(attempt)
+            data = http_client.retrying(self.max_attempts, **self._retry)(attempt)
             jpeg, width, height, kept = normalise_image(data, max_pixels=self.max_pixels)
-            write_atomic(self.store.path_for(photo_id), jpeg)
+            write_bytes(self.store.path_for(photo_id), jpeg)
         except FetchFailure as exc:
             return FetchResult(
                 photo_id, url, exc.reason, exc.detail[:300], attempts, finished_at=datetime.now(timezone.utc)
@@ -479,13 +411,6 @@ class Downloader:
             kept_original=kept,
             finished_at=datetime.now(timezone.utc),
         )
-
-    def _wait(self, retry_state) -> float:
-        """Exponential backoff with jitter, or the server's ``Retry-After`` (capped) when it sent one."""
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, FetchFailure) and exc.retry_after is not None:
-            return min(exc.retry_after, self.retry_after_cap_s)
-        return self._backoff(retry_state)
 
     def _read(self, url: str) -> bytes:
         """The raw bytes behind ``url`` (http, https, file:// or a local path), capped in size."""
@@ -523,18 +448,17 @@ class Downloader:
         deadline = time.monotonic() + 3 * self.timeout
         try:
             response = self._pool.request("GET", url, preload_content=False)
-        except MaxRetryError as exc:
-            if isinstance(exc.reason, NameResolutionError):
-                raise self._resolution_failure(urlsplit(url).hostname or "", exc.reason) from None
-            raise _transport_failure(exc.reason) from None
         except (HTTPError, ValueError) as exc:
-            raise _transport_failure(exc) from None
+            reason = http_client.cause(exc)
+            if isinstance(reason, NameResolutionError):
+                raise self._resolution_failure(urlsplit(url).hostname or "", reason) from None
+            raise _transport_failure(reason) from None
         if _is_public_host(urlsplit(url).hostname or ""):
             self._public_dns_works.set()
         try:
             status = response.status
-            if status in _RETRY_STATUSES:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status in http_client.RETRY_STATUSES:
+                retry_after = http_client.parse_retry_after(response.headers.get("Retry-After"))
                 raise _Transient(f"http_{status}", response.reason or "", retry_after=retry_after)
             if status >= 400:
                 raise FetchFailure(f"http_{status}", response.reason or "")

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from resources.files import write_parquet
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -116,7 +115,7 @@ class ImageStore:
 
     def write_manifest(self, bucket: str, manifest: pd.DataFrame) -> None:
         """Replace the bucket's manifest atomically and drop its journal."""
-        _write_parquet_atomic(_typed(manifest, MANIFEST_SCHEMA), self.manifest_path(bucket))
+        write_parquet(self.manifest_path(bucket), _table(manifest, MANIFEST_SCHEMA))
         self.journal_path(bucket).unlink(missing_ok=True)
 
     def read_ledger(self, bucket: str) -> pd.DataFrame:
@@ -126,7 +125,7 @@ class ImageStore:
 
     def write_ledger(self, bucket: str, ledger: pd.DataFrame) -> None:
         """Replace the bucket's failure ledger atomically."""
-        _write_parquet_atomic(_typed(ledger, LEDGER_SCHEMA), self.ledger_path(bucket))
+        write_parquet(self.ledger_path(bucket), _table(ledger, LEDGER_SCHEMA))
 
 
 MANIFEST_SCHEMA = pa.schema(
@@ -156,18 +155,9 @@ def _empty(schema: pa.Schema) -> pd.DataFrame:
     return schema.empty_table().to_pandas()
 
 
+def _table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame[schema.names].reset_index(drop=True), schema=schema, preserve_index=False)
+
+
 def _typed(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    table = pa.Table.from_pandas(frame[schema.names].reset_index(drop=True), schema=schema, preserve_index=False)
-    return table.to_pandas()
-
-
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return _table(frame, schema).to_pandas()

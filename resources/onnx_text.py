@@ -26,15 +26,13 @@ import copy
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from resources.temporaries import remove_abandoned
+from resources.files import scratch_folder, sweep
 
 log = logging.getLogger(__name__)
 
@@ -105,39 +103,40 @@ def _export(model, path: Path) -> None:
     features = _preprocess(model, list(PROBES[:2]))
     names = [name for name, value in features.items() if isinstance(value, torch.Tensor)]
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path.parent, ".export-*")
-    folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
-    tmp = folder / path.name
+    # Other processes may be exporting the same model right now: only abandoned temporaries go.
+    sweep(path.parent)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
+    # The graph records its weights file by name, so both are exported under their final
+    # names into a temporary folder, then renamed out of it, the weights first.
     try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # The exporter warns about its own internals (axis naming, pytree deprecations)
-            # and logs the torchvision operators it skips, which a text model never uses; the
-            # probe check in ``load`` is what proves the graph right for any input length.
-            warnings.simplefilter("ignore")
-            exporter_log.setLevel(logging.ERROR)
-            torch.onnx.export(
-                _pipeline(model, names),
-                tuple(features[name] for name in names),
-                str(tmp),
-                input_names=names,
-                output_names=["sentence_embedding"],
-                dynamic_shapes=(tuple({0: batch, 1: tokens} for _ in names),),
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=True,
-                verbose=False,
-            )
-        data = tmp.with_name(tmp.name + ".data")
-        if not data.is_file():
-            raise OnnxTextError(f"the exporter wrote no weights file beside {tmp.name}")
-        os.replace(data, path.with_name(data.name))
-        os.replace(tmp, path)
+        with scratch_folder(path) as folder:
+            tmp = folder / path.name
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                # The exporter warns about its own internals (axis naming, pytree deprecations)
+                # and logs the torchvision operators it skips, which a text model never uses; the
+                # probe check in ``load`` is what proves the graph right for any input length.
+                warnings.simplefilter("ignore")
+                exporter_log.setLevel(logging.ERROR)
+                torch.onnx.export(
+                    _pipeline(model, names),
+                    tuple(features[name] for name in names),
+                    str(tmp),
+                    input_names=names,
+                    output_names=["sentence_embedding"],
+                    dynamic_shapes=(tuple({0: batch, 1: tokens} for _ in names),),
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=True,
+                    verbose=False,
+                )
+            data = tmp.with_name(tmp.name + ".data")
+            if not data.is_file():
+                raise OnnxTextError(f"the exporter wrote no weights file beside {tmp.name}")
+            os.replace(data, path.with_name(data.name))
+            os.replace(tmp, path)
     finally:
         exporter_log.setLevel(level)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _without_weights(model):

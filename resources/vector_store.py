@@ -9,9 +9,7 @@ filling; a later chunk supersedes an earlier one's row for the same photo.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from resources.config import Settings
+from resources.files import write_parquet
 from resources.image_store import ImageStore
 
 #: Vectors per Parquet chunk: what a crash can lose at most.
@@ -109,21 +108,8 @@ class VectorStore:
         existing = self._parts(bucket)
         number = int(_PART.fullmatch(existing[-1].name).group(1)) + 1 if existing else 0
         final = folder / f"part-{number:06d}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_parquet(final, table)
         return final
-
-    def remove_partials(self, bucket: str) -> None:
-        """Delete the temporary chunk files a killed writer left in a bucket."""
-        folder = self.bucket_dir(bucket)
-        for partial in folder.glob(".part-*.tmp") if folder.is_dir() else []:
-            partial.unlink(missing_ok=True)
 
     def plan_encoding(self, bucket: str, images: ImageStore, photo_ids: list[str]) -> EncodingPlan:
         """Which of ``photo_ids`` have a stored image, and which of those need a (new) vector.

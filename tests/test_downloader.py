@@ -24,11 +24,9 @@ from resources.downloader import (
     host_problem,
     is_transient,
     normalise_image,
-    parse_retry_after,
-    remove_stale_temporaries,
     with_imgix_params,
-    write_atomic,
 )
+from resources.http_client import parse_retry_after
 from resources.image_store import ImageStore
 from tests.http_fixtures import (
     FaultServer,
@@ -189,17 +187,6 @@ def test_many_photos_concurrently_with_progress(tmp_path):
     assert (final.done, final.total, final.failed) == (160, 160, 0)
     assert final.rate > 0 and final.eta_s == 0
     assert "160/160 (100.0%) photos" in final.describe()
-
-
-def test_writes_are_atomic_and_stale_temporaries_are_removed(tmp_path):
-    target = tmp_path / "b00" / "x.jpg"
-    write_atomic(target, b"first")
-    write_atomic(target, b"second")
-    assert target.read_bytes() == b"second"
-    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
-    (target.parent / ".x.jpg.abc.tmp").write_bytes(b"half")
-    assert remove_stale_temporaries(target.parent) == 1
-    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
 
 
 def test_photo_ids_cannot_escape_the_store(downloader, server):

@@ -273,5 +273,5 @@ def test_a_run_killed_mid_way_resumes_with_no_duplicate_and_no_missing_vector(tm
     assert all(_checks(result).values())
     loaded, vectors = load_embeddings(_settings(home, tiny_models).get(), model_id)
     assert sorted(loaded) == ids and len(set(loaded)) == len(loaded) == _stored_rows(home, model_id)
-    assert not list(vectors_dir.glob("*/.part-*.tmp"))
+    assert not list(vectors_dir.glob("*/.*.tmp"))
     assert np.isfinite(vectors).all()

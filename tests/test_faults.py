@@ -322,7 +322,7 @@ def test_runs_killed_mid_download_mid_encoding_and_mid_index_are_finished_by_the
             run_job(instance, "publish_index")
             before = open_backend(settings()).info()
             # The new build is complete on disk; killed before CURRENT points at it.
-            kill_at("resources.backends.local:_write_text_atomic", ["--select", "search_index"], dagster_home, log)
+            kill_at("resources.backends.local:_publish", ["--select", "search_index"], dagster_home, log)
             survivor = open_backend(settings())
             assert survivor.info() == before and survivor.count() == len(photo_ids), "the published build keeps serving"
             probe_id = sorted(photo_ids)[0]

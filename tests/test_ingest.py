@@ -14,6 +14,8 @@ import csv
 import hashlib
 import io
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,14 +25,17 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, materialize
 
+import sensors
 from assets.catalog import PHOTO_IDS_UNIQUE_CHECK, photo_catalog, photo_ids_unique
 from assets.partitions import photo_bucket
-from assets.raw import collections, colors, conversions, download, keywords, photos, unsplash_release
+from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
 from image_search.sample import TRICKY_TEXTS, write_release
 from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
+from resources.release import download
 
+REPO = Path(__file__).resolve().parents[1]
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
 
 
@@ -352,10 +357,17 @@ def _zip(folder: Path, zip_path: Path) -> bytes:
 
 
 class ZipServer:
-    """Serves one body at /release.zip with Range support; can cut the first N responses short."""
+    """Serves one body at /release.zip with Range and If-Range (RFC 9110 13.1.5); can cut the first N responses short.
 
-    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200):
+    ``etag`` and ``last_modified`` are the validators it sends (None: that header is left
+    out); ``head_length=False`` leaves Content-Length out of HEAD answers, as a server that
+    streams its files does.
+    """
+
+    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200,
+                 etag: str | None = '"v1"', last_modified: str | None = None, head_length: bool = True):
         self.body, self.cut_at, self.cuts, self.status = body, cut_at, cuts, status
+        self.etag, self.last_modified, self.head_length = etag, last_modified, head_length
         self.requests: list[str | None] = []
         server = self
 
@@ -363,10 +375,17 @@ class ZipServer:
             def log_message(self, *args):
                 pass
 
+            def validators(self):
+                if server.etag is not None:
+                    self.send_header("ETag", server.etag)
+                if server.last_modified is not None:
+                    self.send_header("Last-Modified", server.last_modified)
+
             def do_HEAD(self):
                 self.send_response(server.status)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.send_header("ETag", '"v1"')
+                if server.head_length:
+                    self.send_header("Content-Length", str(len(server.body)))
+                self.validators()
                 self.end_headers()
 
             def do_GET(self):
@@ -377,11 +396,13 @@ class ZipServer:
                     self.end_headers()
                     return
                 start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+                if self.headers.get("If-Range") not in (None, server.etag, server.last_modified):
+                    start = 0
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(server.body) - 1}/{len(server.body)}")
                 self.send_header("Content-Length", str(len(server.body) - start))
-                self.send_header("ETag", '"v1"')
+                self.validators()
                 self.end_headers()
                 end = len(server.body)
                 if server.cut_at is not None and server.cuts > 0:
@@ -467,6 +488,104 @@ def test_local_zip_is_extracted_once(release: Path, tmp_path: Path):
     shutil.copy(zip_path, tmp_path / "same.zip")
     _materialize(home, tmp_path / "same.zip", [unsplash_release])
     assert marker.stat().st_mtime_ns == stamp
+
+
+
+def test_a_server_without_etag_a_new_release_is_noticed_and_downloaded(release: Path, tmp_path: Path):
+    """The sensor and the download share one meaning of "changed": here the date alone tells the versions apart."""
+    first, second = _zip(release, tmp_path / "v1.zip"), None
+    (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
+    second = _zip(release, tmp_path / "v2.zip")
+    home = tmp_path / "home"
+    with ZipServer(first, etag=None, last_modified="Tue, 01 Sep 2026 00:00:00 GMT", head_length=False) as server:
+        assert _metadata(_materialize(home, server.url, [unsplash_release]), "unsplash_release")["sha256"] == hashlib.sha256(first).hexdigest()
+        seen = sensors.release_fingerprint(server.url, timeout=5)
+        _materialize(home, server.url, [unsplash_release])
+        assert len(server.requests) == 1 and sensors.release_fingerprint(server.url, timeout=5) == seen, "unchanged: kept"
+        server.body, server.last_modified = second, "Thu, 01 Oct 2026 00:00:00 GMT"
+        assert sensors.release_fingerprint(server.url, timeout=5) != seen
+        result = _materialize(home, server.url, [unsplash_release])
+    assert len(server.requests) == 2, "the new release is downloaded, not the old zip reused"
+    assert _metadata(result, "unsplash_release")["sha256"] == hashlib.sha256(second).hexdigest()
+
+
+def test_a_release_replaced_between_a_cut_and_the_resume_is_downloaded_afresh(release: Path, tmp_path: Path):
+    first = _zip(release, tmp_path / "v1.zip")
+    (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
+    second = _zip(release, tmp_path / "v2.zip")
+    dest = tmp_path / "downloads"
+    with ZipServer(first, cut_at=1000) as server:
+        with pytest.raises(ImageSearchError, match="materialize again to resume"):
+            download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+        server.body, server.etag = second, '"v2"'
+        done = download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+    assert server.requests == [None, "bytes=1000-"], "it asked to resume, If-Range made the server send it all"
+    assert done.read_bytes() == second
+
+
+def _mount_tmpfs(path: Path, size: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small disk needs root's mount (mount said: {mounted.stderr.strip()})")
+
+
+def test_a_full_disk_while_extracting_keeps_the_download_and_says_what_to_do(release: Path, tmp_path: Path):
+    """A real full disk: release/ is a tmpfs that holds the zip but not what it extracts to."""
+    body = _zip(release, tmp_path / "release.zip")
+    extracted = sum(f.stat().st_size for f in release.rglob("*") if f.is_file())
+    home = tmp_path / "home"
+    disk = home / "release"
+    size = (len(body) // 4096 + 8) * 4096
+    assert extracted > size - len(body), "the extracted files must not fit beside the zip"
+    _mount_tmpfs(disk, size)
+    try:
+        with ZipServer(body) as server:
+            error = _error(home, server.url, [unsplash_release])
+            assert "the disk is full" in error and "the zip is kept" in error, error
+            assert [p.read_bytes() for p in (disk / "downloads").glob("*.zip")] == [body]
+            assert not [p for p in disk.iterdir() if p.name not in ("downloads",)], "no half-extracted folder is left"
+            subprocess.run(["mount", "-o", f"remount,size={size + 2 * extracted + (1 << 20)}", str(disk)], check=True)
+            result = _materialize(home, server.url)
+        assert len(server.requests) == 1, "the kept zip is extracted without downloading it again"
+        assert _metadata(result, "photos")["dagster/row_count"] == 30
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_folder_it_may_not_write_keeps_the_download_and_says_what_to_do(release: Path, tmp_path: Path):
+    """A real permission error: the release runs without root's right to write anywhere, in a folder it may only read."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("dropping root's override of file permissions needs setpriv (util-linux)")
+    body = _zip(release, tmp_path / "release.zip")
+    home = tmp_path / "home"
+    downloads = home / "release" / "downloads"
+    downloads.mkdir(parents=True)
+    (home / "release").chmod(0o555)
+    script = (
+        "import logging, sys\n"
+        "from resources.config import Settings\n"
+        "from resources.errors import ImageSearchError\n"
+        "from resources.release import fetch_release\n"
+        "try:\n"
+        "    fetch_release(Settings(home=sys.argv[1], dataset=sys.argv[2]), logging.getLogger())\n"
+        "except ImageSearchError as exc:\n"
+        "    sys.exit(str(exc))\n"
+    )
+    try:
+        with ZipServer(body) as server:
+            child = subprocess.run(
+                [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
+                 sys.executable, "-c", script, str(home), server.url],
+                cwd=REPO, capture_output=True, text=True, timeout=120,
+            )
+    finally:
+        (home / "release").chmod(0o755)
+    error = child.stderr.strip()
+    assert child.returncode == 1 and len(error.splitlines()) == 1, child.stderr
+    assert "permission denied: make the folder writable by this user" in error and "the zip is kept" in error
+    assert [p.read_bytes() for p in downloads.glob("*.zip")] == [body]
 
 
 class _Log:

@@ -91,7 +91,7 @@ def test_rebuild_keeps_count_previous_build_and_removes_older(backend: LocalBack
 def test_a_build_removes_folders_abandoned_by_killed_builds_only(backend: LocalBackend, data):
     docs, vectors = data
     backend.build(docs, vectors, _info())
-    abandoned, in_progress = backend.builds_dir / ".tmp-killed", backend.builds_dir / ".tmp-running"
+    abandoned, in_progress = backend.builds_dir / ".build.killed.tmp", backend.builds_dir / ".build.running.tmp"
     for folder in (abandoned, in_progress):
         folder.mkdir()
         (folder / "vectors.npy").write_bytes(b"\0" * 1024)
@@ -120,7 +120,7 @@ def test_failed_build_leaves_previous_serving(backend: LocalBackend, data, break
         backend.build(bad_docs, bad_vectors, _info())
     assert backend.info().name == good and backend.count() == N
     assert backend.builds() == [good]
-    assert not list(backend.builds_dir.glob(".tmp-*"))
+    assert not list(backend.builds_dir.glob(".*.tmp"))
     assert backend.knn(vectors[0], 1)[0].photo_id == docs.photo_id[0]
 
 

@@ -92,7 +92,7 @@ def test_the_export_is_reused_and_redone_for_a_changed_model(tiny_models, tmp_pa
 
 
 def test_an_export_removes_folders_abandoned_by_killed_exports_only(tiny_models, tmp_path, fresh_models):
-    abandoned, in_progress = tmp_path / ".export-killed", tmp_path / ".export-running"
+    abandoned, in_progress = tmp_path / ".model.onnx.killed.tmp", tmp_path / ".model.onnx.running.tmp"
     for folder in (abandoned, in_progress):
         folder.mkdir()
         (folder / "partial.onnx.data").write_bytes(b"\0" * 1024)

@@ -252,7 +252,7 @@ def test_runs_killed_holding_bucket_locks_the_encoder_slot_and_the_index_lock_do
     assert slot_holders(env) == []
 
     # Mid-publish, holding the index lock: the build is complete, CURRENT not switched yet.
-    publishing = killed_at("resources.backends.local:_write_text_atomic", env, tmp_path / "publish.log", "--select", "group:search")
+    publishing = killed_at("resources.backends.local:_publish", env, tmp_path / "publish.log", "--select", "group:search")
     log = materialize(env, tmp_path / "search.log", "--select", "group:search")
     assert f"image-search: recovered run {publishing} " in log and "it held no pool slot" in log
     assert f"search_index lock(s) left by run {publishing}, pid" in log

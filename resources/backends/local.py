@@ -45,8 +45,8 @@ from resources.backends.base import (
 )
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.files import Staged, sweep, write_text
 from resources.keyword_index import KeywordIndex, document_text
-from resources.temporaries import remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,9 @@ def _build_name() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _publish(current_file: Path, name: str) -> None:
+    """Point ``CURRENT`` at build ``name``: the one write that makes a build live, flushed to disk."""
+    write_text(current_file, name + "\n", durable=True)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -360,16 +356,15 @@ class LocalBackend(SearchBackend):
     ) -> BuildReport:
         started = time.perf_counter()
         documents, vectors = _validated(documents, vectors, info)
-        self.builds_dir.mkdir(parents=True, exist_ok=True)
-        remove_abandoned(self.builds_dir, ".tmp-*")
+        # Builds may run from several processes at once (an asset, the CLI): only abandoned temporaries go.
+        sweep(self.builds_dir)
+        sweep(self.current_file.parent)
         name = _build_name()
-        tmp = self.builds_dir / f".tmp-{name}"
         final = self.builds_dir / name
         previous = self._published_name()
         info = dataclasses.replace(info, name=name, count=len(documents), dim=int(vectors.shape[1]))
         steps = 5
-        try:
-            tmp.mkdir()
+        with Staged(final, folder=True) as tmp:
             _save_npy(tmp / "vectors.npy", vectors)
             screen = None
             if len(documents) >= _SCREEN_MIN_DOCS:
@@ -390,11 +385,7 @@ class LocalBackend(SearchBackend):
             if len(check.documents) != len(documents) or check.vectors.shape != vectors.shape:
                 raise ImageSearchError(f"local index build {name} did not validate: count differs after writing")
             del check
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _write_text_atomic(self.current_file, name + "\n")
+        _publish(self.current_file, name)
         _report(progress, 5, steps)
         removed = self._remove_old(keep={name, previous})
         seconds = time.perf_counter() - started
@@ -417,7 +408,7 @@ class LocalBackend(SearchBackend):
         previous = build.previous
         if not previous or not (self.builds_dir / previous / "info.json").exists():
             raise ImageSearchError(f"local index {self.root}: no previous build to roll back to")
-        _write_text_atomic(self.current_file, previous + "\n")
+        _publish(self.current_file, previous)
         return previous
 
     def _published_name(self) -> str | None:
