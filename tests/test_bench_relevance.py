@@ -14,6 +14,8 @@ import pytest
 
 from image_search.bench_relevance import hold_out, ndcg_at_k, query_set, random_baseline, recall_at_k
 
+pytestmark = pytest.mark.e2e
+
 
 def test_recall_and_ndcg_match_hand_computed_values():
     ranked = ["a", "b", "c", "d", "e"]

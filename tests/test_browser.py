@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")]
 
 
 def _free_port() -> int:

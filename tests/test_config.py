@@ -8,6 +8,8 @@ import pytest
 
 from resources.config import ConfigError, Settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch):

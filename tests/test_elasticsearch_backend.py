@@ -37,6 +37,8 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
 
+pytestmark = pytest.mark.integration
+
 DIM = 16
 N = 60
 WORDS = ["mountain", "lake", "forest", "city", "street", "beach", "dog", "cat", "snow", "night"]

@@ -15,6 +15,8 @@ from resources.errors import ImageSearchError
 from resources.http_client import Validators
 from resources.release import download
 
+pytestmark = pytest.mark.integration
+
 
 class _Log:
     def __init__(self):

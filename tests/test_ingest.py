@@ -35,6 +35,8 @@ from resources.errors import ImageSearchError
 from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
 from resources.release import download
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
 

@@ -35,6 +35,8 @@ from resources.processes import ProcessRef, pid_running
 from resources.run_recovery import IN_PROGRESS, dead_reason
 from tests.pause import PausePoint, kill_group
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ALL_BUCKETS = ["--partition-range", "b00...b63"]
