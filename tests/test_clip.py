@@ -36,7 +36,7 @@ from tests.http_fixtures import (
 
 DIM = 512
 
-pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

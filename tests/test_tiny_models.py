@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from image_search.tiny_models import DIM
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 def test_clip_folder_is_laid_out_like_the_hub_model(tiny_models):
