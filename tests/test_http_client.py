@@ -75,6 +75,22 @@ def test_credentials_in_a_url_are_never_shown(tmp_path):
     assert "s3cret" not in shown and "alice" not in shown
 
 
+def test_signatures_in_a_signed_url_are_never_shown(tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    signed = (
+        f"http://127.0.0.1:{port}/lite.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261202"
+        "&X-Amz-Expires=3600&X-Amz-Signature=f00dfeed&token=t0ken"
+    )
+    log = _Log()
+    with pytest.raises(ImageSearchError) as failure:
+        download(signed, tmp_path, timeout=5, log=log, attempts=2)
+    shown = str(failure.value) + "\n".join(log.lines)
+    assert "X-Amz-Signature=***" in shown and "X-Amz-Expires=3600" in shown
+    assert not [secret for secret in ("f00dfeed", "AKIAEXAMPLE", "t0ken") if secret in shown]
+
+
 def test_a_file_has_changed_when_any_validator_differs_or_none_is_known():
     seen = Validators("https://host/lite.zip", etag='"v1"', last_modified="Tue, 01 Sep 2026 00:00:00 GMT", length="10")
     assert not seen.changed_from(Validators(**seen.as_dict()))
