@@ -17,7 +17,7 @@ from image_search.bench import add_json_flag, print_figures, run_child
 _INGEST = """
 import json, sys
 from dagster import DagsterInstance, materialize
-import assets.raw
+import resources.tables
 from assets.catalog import photo_catalog, photo_ids_unique
 from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
 from resources.dagster_resources import SettingsResource
@@ -45,7 +45,7 @@ if mode == "baseline":
             report.rows += batch.num_rows
             yield batch
 
-    assets.raw.read_batches = quoting_off
+    resources.tables.read_batches = quoting_off
 if mode != "imports":
     result = materialize(
         [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique],

@@ -12,6 +12,7 @@ hook and no timeout.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -69,8 +70,13 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_path() -> Path:
+    """Where ``image-search materialize`` appends Dagster's own output (every event, traces included)."""
+    return Path(os.environ["DAGSTER_HOME"]) / "logs" / "image-search.log"
+
+
 def _materialize(args: argparse.Namespace) -> int:
-    from resources.run_recovery import recover_dead_runs
+    from resources.run_recovery import recover_dead_runs, run_of_worker
 
     timeout = Settings.from_env().lock_timeout
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", "--select", args.select]
@@ -80,27 +86,112 @@ def _materialize(args: argparse.Namespace) -> int:
         command += ["--partition-range", args.partition_range]
     with _instance() as instance:
         _print(recover_dead_runs(instance))
-        started = time.time()
-        child = subprocess.Popen(command)
-        try:
-            _watch(instance, child, started, timeout)
-        finally:
-            _stop(instance, child)
+        log = log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        report = _RunReport(instance)
+        with log.open("a", encoding="utf-8") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S %z')}: {' '.join(command)}\n")
+            out.flush()
+            started = time.time()
+            child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                report.run_id = _watch(instance, child, started, timeout, report)
+            finally:
+                _stop(instance, child)
+        report.run_id = report.run_id or run_of_worker(instance, child.pid, started, finished_too=True)
+        report.update()
+        if child.returncode != 0:
+            _print(report.failures() or [f"dagster asset materialize stopped (exit status {child.returncode}) before it ran anything"])
+            _print([f"the full log: {log}" + (f"; every event: the Dagster UI, run {report.run_id}" if report.run_id else "")])
     return child.returncode
 
 
-def _watch(instance, child: subprocess.Popen, started: float, timeout: float) -> None:
-    """Until ``child`` ends: report its steps' waits for pool slots, recover dead holders, give up after ``timeout``."""
+class _RunReport:
+    """The run's own lines as they land: what the assets log (INFO and above), and each asset materialized.
+
+    Dagster's framework events stay in the log file and the UI; failures are kept for the end.
+    """
+
+    def __init__(self, instance):
+        self.instance, self.run_id = instance, None
+        self._cursor: str | None = None
+        self._materialized: set[str] = set()
+        self._failures: list[str] = []
+
+    def update(self) -> None:
+        """Print what the run recorded since the last call."""
+        if self.run_id is None:
+            return
+        while True:
+            page = self.instance.get_records_for_run(self.run_id, cursor=self._cursor, limit=1000)
+            for record in page.records:
+                self._show(record.event_log_entry)
+            self._cursor = page.cursor
+            if not page.has_more:
+                return
+
+    def failures(self) -> list[str]:
+        """One line per failed step: the step and the error that stopped it, without its trace."""
+        return self._failures
+
+    def _show(self, entry) -> None:
+        from dagster import DagsterEventType
+
+        if not entry.is_dagster_event:
+            if entry.level >= logging.INFO:
+                _print([entry.user_message])
+            return
+        event = entry.dagster_event
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            key = event.asset_key.to_user_string()
+            if key not in self._materialized:
+                self._materialized.add(key)
+                _print([f"{key} materialized{_figures(event.materialization.metadata)}"])
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION and not event.event_specific_data.passed:
+            check = event.event_specific_data
+            _print([f"check {check.check_name} on {check.asset_key.to_user_string()} failed"])
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            self._failures.append(f"{entry.step_key} failed: {_root_message(event.step_failure_data.error)}")
+
+
+#: Metadata shown when an asset lands, in this order, where present.
+_FIGURES = ("dagster/row_count", "fetched", "failed", "encoded", "skipped_up_to_date", "groups")
+
+
+def _figures(metadata) -> str:
+    shown = [
+        f"{'rows' if name == 'dagster/row_count' else name.replace('_', ' ')} {metadata[name].value}"
+        for name in _FIGURES
+        if name in metadata
+    ]
+    return f": {', '.join(shown)}" if shown else ""
+
+
+def _root_message(error) -> str:
+    """The innermost cause's message, without its exception class or trace."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    prefix = f"{error.cls_name}: "
+    return message.split(prefix, 1)[1] if prefix in message.split("\n", 1)[0] else message
+
+
+def _watch(instance, child: subprocess.Popen, started: float, timeout: float, report: _RunReport) -> str | None:
+    """Until ``child`` ends: show its run's lines, report its steps' waits for pool slots, recover dead
+    holders, give up after ``timeout``. Returns the run's id, if the run was seen."""
     from resources.run_recovery import pool_waits, recover_dead_runs, run_of_worker
 
     run_id, waits = None, {}
     while True:
         try:
             child.wait(timeout=POLL_S)
-            return
+            return run_id
         except subprocess.TimeoutExpired:
             pass
-        run_id = run_id or run_of_worker(instance, child.pid, started)
+        run_id = report.run_id = run_id or run_of_worker(instance, child.pid, started)
+        report.update()
         if run_id is None or not any(pool_waits(instance, run_id)):
             continue
         _print(recover_dead_runs(instance))

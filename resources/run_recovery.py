@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterator
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
@@ -112,9 +113,14 @@ def recover_dead_runs(instance: DagsterInstance) -> list[str]:
     return lines
 
 
-def run_of_worker(instance: DagsterInstance, pid: int, since: float) -> str | None:
-    """The in-progress run whose worker is process ``pid`` (started at ``since``, epoch s), if it made one yet."""
-    for record in instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS)):
+def run_of_worker(instance: DagsterInstance, pid: int, since: float, finished_too: bool = False) -> str | None:
+    """The run whose worker is process ``pid`` (started at ``since``, epoch s), if it made one yet.
+
+    Only a run in progress, unless ``finished_too``: then any run created since ``since``.
+    """
+    created = datetime.fromtimestamp(since, timezone.utc)
+    filters = RunsFilter(created_after=created) if finished_too else RunsFilter(statuses=IN_PROGRESS)
+    for record in instance.get_run_records(filters=filters):
         worker = worker_pid(instance, record.dagster_run.run_id)
         if worker is not None and worker[0] == pid and worker[1] >= since:
             return record.dagster_run.run_id

@@ -201,6 +201,18 @@ class FaultServer:
         return Handler
 
 
+class CollectingLog:
+    """Collects the lines a download logs (it takes any object with ``info`` and ``warning``)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, line: str) -> None:
+        self.lines.append(line)
+
+    warning = info
+
+
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     out = io.BytesIO()
     image.save(out, format=fmt, **options)

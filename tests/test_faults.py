@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -34,38 +33,16 @@ from resources.locks import store_lock
 from resources.vector_store import load_embeddings
 from tests.es_fake import FakeSearchServer
 from tests.http_fixtures import FaultServer
-from tests.pause import PausePoint, kill_group
+from tests.pause import PausePoint, hold_lock, kill_group
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_INDEX = AssetKey("search_index")
 
-_HOLD_LOCK = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from resources.locks import store_lock
-    with store_lock(Path(sys.argv[1]), "images bucket b05", timeout=5):
-        print("held", flush=True)
-        sys.stdin.readline()
-    """
-)
-
-
-def _hold_lock(path: Path) -> subprocess.Popen:
-    """A process holding ``path``'s lock until a line arrives on its stdin (or it is killed)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(path)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert child.stdout.readline().strip() == "held"
-    return child
-
-
 def test_a_second_writer_waits_for_the_lock_then_fails_clearly_after_the_timeout(tmp_path):
     lock = tmp_path / "locks" / "images" / "b05.lock"
-    holder = _hold_lock(lock)
+    holder = hold_lock(lock)
     try:
         with pytest.raises(ImageSearchError, match=r"images bucket b05 is being written by another run .* 0.3 s"):
             with store_lock(lock, "images bucket b05", timeout=0.3):
@@ -96,7 +73,7 @@ def test_a_second_writer_waits_for_the_lock_then_fails_clearly_after_the_timeout
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock = tmp_path / "locks" / "search_index.lock"
-    holder = _hold_lock(lock)
+    holder = hold_lock(lock)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
     waited = []
