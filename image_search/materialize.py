@@ -107,7 +107,7 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 class _RunReport:
-    """The run's own lines as they land: what the assets log (INFO and above), and each asset materialized.
+    """The run's own lines as they land: what its steps log (INFO and above), and each asset materialized.
 
     Dagster's framework events stay in the log file and the UI; failures are kept for the end.
     """
@@ -116,6 +116,7 @@ class _RunReport:
         self.instance, self.run_id = instance, None
         self._cursor: str | None = None
         self._materialized: set[str] = set()
+        self._started: set[str] = set()
         self._failures: list[str] = []
 
     def update(self) -> None:
@@ -138,11 +139,14 @@ class _RunReport:
         from dagster import DagsterEventType
 
         if not entry.is_dagster_event:
-            if entry.level >= logging.INFO:
+            # Only what a running step's own code says: the executor's notes on skipped steps stay in the log.
+            if entry.level >= logging.INFO and entry.step_key in self._started:
                 _print([entry.user_message])
             return
         event = entry.dagster_event
-        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+        if event.event_type == DagsterEventType.STEP_START:
+            self._started.add(entry.step_key)
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             key = event.asset_key.to_user_string()
             if key not in self._materialized:
                 self._materialized.add(key)
