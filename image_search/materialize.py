@@ -1,12 +1,9 @@
 """``image-search materialize``: ``dagster asset materialize`` that no dead run blocks and that never waits silently.
 
-Before it launches anything it recovers the instance's dead runs (``resources/run_recovery.py``),
-one line each. While the run goes, a step waiting for a pool slot is reported in one line
-naming the run that holds it, repeated as :class:`resources.locks.Wait` directs; after
-``IMAGE_SEARCH_LOCK_TIMEOUT`` the run is stopped with a one-line error. A holder that dies
-meanwhile is recovered on the spot. ``image-search recover`` only recovers. A supervising
-process, because Dagster's executors wait for a pool slot inside their own loop, with no
-hook and no timeout.
+It recovers dead runs first (``resources/run_recovery.py``), reports and bounds every wait
+for a pool slot (Dagster's executors wait inside their own loop, with no hook and no
+timeout), and shows the run's own lines while Dagster's output goes to a log file.
+``image-search recover`` only recovers.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """Dagster runs whose worker died: found, marked failed, and their pool slots freed.
 
-A run killed with SIGKILL (the OOM killer, ``kill -9`` of a hung process, a lost machine)
-stays "started" in the instance and keeps its concurrency-pool slots, so the next run that
-needs the pool waits forever. The daemon's run monitoring frees them, but
-``dagster asset materialize`` runs no daemon: ``image-search materialize`` calls
-:func:`recover_dead_runs` before it launches anything, and :class:`LocalRunLauncher` gives
-run monitoring (``dagster dev``, ``dagster-daemon``) the same judgement of a worker.
-
-A run's worker is the process that reported its pid in the run's engine events. On an
-instance kept in SQLite under ``DAGSTER_HOME`` every run ran on this machine, so the worker
-is dead once that pid is gone or belongs to a process started later. On an instance shared
-by several machines their processes cannot be seen: a run that has logged nothing for
-``IMAGE_SEARCH_STALE_RUN_SECONDS`` counts as dead (its event log is its heartbeat).
-Dagster-side: the query side never imports this module.
+A run killed outright stays "started" and keeps its pool slots, so the next run would wait
+for ever. ``image-search materialize`` calls :func:`recover_dead_runs` before it launches
+anything, and :class:`LocalRunLauncher` gives run monitoring the same judgement of a worker
+(docs/operations.md, "After a crash"). The query side never imports this module.
 """
 
 from __future__ import annotations
