@@ -67,7 +67,7 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def log_path() -> Path:
+def _log_path() -> Path:
     """Where ``image-search materialize`` appends Dagster's own output (every event, traces included)."""
     return Path(os.environ["DAGSTER_HOME"]) / "logs" / "image-search.log"
 
@@ -83,7 +83,7 @@ def _materialize(args: argparse.Namespace) -> int:
         command += ["--partition-range", args.partition_range]
     with _instance() as instance:
         _print(recover_dead_runs(instance))
-        log = log_path()
+        log = _log_path()
         log.parent.mkdir(parents=True, exist_ok=True)
         report = _RunReport(instance)
         with log.open("a", encoding="utf-8") as out:
@@ -92,7 +92,7 @@ def _materialize(args: argparse.Namespace) -> int:
             started = time.time()
             child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
             try:
-                report.run_id = _watch(instance, child, started, timeout, report)
+                _watch(instance, child, started, timeout, report)
             finally:
                 _stop(instance, child)
         report.run_id = report.run_id or run_of_worker(instance, child.pid, started, finished_too=True)
@@ -179,19 +179,19 @@ def _root_message(error) -> str:
     return message.split(prefix, 1)[1] if prefix in message.split("\n", 1)[0] else message
 
 
-def _watch(instance, child: subprocess.Popen, started: float, timeout: float, report: _RunReport) -> str | None:
+def _watch(instance, child: subprocess.Popen, started: float, timeout: float, report: _RunReport) -> None:
     """Until ``child`` ends: show its run's lines, report its steps' waits for pool slots, recover dead
-    holders, give up after ``timeout``. Returns the run's id, if the run was seen."""
+    holders, give up after ``timeout``."""
     from resources.run_recovery import pool_waits, recover_dead_runs, run_of_worker
 
-    run_id, waits = None, {}
+    waits = {}
     while True:
         try:
             child.wait(timeout=POLL_S)
-            return run_id
+            return
         except subprocess.TimeoutExpired:
             pass
-        run_id = report.run_id = run_id or run_of_worker(instance, child.pid, started)
+        run_id = report.run_id = report.run_id or run_of_worker(instance, child.pid, started)
         report.update()
         if run_id is None or not any(pool_waits(instance, run_id)):
             continue
