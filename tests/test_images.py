@@ -216,7 +216,7 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path, fast_downloads):
+def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path):
     count, served = 160, 30
     with FaultServer() as server:
         body = jpeg_bytes(64, 48)
@@ -224,7 +224,9 @@ def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path, fas
         write_catalog(tmp_path, rows)
         # The server answers 30 requests and holds the rest: the run cannot finish before the kill.
         server.hold(after=served)
-        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "PYTHONPATH": str(REPO)}
+        # A timeout longer than the test: the held requests wait for the kill, never time out and retry.
+        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "IMAGE_SEARCH_DOWNLOAD_TIMEOUT": "3600",
+               "PYTHONPATH": str(REPO)}
         child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], cwd=REPO, env=env)
         journals = tmp_path / "images" / "manifest"
         try:
