@@ -1,18 +1,9 @@
 """``photo_catalog``: one row per photo with what search, attribution and filters need.
 
-Built from the photos, keywords and colors tables (columns in docs/architecture.md):
-``describe`` is the source design's text field, the photo's user-suggested keywords,
-stripped, de-duplicated, sorted and joined by spaces; ``colors`` lists the photo's colour
-keywords by coverage, largest first, and ``dominant_color`` is the first of them;
-``orientation`` comes from the aspect ratio, with 2% either side of 1 counted as square;
-``bucket`` is the photo's partition of the per-photo stages.
-
-Rows that cannot belong in the catalog are skipped and counted in the metadata: a photo
-with an empty id, a repeated photo_id (the first row wins), keyword and colour rows for a
-photo_id the photos document does not have. The metadata also says what changed against
-the previous catalog (photos added, updated, removed), so a refresh can be judged at a
-glance. The blocking check ``photo_ids_unique`` stops the per-photo stages if the written
-catalog ever holds an empty or repeated photo_id.
+Built from the photos, keywords and colors tables (columns in docs/architecture.md, rules in
+docs/ingestion.md). Rows that cannot belong are skipped and counted in the metadata, which
+also says what changed against the previous catalog; the blocking check
+``photo_ids_unique`` stops the per-photo stages on an empty or repeated photo_id.
 """
 
 import pyarrow as pa

@@ -1,13 +1,12 @@
 """``image-search bench download``: photos/s of the project's downloader against the original loop.
 
 Both fetch from a local server (the test suite's, in its own process) in the same run.
-Needs a source checkout; the method and the latest figures are in the README.
+Needs a source checkout; the method and the latest figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from image_search.bench import add_json_flag, print_figures
 from resources.config import Settings
 from resources.downloader import Downloader
 from resources.errors import ImageSearchError
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baseline-images", type=int, default=100, help="photos the one-by-one baseline fetches (default 100)"
     )
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every response (default 50)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
     parser.set_defaults(handler=_main)
 
 
@@ -99,17 +99,16 @@ def run(images: int, baseline_images: int, latency_ms: float) -> dict:
 def _main(args: argparse.Namespace) -> int:
     if args.images < 1 or args.baseline_images < 1:
         raise ImageSearchError("--images and --baseline-images must be at least 1")
-    figures = run(args.images, args.baseline_images, args.latency_ms)
-    if args.json:
-        print(json.dumps(figures))
-        return 0
-    print(
-        f"server: 640x427 JPEGs of {figures['mean_image_kb']} KB on average, "
-        f"+{figures['latency_ms']:g} ms per response, in its own process\n"
-        f"baseline (one by one, urlopen, no checks): {figures['baseline_images']} photos in "
-        f"{figures['baseline_s']} s = {figures['baseline_images_per_s']} photos/s\n"
-        f"project (Downloader, concurrency {figures['concurrency']}, validated, atomic): "
-        f"{figures['images']} photos in {figures['project_s']} s = {figures['project_images_per_s']} photos/s "
-        f"({figures['speedup']}x), {figures['stored']} stored, {figures['failed']} failed"
-    )
-    return 0
+    return print_figures(args, run(args.images, args.baseline_images, args.latency_ms), _lines)
+
+
+def _lines(f: dict) -> list[str]:
+    return [
+        f"server: 640x427 JPEGs of {f['mean_image_kb']} KB on average, +{f['latency_ms']:g} ms per response, "
+        "in its own process",
+        f"baseline (one by one, urlopen, no checks): {f['baseline_images']} photos in "
+        f"{f['baseline_s']} s = {f['baseline_images_per_s']} photos/s",
+        f"project (Downloader, concurrency {f['concurrency']}, validated, atomic): "
+        f"{f['images']} photos in {f['project_s']} s = {f['project_images_per_s']} photos/s "
+        f"({f['speedup']}x), {f['stored']} stored, {f['failed']} failed",
+    ]

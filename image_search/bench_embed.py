@@ -1,31 +1,18 @@
 """``image-search bench embed``: the project's embedding path against the original design's loop.
 
-In one process, on the same image files and the same model, it times
-
-(a) the original design: ``model.encode(Image.open(path))``, one image per call, fp32;
-(b) the project's path: :meth:`resources.clip.ClipEncoder.encode_image_files` from files
-    on disk to unit vectors (parallel decoding, full batches, the configured precision);
-
-and prints both throughputs, their ratio, the process's peak resident memory, and the
-mean and minimum cosine between (b)'s vectors and (a)'s fp32 ones. Both sides run one
-warm-up call first, so one-time initialisation is not timed.
-
-Without real photos, ``--make N`` writes N 640x427 JPEGs (the size Unsplash's ``w=640``
-returns) into ``--images``. ``--asset N`` instead runs the real ``image_embeddings``
-asset in a child process over N stored images and reports that child's peak RSS.
+On the same files and model it times (a) ``model.encode(Image.open(path))`` one image per
+call in fp32 and (b) :meth:`resources.clip.ClipEncoder.encode_image_files`, and compares
+throughput, peak memory and the vectors' cosines; ``--asset N`` instead measures the real
+``image_embeddings`` asset in a child. Method and figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from image_search.bench import add_json_flag, peak_rss_mb, print_figures, run_child
 from resources.errors import ImageSearchError
 from resources.files import Staged
 
@@ -86,29 +74,6 @@ def _image_files(folder: Path, limit: int | None) -> list[Path]:
     return files[:limit] if limit else files
 
 
-class _PeakRss:
-    """Samples this process's resident memory every 20 ms while running (ru_maxrss covers all time)."""
-
-    def __init__(self):
-        import psutil
-
-        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_bench(
     files: list[Path],
     model: str,
@@ -144,13 +109,13 @@ def run_bench(
         torch.cuda.reset_peak_memory_stats()
     vectors = np.zeros((len(files), encoder.dim), dtype=np.float32)
     encoded, failed = 0, 0
-    with _PeakRss() as rss:
-        started = time.perf_counter()
-        for batch in encoder.encode_image_files(files):
-            vectors[batch.indices] = batch.vectors
-            encoded += len(batch.indices)
-            failed += len(batch.failures)
-        project_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for batch in encoder.encode_image_files(files):
+        vectors[batch.indices] = batch.vectors
+        encoded += len(batch.indices)
+        failed += len(batch.failures)
+    project_s = time.perf_counter() - started
+    project_peak_rss_mb = peak_rss_mb()
     cosines = np.sum(vectors[: len(baseline_files)] * reference, axis=1)
     baseline_rate = len(baseline_files) / baseline_s
     project_rate = encoded / project_s
@@ -170,8 +135,8 @@ def run_bench(
         "project_failures": failed,
         "cosine_mean": round(float(cosines.mean()), 5),
         "cosine_min": round(float(cosines.min()), 5),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "project_peak_rss_mb": round(rss.peak / 2**20),
+        "peak_rss_mb": peak_rss_mb(),
+        "project_peak_rss_mb": project_peak_rss_mb,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -182,7 +147,7 @@ def run_bench(
 
 
 _ASSET_CHILD = """
-import resource, sys
+import sys
 from dagster import DagsterInstance, materialize
 from assets.embeddings import image_embeddings
 from resources.dagster_resources import ClipResource, SettingsResource
@@ -191,7 +156,7 @@ result = materialize([image_embeddings], resources={"settings": settings, "clip"
                      instance=DagsterInstance.ephemeral(),
                      tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"})
 meta = result.get_asset_materialization_events()[0].materialization.metadata
-print(meta["encoded"].value, meta["throughput_img_per_s"].value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(meta["encoded"].value, meta["throughput_img_per_s"].value)
 """
 
 
@@ -217,23 +182,17 @@ def run_asset(sources: list[Path], count: int, model: str) -> dict:
                 os.link(sources[i % len(sources)], target)
             except OSError:
                 target.write_bytes(sources[i % len(sources)].read_bytes())
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        started = time.perf_counter()
-        child = subprocess.run(
+        child = run_child(
             [sys.executable, "-c", textwrap.dedent(_ASSET_CHILD), str(home), model],
-            env=env, cwd=REPO, capture_output=True, text=True,
+            what="the image_embeddings run", cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        elapsed = time.perf_counter() - started
-    if child.returncode != 0:
-        tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImageSearchError(f"the image_embeddings run failed: {tail}")
-    encoded, throughput, maxrss_kb = child.stdout.strip().splitlines()[-1].split()
+    encoded, throughput = child.stdout.strip().splitlines()[-1].split()
     return {
         "asset_images": count,
         "asset_encoded": int(encoded),
         "asset_img_per_s": float(throughput),
-        "asset_wall_s": round(elapsed, 1),
-        "asset_peak_rss_mb": round(int(maxrss_kb) / 1024),
+        "asset_wall_s": child.seconds,
+        "asset_peak_rss_mb": child.peak_rss_mb,
         "model": model,
     }
 
@@ -253,7 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, help="decode workers (default: IMAGE_SEARCH_DECODE_WORKERS)")
     parser.add_argument("--asset", type=int, default=0, metavar="N",
                         help="instead, run the image_embeddings asset on N stored images and report its peak RSS")
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -281,25 +240,30 @@ def run(args: argparse.Namespace) -> int:
                 baseline_limit=args.baseline_limit,
                 gpu_decode=settings.gpu_decode,
             )
-    if args.json:
-        print(json.dumps(figures))
-    elif args.asset:
-        print(f"image_embeddings asset on {figures['asset_images']} stored images ({figures['model']}): "
-              f"{figures['asset_encoded']} encoded at {figures['asset_img_per_s']} img/s, "
-              f"{figures['asset_wall_s']} s wall, peak RSS {figures['asset_peak_rss_mb']} MB")
-    else:
-        f = figures
-        print(f"images: {f['images']} ({f['baseline_images']} for the baseline); model {f['model']} "
-              f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}, {f['cpu_count']} CPUs")
-        print(f"(a) original loop, one image per model.encode call, fp32: {f['baseline_img_per_s']} img/s")
-        print(f"(b) project path, files to unit vectors ({f['precision']}, batch {f['batch_size']}, "
-              f"{f['decode_workers']} decode workers, GPU JPEG decode {f['gpu_jpeg_decode']}): "
-              f"{f['project_img_per_s']} img/s, {f['project_failures']} failures")
-        print(f"speed-up (b)/(a): {f['speedup']}x")
-        print(f"cosine (b) vs fp32 (a): mean {f['cosine_mean']}, min {f['cosine_min']}")
-        print(f"peak RSS: {f['peak_rss_mb']} MB (process), {f['project_peak_rss_mb']} MB during (b)"
-              + (f"; GPU peak {f['gpu_peak_mb']} MB" if "gpu_peak_mb" in f else ""))
-    return 0
+    return print_figures(args, figures, _asset_lines if args.asset else _lines)
+
+
+def _asset_lines(f: dict) -> list[str]:
+    return [
+        f"image_embeddings asset on {f['asset_images']} stored images ({f['model']}): "
+        f"{f['asset_encoded']} encoded at {f['asset_img_per_s']} img/s, "
+        f"{f['asset_wall_s']} s wall, peak RSS {f['asset_peak_rss_mb']} MB"
+    ]
+
+
+def _lines(f: dict) -> list[str]:
+    return [
+        f"images: {f['images']} ({f['baseline_images']} for the baseline); model {f['model']} "
+        f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}, {f['cpu_count']} CPUs",
+        f"(a) original loop, one image per model.encode call, fp32: {f['baseline_img_per_s']} img/s",
+        f"(b) project path, files to unit vectors ({f['precision']}, batch {f['batch_size']}, "
+        f"{f['decode_workers']} decode workers, GPU JPEG decode {f['gpu_jpeg_decode']}): "
+        f"{f['project_img_per_s']} img/s, {f['project_failures']} failures",
+        f"speed-up (b)/(a): {f['speedup']}x",
+        f"cosine (b) vs fp32 (a): mean {f['cosine_mean']}, min {f['cosine_min']}",
+        f"peak RSS: {f['peak_rss_mb']} MB (process), {f['project_peak_rss_mb']} MB by the end of (b)"
+        + (f"; GPU peak {f['gpu_peak_mb']} MB" if "gpu_peak_mb" in f else ""),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

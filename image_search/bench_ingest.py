@@ -1,34 +1,23 @@
 """``image-search bench ingest``: peak memory and time of ingesting a release of Unsplash Lite's size.
 
-Writes a synthetic release with ``image-search sample``'s defaults (quoted values with tabs
-and line breaks, CJK, emoji; no images; 25,000 photos, 2.7 M keyword rows and 4 M
-conversion rows by default, like Lite 1.0) into a temporary folder, then materializes the
-ingestion assets (release, five tables, catalog) in child processes and reports each
-child's peak resident memory (``ru_maxrss``) and wall time, in the same run:
-
-- imports only: the same modules, no data, so the difference is what the data costs;
-- baseline: the same ingestion with the reader it had before issue 12 (pyarrow's block
-  reader with quoting off), which is faster but splits every record holding a quoted line
-  break and skips both halves: its skipped records are printed too;
-- project: the ingestion as shipped (CSV rules, line numbers of bad records).
-
-The CPU model and its bf16 flags are printed with the figures.
+Generates a release with ``image-search sample`` and ingests it in child processes three
+ways: imports only, the reader from before issue 12 (the baseline), and the project's.
+Method and figures: docs/benchmarks.md.
 """
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from image_search.bench import cpu_description
+from image_search.bench import add_json_flag, print_figures, run_child
 
 _INGEST = """
 import json, sys
 from dagster import DagsterInstance, materialize
-import assets.raw
+import resources.tables
 from assets.catalog import photo_catalog, photo_ids_unique
 from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
 from resources.dagster_resources import SettingsResource
@@ -56,7 +45,7 @@ if mode == "baseline":
             report.rows += batch.num_rows
             yield batch
 
-    assets.raw.read_batches = quoting_off
+    resources.tables.read_batches = quoting_off
 if mode != "imports":
     result = materialize(
         [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique],
@@ -72,23 +61,11 @@ if mode != "imports":
 """
 
 
-def _child(args: list[str]) -> dict:
+def _child(args: list[str], what: str) -> dict:
     """Run the ingestion script in a fresh interpreter; its peak RSS in MB, seconds and what it printed."""
-    started = time.perf_counter()
-    # ru_maxrss of RUSAGE_CHILDREN is the largest of all waited-for children, so each
-    # measurement runs through its own intermediate interpreter.
-    probe = (
-        "import json, resource, subprocess, sys;"
-        "done = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True);"
-        "print(json.dumps({'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'out': done.stdout}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, sys.executable, "-c", _INGEST, *args],
-        check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-    )
-    figures = json.loads(done.stdout)
-    printed = json.loads(figures["out"].strip().splitlines()[-1]) if figures["out"].strip() else {}
-    return {"peak_rss_mb": round(figures["peak_kb"] / 1024), "seconds": round(time.perf_counter() - started, 1), **printed}
+    child = run_child([sys.executable, "-c", _INGEST, *args], what=what, cwd=Path(__file__).resolve().parent.parent)
+    printed = json.loads(child.stdout.strip().splitlines()[-1]) if child.stdout.strip() else {}
+    return {"peak_rss_mb": child.peak_rss_mb, "seconds": child.seconds, **printed}
 
 
 def run(photos: int, keywords: int, conversions: int, collections: int) -> dict:
@@ -101,12 +78,11 @@ def run(photos: int, keywords: int, conversions: int, collections: int) -> dict:
         write_release(release, photos=photos, keywords=keywords, conversions=conversions, collections=collections, images=False)
         generate_s = time.perf_counter() - started
         input_mb = sum(p.stat().st_size for p in release.glob("*.[tc]sv0*")) / 2**20
-        imports = _child(["imports"])
-        baseline = _child(["baseline", str(Path(tmp) / "baseline"), str(release)])
-        project = _child(["project", str(Path(tmp) / "home"), str(release)])
+        imports = _child(["imports"], "the imports-only run")
+        baseline = _child(["baseline", str(Path(tmp) / "baseline"), str(release)], "the baseline ingestion")
+        project = _child(["project", str(Path(tmp) / "home"), str(release)], "the ingestion")
         tables_mb = sum(p.stat().st_size for p in (Path(tmp) / "home").rglob("*.parquet")) / 2**20
     return {
-        "cpu": cpu_description(),
         "photos": photos, "keywords": keywords, "conversions": conversions, "collections": collections,
         "input_mb": round(input_mb, 1), "parquet_mb": round(tables_mb, 1), "generate_s": round(generate_s, 1),
         "imports_peak_rss_mb": imports["peak_rss_mb"],
@@ -124,23 +100,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--keywords", type=int, default=2_700_000)
     parser.add_argument("--conversions", type=int, default=4_000_000)
     parser.add_argument("--collections", type=int, default=1_650_000)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
     parser.set_defaults(handler=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    f = run(args.photos, args.keywords, args.conversions, args.collections)
-    if args.json:
-        print(json.dumps(f))
-    else:
-        print(
-            f"cpu: {f['cpu']}\n"
-            f"release: {f['photos']:,} photos, {f['keywords']:,} keyword rows, {f['conversions']:,} conversion rows, "
-            f"{f['collections']:,} collection rows = {f['input_mb']} MB (generated in {f['generate_s']} s)\n"
-            f"imports only (no data): peak RSS {f['imports_peak_rss_mb']} MB\n"
-            f"baseline, reader before issue 12 (pyarrow, quoting off): peak RSS {f['baseline_peak_rss_mb']} MB "
-            f"in {f['baseline_s']} s, {f['baseline_skipped_records']:,} records skipped\n"
-            f"project (CSV rules, line numbers): peak RSS {f['ingest_peak_rss_mb']} MB in {f['ingest_s']} s, "
-            f"{f['ingest_skipped_records']:,} records skipped, {f['parquet_mb']} MB of Parquet written"
-        )
-    return 0
+    return print_figures(args, run(args.photos, args.keywords, args.conversions, args.collections), _lines)
+
+
+def _lines(f: dict) -> list[str]:
+    return [
+        f"release: {f['photos']:,} photos, {f['keywords']:,} keyword rows, {f['conversions']:,} conversion rows, "
+        f"{f['collections']:,} collection rows = {f['input_mb']} MB (generated in {f['generate_s']} s)",
+        f"imports only (no data): peak RSS {f['imports_peak_rss_mb']} MB",
+        f"baseline, reader before issue 12 (pyarrow, quoting off): peak RSS {f['baseline_peak_rss_mb']} MB "
+        f"in {f['baseline_s']} s, {f['baseline_skipped_records']:,} records skipped",
+        f"project (CSV rules, line numbers): peak RSS {f['ingest_peak_rss_mb']} MB in {f['ingest_s']} s, "
+        f"{f['ingest_skipped_records']:,} records skipped, {f['parquet_mb']} MB of Parquet written",
+    ]

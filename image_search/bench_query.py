@@ -1,13 +1,12 @@
 """``image-search bench query``: query latency of the local backend, exact and approximate.
 
 Times publishing, kNN (against a plain numpy baseline) and text queries end to end on a
-synthetic index, in one process; the method and the latest figures are in the README.
+synthetic index, in one process; the method and the latest figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from image_search.bench import add_json_flag, print_figures
 
 WORDS = ("mountain", "sea", "city", "forest", "dog", "cat", "flower", "car", "night", "snow", "beach", "portrait")
 COLORS = ("red", "green", "blue", "yellow", "black", "white")
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--skip-text", action="store_true", help="time kNN only, without loading the configured models"
     )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -185,9 +186,4 @@ def run(args: argparse.Namespace) -> int:
 
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     figures["cpus"] = os.cpu_count()
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:<32} {value}")
-    return 0
+    return print_figures(args, figures)

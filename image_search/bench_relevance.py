@@ -2,19 +2,19 @@
 
 The judgements are the conversions document's (keyword, downloaded photo) pairs, scored on
 an evaluation index with the judged keywords held out of ``describe``; the method and the
-latest figures are in the README.
+latest figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from image_search.bench import add_json_flag, print_figures
 from resources.backends.base import MODES, check_k
 from resources.keyword_index import tokenize
 
@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-hold-out", dest="hold_out", action="store_false",
         help="leave the judged keywords in describe, to see how much of the keyword score they alone give",
     )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    figures: dict[str, dict[str, float]] = {}
+    by_mode: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-relevance-") as tmp:
         eval_settings = settings.replace(home=Path(tmp), backend="local")
         backend = LocalBackend(eval_settings, ann_min_docs=len(documents) + 1)
@@ -213,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
                     say(f"bench relevance: {mode} {done}/{len(queries)}")
 
             recall, ndcg = score_mode(search, queries, args.k, progress)
-            figures[mode] = {"recall": recall, "ndcg": ndcg, "seconds": time.perf_counter() - started}
+            by_mode[mode] = {"recall": recall, "ndcg": ndcg, "seconds": time.perf_counter() - started}
     base_recall, base_ndcg = random_baseline([len(r) for r in queries.values()], len(documents), args.k)
-    report = {
+    figures = {
         "k": args.k,
         "queries": len(queries),
         "judgements": int(sum(len(r) for r in queries.values())),
@@ -224,18 +224,17 @@ def run(args: argparse.Namespace) -> int:
         "held_out_tokens": removed,
         "image_model": settings.image_model,
         "text_model": settings.text_model,
-        "modes": {m: {key: round(v, 4) for key, v in f.items()} for m, f in figures.items()},
+        "modes": {m: {key: round(v, 4) for key, v in f.items()} for m, f in by_mode.items()},
         "random": {"recall": round(base_recall, 4), "ndcg": round(base_ndcg, 4)},
     }
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(
-        f"relevance over {report['queries']} queries ({report['judgements']} judged downloads, "
-        f"{report['indexed_photos']} indexed photos, {removed} judged keyword tokens held out of describe)"
-    )
-    print(f"{'mode':<8} {f'recall@{args.k}':>10} {f'nDCG@{args.k}':>10} {'seconds':>8}")
-    for mode, f in report["modes"].items():
-        print(f"{mode:<8} {f['recall']:>10.4f} {f['ndcg']:>10.4f} {f['seconds']:>8.1f}")
-    print(f"{'random':<8} {base_recall:>10.4f} {base_ndcg:>10.4f} {'-':>8}")
-    return 0
+    return print_figures(args, figures, lambda f: _lines(f, args.k))
+
+
+def _lines(f: dict, k: int) -> list[str]:
+    return [
+        f"relevance over {f['queries']} queries ({f['judgements']} judged downloads, "
+        f"{f['indexed_photos']} indexed photos, {f['held_out_tokens']} judged keyword tokens held out of describe)",
+        f"{'mode':<8} {f'recall@{k}':>10} {f'nDCG@{k}':>10} {'seconds':>8}",
+        *(f"{mode:<8} {m['recall']:>10.4f} {m['ndcg']:>10.4f} {m['seconds']:>8.1f}" for mode, m in f["modes"].items()),
+        f"{'random':<8} {f['random']['recall']:>10.4f} {f['random']['ndcg']:>10.4f} {'-':>8}",
+    ]

@@ -1,15 +1,9 @@
 """``image-search cluster check``: prove on a scratch index that the cluster works as a build needs.
 
-It reads the settings a build reads (``IMAGE_SEARCH_ES_URL``, the credentials,
-``IMAGE_SEARCH_ES_ENGINE``, ``IMAGE_SEARCH_INDEX``) and prints what it finds: the server,
-its plugins, the engine, the mapping and queries a build will use, the score formula, and
-the index published now. Then, under a scratch alias ``<IMAGE_SEARCH_INDEX>_check_<random>``,
-it builds a dozen documents with known vectors three times and checks that cosine scores
-come back right (a pair at 0.5 stays 0.5, filtered or not), that filters, BM25 and the
-alias swap work, and that clean-up removes only the scratch builds (look-alike indices
-it plants survive). It deletes exactly what it created and checks that every index named
-like ``IMAGE_SEARCH_INDEX`` is as before. One line per check; the exit status is 1 when
-any failed. Like the rest of the query side it never imports Dagster.
+It prints what a build would send (server, plugins, engine, mapping, queries, score
+formulas), then builds and queries a dozen known vectors under a scratch alias and deletes
+exactly what it made; one line per check, exit status 1 if any failed (docs/backends.md).
+Like the rest of the query side it never imports Dagster.
 """
 
 from __future__ import annotations

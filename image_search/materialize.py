@@ -1,17 +1,15 @@
 """``image-search materialize``: ``dagster asset materialize`` that no dead run blocks and that never waits silently.
 
-Before it launches anything it recovers the instance's dead runs (``resources/run_recovery.py``),
-one line each. While the run goes, a step waiting for a pool slot is reported in one line
-naming the run that holds it, repeated as :class:`resources.locks.Wait` directs; after
-``IMAGE_SEARCH_LOCK_TIMEOUT`` the run is stopped with a one-line error. A holder that dies
-meanwhile is recovered on the spot. ``image-search recover`` only recovers. A supervising
-process, because Dagster's executors wait for a pool slot inside their own loop, with no
-hook and no timeout.
+It recovers dead runs first (``resources/run_recovery.py``), reports and bounds every wait
+for a pool slot (Dagster's executors wait inside their own loop, with no hook and no
+timeout), and shows the run's own lines while Dagster's output goes to a log file.
+``image-search recover`` only recovers.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -69,8 +67,13 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_path() -> Path:
+    """Where ``image-search materialize`` appends Dagster's own output (every event, traces included)."""
+    return Path(os.environ["DAGSTER_HOME"]) / "logs" / "image-search.log"
+
+
 def _materialize(args: argparse.Namespace) -> int:
-    from resources.run_recovery import recover_dead_runs
+    from resources.run_recovery import recover_dead_runs, run_of_worker
 
     timeout = Settings.from_env().lock_timeout
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", "--select", args.select]
@@ -80,27 +83,116 @@ def _materialize(args: argparse.Namespace) -> int:
         command += ["--partition-range", args.partition_range]
     with _instance() as instance:
         _print(recover_dead_runs(instance))
-        started = time.time()
-        child = subprocess.Popen(command)
-        try:
-            _watch(instance, child, started, timeout)
-        finally:
-            _stop(instance, child)
+        log = _log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        report = _RunReport(instance)
+        with log.open("a", encoding="utf-8") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S %z')}: {' '.join(command)}\n")
+            out.flush()
+            started = time.time()
+            child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                _watch(instance, child, started, timeout, report)
+            finally:
+                _stop(instance, child)
+        report.run_id = report.run_id or run_of_worker(instance, child.pid, started, finished_too=True)
+        report.update()
+        if child.returncode != 0:
+            _print(report.failures() or [f"dagster asset materialize stopped (exit status {child.returncode}) before it ran anything"])
+            _print([f"the full log: {log}" + (f"; every event: the Dagster UI, run {report.run_id}" if report.run_id else "")])
     return child.returncode
 
 
-def _watch(instance, child: subprocess.Popen, started: float, timeout: float) -> None:
-    """Until ``child`` ends: report its steps' waits for pool slots, recover dead holders, give up after ``timeout``."""
+class _RunReport:
+    """The run's own lines as they land: what its steps log (INFO and above), and each asset materialized.
+
+    Dagster's framework events stay in the log file and the UI; failures are kept for the end.
+    """
+
+    def __init__(self, instance):
+        self.instance, self.run_id = instance, None
+        self._cursor: str | None = None
+        self._materialized: set[str] = set()
+        self._started: set[str] = set()
+        self._failures: list[str] = []
+
+    def update(self) -> None:
+        """Print what the run recorded since the last call."""
+        if self.run_id is None:
+            return
+        while True:
+            page = self.instance.get_records_for_run(self.run_id, cursor=self._cursor, limit=1000)
+            for record in page.records:
+                self._show(record.event_log_entry)
+            self._cursor = page.cursor
+            if not page.has_more:
+                return
+
+    def failures(self) -> list[str]:
+        """One line per failed step: the step and the error that stopped it, without its trace."""
+        return self._failures
+
+    def _show(self, entry) -> None:
+        from dagster import DagsterEventType
+
+        if not entry.is_dagster_event:
+            # Only what a running step's own code says: the executor's notes on skipped steps stay in the log.
+            if entry.level >= logging.INFO and entry.step_key in self._started:
+                _print([entry.user_message])
+            return
+        event = entry.dagster_event
+        if event.event_type == DagsterEventType.STEP_START:
+            self._started.add(entry.step_key)
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            key = event.asset_key.to_user_string()
+            if key not in self._materialized:
+                self._materialized.add(key)
+                _print([f"{key} materialized{_figures(event.materialization.metadata)}"])
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION and not event.event_specific_data.passed:
+            check = event.event_specific_data
+            _print([f"check {check.check_name} on {check.asset_key.to_user_string()} failed"])
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            self._failures.append(f"{entry.step_key} failed: {_root_message(event.step_failure_data.error)}")
+
+
+#: Metadata shown when an asset lands, in this order, where present.
+_FIGURES = ("dagster/row_count", "fetched", "failed", "encoded", "skipped_up_to_date", "groups")
+
+
+def _figures(metadata) -> str:
+    shown = [
+        f"{'rows' if name == 'dagster/row_count' else name.replace('_', ' ')} {metadata[name].value}"
+        for name in _FIGURES
+        if name in metadata
+    ]
+    return f": {', '.join(shown)}" if shown else ""
+
+
+def _root_message(error) -> str:
+    """The innermost cause's message, without its exception class or trace."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    prefix = f"{error.cls_name}: "
+    return message.split(prefix, 1)[1] if prefix in message.split("\n", 1)[0] else message
+
+
+def _watch(instance, child: subprocess.Popen, started: float, timeout: float, report: _RunReport) -> None:
+    """Until ``child`` ends: show its run's lines, report its steps' waits for pool slots, recover dead
+    holders, give up after ``timeout``."""
     from resources.run_recovery import pool_waits, recover_dead_runs, run_of_worker
 
-    run_id, waits = None, {}
+    waits = {}
     while True:
         try:
             child.wait(timeout=POLL_S)
             return
         except subprocess.TimeoutExpired:
             pass
-        run_id = run_id or run_of_worker(instance, child.pid, started)
+        run_id = report.run_id = report.run_id or run_of_worker(instance, child.pid, started)
+        report.update()
         if run_id is None or not any(pool_waits(instance, run_id)):
             continue
         _print(recover_dead_runs(instance))

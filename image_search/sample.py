@@ -1,28 +1,9 @@
 """``image-search sample DIR``: a synthetic release written the way Unsplash Lite is published.
 
 Unsplash Lite may not be redistributed, so tests, CI and the offline demo ingest this
-instead. By default it writes what the real files hold (see resources/lite_format.py for
-the sources): the documents and columns of the chosen release (``--release-version``,
-1.0.0 to 1.4.1, with that release's file names), split into ``--parts`` files that each
-start with the header, tab-separated with CSV quoting where a value needs it (a quote, a
-tab or a line break: the value is wrapped in ``"`` and inner quotes doubled). Free text is
-what people type: photo descriptions, location names, collection titles and search terms
-hold quotes, tabs, LF and CR LF line breaks, CJK and emoji, and a user-suggested keyword
-holds a line break (release 1.0.0 had one, unsplash/datasets issue 29). Values follow the
-real domains: ``t``/``f`` flags, hex colours without ``#``, conversions of type
-``download``, ``collection_type`` collection or topic, ``user_suggestion_source``
-photographer, admin or unknown, a 28-character BlurHash from its base-83 alphabet,
-``ai_coverage`` as a percentage and ``ai_score`` between 0 and 1 (DOCS.md).
-
-It also writes one small JPEG per photo whose colours and shapes are also its first
-user-suggested keywords and its colour rows, and optionally tiny CLIP models. Row counts
-follow the options, so the same generator makes a 48-photo test fixture and a release of
-the real size (25,000 photos, 2.7 M keyword rows, 4 M conversion rows) for the memory
-benchmark: the big documents are built column-wise with numpy and pyarrow and streamed to
-disk in chunks.
-
-``--duplicates N`` makes the last N photos near-copies (brightened, slightly cropped,
-re-encoded) of earlier ones and lists the planted pairs in ``planted_duplicates.tsv``.
+instead: each release's documents, columns and file names, CSV quoting, text as people
+type it, the documented value domains, one small JPEG per photo, optionally tiny models and
+planted near-duplicates; from a 48-photo fixture to the real size (docs/ingestion.md).
 """
 
 from __future__ import annotations

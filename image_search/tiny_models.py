@@ -1,27 +1,10 @@
 """Locally built stand-ins for the two models the project loads, with random weights.
 
-No model can be downloaded on the machines the tests and the offline demo run on, so this
-module writes, from nothing, two folders that load through the very code path the real
-models take (``SentenceTransformer(path)``):
-
-- ``clip``: a sentence-transformers CLIP model laid out like ``clip-ViT-B-32`` on the hub
-  (a transformers ``CLIPModel`` + ``CLIPProcessor`` at the root, ``modules.json`` naming
-  the CLIP module). Its BPE tokenizer has the smallest valid vocabulary: the 256 byte-level
-  characters, their ``</w>`` forms and the two special tokens. By default the towers are a
-  few thousand parameters; ``full_size=True`` gives the real ViT-B/32 architecture (the
-  default ``CLIPConfig``: 88 M image-tower parameters, 224x224 input, 32x32 patches), which
-  is what a benchmark must time.
-- ``text``: a multilingual text student shaped like ``clip-ViT-B-32-multilingual-v1``
-  (a DistilBERT transformer, mean pooling, a Dense layer onto the CLIP space); tiny by
-  default, DistilBERT-base (6 layers, 768 wide) with ``full_size=True``. The tiny one's
-  WordPiece vocabulary holds Latin letters with accents and the CJK ideographs, so Spanish
-  and Chinese queries turn into real tokens rather than ``[UNK]``. The full-size one's
-  vocabulary is as large as the real student's (119,547 entries) and, like it, holds
-  whole words of many languages (see :func:`_full_wordpiece_vocab`): a query costs time in
-  proportion to its tokens, so a benchmark must tokenize the way the real model does.
-
-Both map into the same :data:`DIM`-dimensional space, 512 like the real pair, so every
-shape downstream (Parquet vectors, index mappings) is the one production uses.
+Nothing can be downloaded where the tests and the offline demo run, so this writes two
+folders that load through the real models' code path (``SentenceTransformer(path)``): a
+CLIP laid out like ``clip-ViT-B-32`` and a DistilBERT student like
+``clip-ViT-B-32-multilingual-v1``, both 512-d; ``full_size=True`` gives the real sizes and
+a whole-word vocabulary for timing (docs/images-and-embeddings.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import annotated_types
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -27,17 +27,32 @@ class ConfigError(ImageSearchError):
     """A setting has a value the project cannot use; the message names the variable."""
 
 
+#: Query parameters that carry a credential: signed URLs of S3 (SigV4 and V2), Google Cloud
+#: Storage and Azure SAS, and the usual token and key names. Compared case-insensitively.
+SECRET_QUERY_PARAMETERS = frozenset({
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "awsaccesskeyid",
+    "x-goog-signature", "x-goog-credential", "googleaccessid", "sig", "token", "access_token",
+    "api_key", "apikey", "key", "password", "secret", "client_secret",
+})
+
+
 def mask_url(url: str | None) -> str:
-    """Return ``url`` with any user name and password replaced by ``***``."""
+    """Return ``url`` with any user name and password, and the value of every secret query parameter, replaced by ``***``."""
     if not url:
         return ""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    query = "&".join(_mask_parameter(piece) for piece in parts.query.split("&")) if parts.query else ""
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***:***@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_parameter(piece: str) -> str:
+    name, equals, _ = piece.partition("=")
+    return f"{name}=***" if equals and unquote_plus(name).lower() in SECRET_QUERY_PARAMETERS else piece
 
 
 class Settings(BaseSettings):

@@ -1,21 +1,9 @@
 """Streaming a tab-separated CSV file as Arrow batches, with the line on which each bad record starts.
 
-The dialect is the one the official Unsplash Lite loaders use (see resources/lite_format.py):
-tab delimiter; a field that starts with ``"`` is quoted and runs to the next lone ``"``
-(``""`` inside it is one quote), so tabs and line breaks in it belong to the value; a
-quote anywhere else is a plain character; a record ends at an unquoted LF, CR LF or CR; a
-UTF-8 byte-order mark before the header is ignored. This is what PostgreSQL's
-``COPY ... (FORMAT csv)``, pandas and Python's ``csv`` module read from such files.
-
-pyarrow's streaming CSV reader parses the values (``newlines_in_values=True``), but it
-gives no line numbers for the rows it rejects and silently drops a last record whose quote
-is never closed. So :class:`LineCounter` reads the same bytes as pyarrow pulls them, block
-by block, with numpy: it finds which quotes open and close values, hence which line breaks
-end records, counts the unquoted tabs of each record, and so knows the line on which every
-record with the wrong number of fields starts and whether the file ends inside a quote.
-Blocks with only well-formed quotes (all of the official files) take a vectorised path; a
-block with a stray quote falls back to a loop over its quotes only. Nothing holds more than
-one block, so a 4 M row document streams in constant memory.
+The dialect is the official loaders' (docs/ingestion.md). pyarrow parses the values but
+gives no line numbers and drops a last record whose quote never closes, so
+:class:`LineCounter` reads the same blocks with numpy to find where each record starts and
+whether the file ends inside a quote. Nothing holds more than one block.
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """Fetch photos into the image store: concurrent, retried, validated, normalised, atomic.
 
 Plain Python (no Dagster), so the ``images`` asset, the benchmark and the tests share it.
-
-Each (photo_id, url) pair ends as exactly one :class:`FetchResult`: either a stored RGB
-JPEG at ``ImageStore.path_for(photo_id)`` or a failure with a short ``reason`` code for the
-ledger. Nothing here raises for a bad photo; a bad photo never stops the others.
-
-Why each step:
-
-* retries (the policy of ``resources/http_client.py``) only for what can heal: connection
-  errors, timeouts, 408, 429 and 5xx; ``Retry-After`` is honoured up to a cap so one server
-  cannot park a worker for an hour; other 4xx fail at once.
-* validation before anything is kept: content type, a byte cap, a pixel cap read from the
-  header (a 20,000 x 20,000 image is refused without being decoded), and a real decode.
-* normalisation: every stored file is an RGB JPEG with its EXIF orientation applied, so the
-  encoder never meets CMYK, 16-bit, palette, transparency or animation. A plain baseline RGB
-  JPEG with no rotation (what imgix returns) is kept byte for byte: re-encoding it would
-  cost CPU and quality for nothing.
-* atomic writes (``resources/files.py``): a killed run leaves at most a temporary, never a
-  half-written image under a real name.
-* broken hosts are permanent failures, an outage is not (see :func:`host_problem` and
-  :meth:`Downloader.fetch_all`): Unsplash Lite has URLs whose host is not a web host at all
-  (``images.unsplash.com.jpg``, unsplash/datasets issue 46), and photos whose URL answers
-  404 (issue 61). Retrying those on every run costs time for nothing; marking a photo
-  permanent because this machine's DNS is down would lose it for good.
+Each (photo_id, url) pair ends as exactly one :class:`FetchResult`: a stored RGB JPEG or a
+failure with a ``reason`` for the ledger; a bad photo never stops the others. Why each step
+(retries, caps, normalisation, broken hosts against outages): docs/images-and-embeddings.md.
 """
 
 from __future__ import annotations

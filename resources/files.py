@@ -1,10 +1,8 @@
 """Writing files and folders atomically, and sweeping away what a killed writer left.
 
-Everything is written under a temporary name beside its target, ``.<target name>.<token>.tmp``,
-and renamed into place once complete, so a reader sees the old target or the new one, never
-part of one; :func:`sweep` knows that one name. Only the standard library: ``os.replace`` is
-the atomic step, ``atomicwrites`` is archived (2022) and points to it, and boltons'
-``AtomicSaver`` names its own part files and builds no folders.
+Everything is written as ``.<target name>.<token>.tmp`` beside its target and renamed into
+place once complete, so a reader sees the old target or the new one; :func:`sweep` knows that
+one name. Only the standard library: ``os.replace`` is the atomic step.
 """
 
 from __future__ import annotations

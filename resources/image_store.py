@@ -1,14 +1,9 @@
 """The on-disk image store: where the image of a photo_id lives, safely named.
 
-Layout: ``<images_dir>/<bucket>/<name>.jpg``, every stored file a normalised RGB JPEG.
-Names come from the photo_id only when it is a plain token; any other id (``../../x``,
-an empty string, a very long one) is stored under a hash of itself, so no id can escape
-the store or collide with another.
-
-Beside the images, per bucket: ``manifest/<bucket>.parquet`` (photo_id, url, bytes,
-sha256, size: what is stored and from which URL, so a changed URL is fetched again),
-``manifest/<bucket>.journal.jsonl`` (rows of a run still going, so a killed run resumes)
-and ``ledger/<bucket>.parquet`` (every photo that failed, with its reason).
+``<images_dir>/<bucket>/<name>.jpg``, named from the photo_id only when it is a plain token
+(else a hash of it, so no id escapes the store). Beside them, per bucket: the manifest of
+what is stored and from which URL, the journal of a run still going, and the ledger of
+failures.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """A persistent BM25 keyword index over each photo's ``describe`` and descriptions (``bm25s``).
 
-One index is built per search-index build and saved in that build's folder, so keyword and
-vector search always answer from the same documents. Rows are numbered like the build's
-documents, which is what lets a filter (a boolean mask over documents) apply inside the
-keyword search: masked documents score zero and never come back.
-
-Tokens are lower-cased runs of Unicode word characters, with no stop words and no stemming:
-queries come in many languages and a user-suggested keyword must match as written.
+Built with each search-index build and numbered like its documents, so a filter (a mask
+over documents) applies inside the keyword search. Tokens are lower-cased Unicode words,
+without stop words or stemming: queries come in many languages.
 """
 
 from __future__ import annotations

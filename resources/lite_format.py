@@ -1,22 +1,8 @@
 """The Unsplash Lite release format as published: its documents, each release's columns, their types.
 
-Everything here comes from the public ``unsplash/datasets`` repository, read across its
-git history (nothing of the data itself):
-
-- ``how-to/psql/create_tables.sql`` gives every column and its type; its history gives the
-  release that added each column (1.1.0: photo width, height, aspect ratio and description
-  and the colors document; 1.2.0: ``blur_hash``; 1.3.0: ``user_suggestion_source`` and
-  ``collection_type``; 1.4.0: the ``*_ai_service_3`` keyword flags and three conversion
-  columns), as CHANGELOG.md and DOCS.md say too.
-- ``how-to/psql/load-data-*.sql`` load each document with ``awk FNR-1 {path}/photos.tsv*``
-  (every part drops its own header line) into ``COPY ... WITH (FORMAT csv, DELIMITER E'\\t')``,
-  and ``how-to/python/pandas.ipynb`` with ``pd.read_csv(filename, sep='\\t', header=0)``:
-  CSV rules with a tab delimiter, quoting with ``"``. ``resources/csv_stream.py`` reads them.
-- File names: ``<document>.tsv000``, ``.tsv001`` ... for parts; release 1.3.0 named them
-  ``.csv000`` (unsplash/datasets pull request 71) and 1.4.1 "fixed the extension of the
-  photos.tsv file" (pull request 74), so both are looked for.
-- DOCS.md calls the colour columns ``coverage`` and ``score``; create_tables.sql calls them
-  ``ai_coverage`` and ``ai_score``. Either header is read, under the SQL names.
+Everything here comes from the public ``unsplash/datasets`` repository across its history
+(``create_tables.sql``, the loaders, CHANGELOG.md, DOCS.md), nothing from the data itself;
+docs/ingestion.md lists what each release added and how the files are read.
 """
 
 from __future__ import annotations

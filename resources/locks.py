@@ -1,14 +1,9 @@
 """Lock files that keep two runs from writing the same part of the store at once, and waits that say what they wait for.
 
-Two materializations of the same bucket (a backfill and a sensor's run, or two people in
-the UI) would otherwise interleave their writes to one manifest, one vector folder or one
-index build. Each writer holds an exclusive ``flock`` on ``<home>/locks/<stage>/<bucket>.lock``
-(``<home>/locks/<stage>.lock`` for an unpartitioned stage) while it writes, and records
-itself in the file (host, pid, start time, run id) so that a waiter can name it. The kernel
-releases the lock when its holder exits, killed or not, so a dead holder never blocks
-anyone; a record still in the file tells the next holder that its predecessor died
-holding it, and it says so. A second writer waits for a live holder, saying so as
-:class:`Wait` directs, and fails with a one-line error after ``IMAGE_SEARCH_LOCK_TIMEOUT``.
+Each writer holds an exclusive ``flock`` on ``<home>/locks/<stage>[/<bucket>].lock`` and
+records itself in it, so a waiter can name it; the kernel releases a dead holder's lock,
+and its record tells the next holder who died. A waiter reports as :class:`Wait` directs
+and gives up after ``IMAGE_SEARCH_LOCK_TIMEOUT`` (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""The multilingual text model on ONNX Runtime: the same float32 arithmetic in well under half the time on a CPU.
+"""The multilingual text model on ONNX Runtime: the same float32 vectors, faster on a CPU.
 
-Why: a query is one short text, so each of the model's matrix products has a handful of
-rows, and PyTorch's time goes into streaming the weights. For the full-size multilingual
-DistilBERT here (8.1 tokens per query), ``image-search bench query`` timed the model's own
-PyTorch ``encode`` at 36.5-50.8 ms per query and this session at 12.9-19.8 ms (p50 over
-seven runs), with cosine 1.0 between their vectors: ONNX Runtime pre-packs the weights
-once per session. Once verified, the session keeps only the model's tokenizer (a copy
-without weights), so the PyTorch weights can be freed.
-
-The whole sentence-transformers pipeline (transformer, pooling, dense projection) is
-exported with ``torch.onnx`` (the ``torch.export``-based exporter, with dynamic batch and
-token axes) from the tokenizer's tensors to the sentence embedding, so any
-sentence-transformers text model works, not only the default one. Tokenizing stays
-in Python with the model's own tokenizer. The export is cached as
-``<cache_dir>/<fingerprint>.onnx`` with its weights beside it in ``<fingerprint>.onnx.data``
-(written in a temporary folder, then renamed); the fingerprint covers the module
-structure, a sample of every weight tensor, and the torch and opset versions, so a
-changed model is exported again. Each load checks the session
-against PyTorch on probe queries in several scripts before it is used.
+A query is one short text, so PyTorch's CPU time goes into streaming the weights; ONNX
+Runtime pre-packs them once per session. The whole sentence-transformers pipeline is
+exported once per model fingerprint, cached, and checked against PyTorch at each load
+before it is used. Figures and the alternatives tried: docs/searching.md.
 """
 
 from __future__ import annotations

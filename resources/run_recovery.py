@@ -1,18 +1,9 @@
 """Dagster runs whose worker died: found, marked failed, and their pool slots freed.
 
-A run killed with SIGKILL (the OOM killer, ``kill -9`` of a hung process, a lost machine)
-stays "started" in the instance and keeps its concurrency-pool slots, so the next run that
-needs the pool waits forever. The daemon's run monitoring frees them, but
-``dagster asset materialize`` runs no daemon: ``image-search materialize`` calls
-:func:`recover_dead_runs` before it launches anything, and :class:`LocalRunLauncher` gives
-run monitoring (``dagster dev``, ``dagster-daemon``) the same judgement of a worker.
-
-A run's worker is the process that reported its pid in the run's engine events. On an
-instance kept in SQLite under ``DAGSTER_HOME`` every run ran on this machine, so the worker
-is dead once that pid is gone or belongs to a process started later. On an instance shared
-by several machines their processes cannot be seen: a run that has logged nothing for
-``IMAGE_SEARCH_STALE_RUN_SECONDS`` counts as dead (its event log is its heartbeat).
-Dagster-side: the query side never imports this module.
+A run killed outright stays "started" and keeps its pool slots, so the next run would wait
+for ever. ``image-search materialize`` calls :func:`recover_dead_runs` before it launches
+anything, and :class:`LocalRunLauncher` gives run monitoring the same judgement of a worker
+(docs/operations.md, "After a crash"). The query side never imports this module.
 """
 
 from __future__ import annotations
@@ -20,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterator
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
@@ -112,9 +104,14 @@ def recover_dead_runs(instance: DagsterInstance) -> list[str]:
     return lines
 
 
-def run_of_worker(instance: DagsterInstance, pid: int, since: float) -> str | None:
-    """The in-progress run whose worker is process ``pid`` (started at ``since``, epoch s), if it made one yet."""
-    for record in instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS)):
+def run_of_worker(instance: DagsterInstance, pid: int, since: float, finished_too: bool = False) -> str | None:
+    """The run whose worker is process ``pid`` (started at ``since``, epoch s), if it made one yet.
+
+    Only a run in progress, unless ``finished_too``: then any run created since ``since``.
+    """
+    created = datetime.fromtimestamp(since, timezone.utc)
+    filters = RunsFilter(created_after=created) if finished_too else RunsFilter(statuses=IN_PROGRESS)
+    for record in instance.get_run_records(filters=filters):
         worker = worker_pid(instance, record.dagster_run.run_id)
         if worker is not None and worker[0] == pid and worker[1] >= since:
             return record.dagster_run.run_id

@@ -8,6 +8,24 @@ import pytest
 
 from image_search.tiny_models import write_tiny_models
 
+LAYERS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that is not in exactly one layer, so ``pytest -m unit`` misses nothing by accident."""
+    wrong = []
+    for item in items:
+        layers = sorted({mark.name for mark in item.iter_markers() if mark.name in LAYERS})
+        if len(layers) != 1:
+            wrong.append(f"{item.nodeid}: {', '.join(layers) or 'no layer'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one layer marker ({', '.join(LAYERS)}); add "
+            f"`pytestmark = pytest.mark.<layer>` to its file (docs/testing.md). Not so: {'; '.join(wrong[:5])}"
+            + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        )
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_dir(tmp_path_factory: pytest.TempPathFactory):

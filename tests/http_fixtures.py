@@ -61,6 +61,8 @@ class FaultServer:
 
     ``latency_ms`` is added before every answer (the benchmark's simulated network).
     ``hits`` counts requests per path, so tests can assert a re-run fetched nothing.
+    :meth:`hold` keeps requests in flight until the test lets them go, so a test can see
+    how many are in flight at once, or kill a client while it waits, without racing it.
     """
 
     def __init__(self, latency_ms: float = 0.0):
@@ -69,6 +71,11 @@ class FaultServer:
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._served: Counter[str] = Counter()
+        self._gate = threading.Condition()
+        self._admit_before_hold: int | None = None
+        self._held = 0
+        self._round = 0
+        self._dropping = False
         self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._thread: threading.Thread | None = None
 
@@ -103,6 +110,40 @@ class FaultServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+    def hold(self, after: int = 0) -> None:
+        """Answer the next ``after`` requests, then hold each later one, uncounted, until :meth:`release`."""
+        with self._gate:
+            self._admit_before_hold = after
+
+    def wait_held(self, count: int, give_up_s: float = 120.0) -> None:
+        """Block until ``count`` requests are held at once; ``give_up_s`` only guards against a hung test."""
+        with self._gate:
+            if not self._gate.wait_for(lambda: self._held >= count, timeout=give_up_s):
+                raise AssertionError(f"{self._held} requests held at once after {give_up_s:g} s, expected {count}")
+
+    def release(self, drop: bool = False) -> None:
+        """Stop holding: the held requests are answered, or with ``drop`` closed unanswered and never counted."""
+        with self._gate:
+            self._admit_before_hold = None
+            self._dropping = drop
+            self._round += 1
+            self._gate.notify_all()
+
+    def _admit(self) -> bool:
+        """Whether to answer a request now; a held one waits here for :meth:`release`."""
+        with self._gate:
+            if self._admit_before_hold is None:
+                return True
+            if self._admit_before_hold > 0:
+                self._admit_before_hold -= 1
+                return True
+            self._held += 1
+            self._gate.notify_all()
+            round_ = self._round
+            self._gate.wait_for(lambda: self._round != round_)
+            self._held -= 1
+            return not self._dropping
+
     def _next_failure(self, path: str, route: Route) -> tuple[int, dict[str, str]] | None:
         with self._lock:
             self.hits[path] += 1
@@ -120,6 +161,9 @@ class FaultServer:
                 pass
 
             def do_GET(self):  # noqa: N802 - the base class's naming
+                if not server._admit():
+                    self.close_connection = True
+                    return None
                 path = self.path.split("?", 1)[0]
                 route = server.routes.get(path)
                 if server.latency_s:
@@ -155,6 +199,18 @@ class FaultServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+class CollectingLog:
+    """Collects the lines a download logs (it takes any object with ``info`` and ``warning``)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, line: str) -> None:
+        self.lines.append(line)
+
+    warning = info
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:

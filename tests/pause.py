@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -84,3 +85,24 @@ def kill_group(child: subprocess.Popen) -> None:
     """SIGKILL the process group ``child`` leads (start it with ``start_new_session=True``), and reap it."""
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+
+
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from resources.locks import store_lock
+with store_lock(Path(sys.argv[1]), sys.argv[2], timeout=5, run_id=sys.argv[3] or None):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def hold_lock(lock: Path, what: str = "images bucket b05", run_id: str | None = None) -> subprocess.Popen:
+    """A process holding ``lock`` (as ``run_id``, if given) until a line or the end arrives on its stdin, or it is killed."""
+    root = HOOK_DIR.parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock), what, run_id or ""],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout.readline().strip() == "held"
+    return child

@@ -20,6 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from resources.config import Settings
 
+pytestmark = pytest.mark.integration
+
 APP = str(Path(__file__).resolve().parents[1] / "search_app" / "app.py")
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from image_search.bench_relevance import hold_out, ndcg_at_k, query_set, random_baseline, recall_at_k
 
+pytestmark = pytest.mark.e2e
+
 
 def test_recall_and_ndcg_match_hand_computed_values():
     ranked = ["a", "b", "c", "d", "e"]
@@ -157,7 +159,8 @@ def test_bench_relevance_on_a_generated_release(embedded_home, tiny_models, monk
 
     table = _bench_in_process(embedded_home, tiny_models, monkeypatch, capsys, "--k", "5", "--max-queries", "3")
     assert "relevance over 3 queries" in table and "recall@5" in table
-    assert [line.split()[0] for line in table.splitlines()[2:]] == ["vector", "keyword", "hybrid", "random"]
+    assert [line.split()[0] for line in table.splitlines()[2:-1]] == ["vector", "keyword", "hybrid", "random"]
+    assert table.splitlines()[-1].startswith("cpu: ") and "CPUs" in table.splitlines()[-1], "every benchmark names its CPU"
 
 
 def test_bench_relevance_without_ingested_tables_says_what_to_run(tmp_path, tiny_models):

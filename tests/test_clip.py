@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -37,7 +36,7 @@ from tests.http_fixtures import (
 
 DIM = 512
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -201,22 +200,23 @@ def test_bf16_vectors_agree_with_fp32(tiny_models, encoder, tmp_path):
 
 
 def test_decoding_runs_a_bounded_number_of_batches_ahead(encoder, tmp_path, monkeypatch):
-    """Counts decodes by wrapping the real ``load_prepared`` (it still decodes every file)."""
+    """Counts the decodes handed to the workers by wrapping the real thread pool (it still runs
+    them all). The generator submits work only while it runs, so the count read while it is
+    suspended at its first batch is final for that moment, whatever the workers have done."""
     source = tmp_path / "photo.jpg"
     source.write_bytes(jpeg_bytes(320, 240))
     paths = [source] * 40
-    decoded, lock = [0], threading.Lock()
-    real = clip_module.load_prepared
+    submitted, lock = [0], threading.Lock()
 
-    def counting(path, pre):
-        with lock:
-            decoded[0] += 1
-        return real(path, pre)
+    class CountingPool(clip_module.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            with lock:
+                submitted[0] += fn is clip_module.load_prepared
+            return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(clip_module, "load_prepared", counting)
+    monkeypatch.setattr(clip_module, "ThreadPoolExecutor", CountingPool)
     batches = encoder.encode_image_files(paths, batch_size=4)
     first = next(batches)
-    time.sleep(0.5)
     assert len(first.indices) == 4
-    assert decoded[0] <= (_PREFETCH_BATCHES + 1) * 4
-    assert sum(len(batch.indices) for batch in batches) == 36 and decoded[0] == 40
+    assert submitted[0] <= (_PREFETCH_BATCHES + 1) * 4
+    assert sum(len(batch.indices) for batch in batches) == 36 and submitted[0] == 40

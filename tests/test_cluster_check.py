@@ -22,6 +22,8 @@ from resources.config import Settings
 from tests.es_fake import PROFILES, FakeSearchServer
 from tests.test_elasticsearch_backend import build_info, corpus
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).parents[1]
 SECRET = "s3cr3t-Pa55"
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from resources.config import ConfigError, Settings
+from resources.config import ConfigError, Settings, mask_url
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -77,3 +79,18 @@ def test_secrets_are_never_shown():
     shown = [str(settings), repr(settings), str(settings.describe())]
     assert not [s for s in shown if any(secret in s for secret in ("url-secret", "pw-secret", "key-secret"))]
     assert settings.describe()["es_url"] == "https://***:***@es:9200"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@es:9200/x?a=1", "https://***:***@es:9200/x?a=1"),
+        ("https://b.s3.amazonaws.com/l.zip?X-Amz-Expires=60&X-Amz-Signature=abc", "https://b.s3.amazonaws.com/l.zip?X-Amz-Expires=60&X-Amz-Signature=***"),
+        ("https://a.blob.core.windows.net/c/l.zip?sv=2022&SIG=Zm9v%3D&se=2026", "https://a.blob.core.windows.net/c/l.zip?sv=2022&SIG=***&se=2026"),
+        ("https://storage.googleapis.com/b/l.zip?X-Goog-Credential=sa%40p&X-Goog-Signature=ff", "https://storage.googleapis.com/b/l.zip?X-Goog-Credential=***&X-Goog-Signature=***"),
+        ("http://h/l.zip?token=t&api_key=k&q=dogs&flag", "http://h/l.zip?token=***&api_key=***&q=dogs&flag"),
+        ("https://unsplash.com/data/lite/latest", "https://unsplash.com/data/lite/latest"),
+    ],
+)
+def test_mask_url_hides_credentials_and_signatures(url, shown):
+    assert mask_url(url) == shown

@@ -19,6 +19,8 @@ import pytest
 from resources.csv_stream import FileReport, LineCounter, UnterminatedQuote, read_batches
 from resources.errors import ImageSearchError
 
+pytestmark = pytest.mark.unit
+
 COLUMNS = ["a", "b", "c"]
 
 

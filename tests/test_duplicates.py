@@ -17,6 +17,8 @@ from assets.duplicates import (
 )
 from resources.dagster_resources import ClipResource, SettingsResource
 
+pytestmark = pytest.mark.e2e
+
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)

@@ -3,7 +3,7 @@
 Every test taking ``cluster`` runs once per engine against the wire-level fake in
 ``tests/es_fake.py`` (a real HTTP server on 127.0.0.1, since no search server can be
 installed here) and, when ``IMAGE_SEARCH_ES_URL`` is set, once more against that real
-cluster (see README, "Search backends"). Tests named ``*_fake_*`` or taking ``fake`` check
+cluster (see docs/backends.md). Tests named ``*_fake_*`` or taking ``fake`` check
 what only a fake can show: the exact bodies on the wire and a server dying mid-build.
 """
 
@@ -36,6 +36,8 @@ from resources.backends.elasticsearch import ElasticsearchBackend, _CheckedTrans
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
+
+pytestmark = pytest.mark.integration
 
 DIM = 16
 N = 60

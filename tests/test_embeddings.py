@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,14 @@ from resources.clip import ClipEncoder
 from resources.dagster_resources import ClipResource, SettingsResource
 from resources.image_store import ImageStore
 from resources.vector_store import VectorStore, chunk_schema, load_embeddings, model_key
+from tests.pause import PausePoint
 from tests.http_fixtures import cmyk_jpeg, exif_rotated_jpeg, jpeg_bytes, palette_png_transparent, png16, webp_bytes
 
 ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _settings(home: Path, models: tuple[Path, Path], **extra) -> SettingsResource:
@@ -249,20 +249,17 @@ def test_a_run_killed_mid_way_resumes_with_no_duplicate_and_no_missing_vector(tm
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "IMAGE_SEARCH_EMBED_BATCH_SIZE": "8"}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     vectors_dir = home / "embeddings" / model_key(model_id)
-    deadline = time.monotonic() + 240
-    try:
-        while len(list(vectors_dir.glob("*/part-*.parquet"))) < 2:
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no chunk was written in time"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # Held before its third chunk is written, so two are on disk and the run cannot finish first.
+    with PausePoint("resources.vector_store:VectorStore.write_chunk#3") as pause:
+        process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=pause.env(env),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            pause.wait(process)
+            assert len(list(vectors_dir.glob("*/part-*.parquet"))) == 2
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
     written = _stored_rows(home, model_id)
     assert 0 < written < len(ids)
 

@@ -13,9 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,57 +33,53 @@ from resources.locks import store_lock
 from resources.vector_store import load_embeddings
 from tests.es_fake import FakeSearchServer
 from tests.http_fixtures import FaultServer
-from tests.pause import PausePoint, kill_group
+from tests.pause import PausePoint, hold_lock, kill_group
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_INDEX = AssetKey("search_index")
 
-_HOLD_LOCK = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    from resources.locks import store_lock
-    with store_lock(Path(sys.argv[1]), "images bucket b05", timeout=5):
-        print("held", flush=True)
-        time.sleep(float(sys.argv[2]))
-    """
-)
-
-
-def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(path), str(seconds)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
-    )
-    assert child.stdout.readline().strip() == "held"
-    return child
-
-
 def test_a_second_writer_waits_for_the_lock_then_fails_clearly_after_the_timeout(tmp_path):
     lock = tmp_path / "locks" / "images" / "b05.lock"
-    holder = _hold_lock(lock, 1.5)
+    holder = hold_lock(lock)
     try:
         with pytest.raises(ImageSearchError, match=r"images bucket b05 is being written by another run .* 0.3 s"):
             with store_lock(lock, "images bucket b05", timeout=0.3):
                 pass
-        waited = []
-        started = time.monotonic()
-        with store_lock(lock, "images bucket b05", timeout=30, log=waited.append):
-            elapsed = time.monotonic() - started
-        assert holder.wait(timeout=10) == 0
-        assert 0.5 < elapsed < 10 and len(waited) == 1 and "waiting for another run" in waited[0]
+        waited, reported, released, acquired = [], threading.Event(), threading.Event(), []
+
+        def log(line: str) -> None:
+            waited.append(line)
+            reported.set()
+
+        def second_writer() -> None:
+            with store_lock(lock, "images bucket b05", timeout=600, log=log):
+                acquired.append(released.is_set())
+
+        writer = threading.Thread(target=second_writer)
+        writer.start()
+        # The guard only stops a hung test: the holder keeps the lock until told, so the writer must wait.
+        assert reported.wait(timeout=120), "the second writer did not say it was waiting"
+        released.set()
+        holder.communicate("go\n", timeout=60)
+        writer.join()
+        assert holder.returncode == 0
+        assert acquired == [True], "it took the lock only once the holder let it go"
+        assert len(waited) == 1 and "waiting for another run" in waited[0]
     finally:
         holder.kill()
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock = tmp_path / "locks" / "search_index.lock"
-    holder = _hold_lock(lock, 60)
+    holder = hold_lock(lock)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
-    started = time.monotonic()
-    with store_lock(lock, "search_index", timeout=5):
-        assert time.monotonic() - started < 4, "a stale lock would have made it wait for the timeout"
+    waited = []
+    # A timeout too short to wait out any holder: a stale lock would make this fail.
+    with store_lock(lock, "search_index", timeout=0.01, log=waited.append):
+        assert waited == []
 
 
 # -- the pipeline, end to end ------------------------------------------------------------

@@ -15,6 +15,8 @@ import pytest
 from resources.files import Staged, is_temporary, scratch_folder, sweep, write_bytes, write_parquet, write_text
 from tests.pause import PausePoint, kill_group
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 
 

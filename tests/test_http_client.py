@@ -14,16 +14,10 @@ from resources import http_client
 from resources.errors import ImageSearchError
 from resources.http_client import Validators
 from resources.release import download
+from tests.http_fixtures import CollectingLog
 
+pytestmark = pytest.mark.integration
 
-class _Log:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def info(self, line: str) -> None:
-        self.lines.append(line)
-
-    warning = info
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -57,7 +51,7 @@ def test_tls_certificates_are_verified(https_url, tmp_path):
     with pytest.raises(http_client.RequestFailed, match="SSLError"):
         http_client.head(https_url, timeout=5)
     with pytest.raises(ImageSearchError, match="CERTIFICATE_VERIFY_FAILED"):
-        download(https_url, tmp_path, timeout=5, log=_Log(), attempts=1)
+        download(https_url, tmp_path, timeout=5, log=CollectingLog(), attempts=1)
     assert not list(tmp_path.glob("*.zip"))
 
 
@@ -65,12 +59,28 @@ def test_credentials_in_a_url_are_never_shown(tmp_path):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    log = _Log()
+    log = CollectingLog()
     with pytest.raises(ImageSearchError) as failure:
         download(f"http://alice:s3cret@127.0.0.1:{port}/release.zip", tmp_path, timeout=5, log=log, attempts=2)
     shown = str(failure.value) + "\n".join(log.lines)
     assert "failed 2 times" in shown and "***:***@127.0.0.1" in shown
     assert "s3cret" not in shown and "alice" not in shown
+
+
+def test_signatures_in_a_signed_url_are_never_shown(tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    signed = (
+        f"http://127.0.0.1:{port}/lite.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261202"
+        "&X-Amz-Expires=3600&X-Amz-Signature=f00dfeed&token=t0ken"
+    )
+    log = CollectingLog()
+    with pytest.raises(ImageSearchError) as failure:
+        download(signed, tmp_path, timeout=5, log=log, attempts=2)
+    shown = str(failure.value) + "\n".join(log.lines)
+    assert "X-Amz-Signature=***" in shown and "X-Amz-Expires=3600" in shown
+    assert not [secret for secret in ("f00dfeed", "AKIAEXAMPLE", "t0ken") if secret in shown]
 
 
 def test_a_file_has_changed_when_any_validator_differs_or_none_is_known():

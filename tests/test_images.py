@@ -22,6 +22,8 @@ from resources.dagster_resources import SettingsResource
 from resources.image_store import ImageStore
 from tests.http_fixtures import FaultServer, jpeg_bytes, standard_faults
 
+pytestmark = pytest.mark.e2e
+
 ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
 TIMEOUT_S = 0.5
 REPO = Path(__file__).resolve().parents[1]
@@ -214,23 +216,32 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path, fast_downloads):
-    count = 160
-    with FaultServer(latency_ms=100) as server:
+def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path):
+    count, served = 160, 30
+    with FaultServer() as server:
         body = jpeg_bytes(64, 48)
         rows = [(f"k{i:03d}", server.add(f"/k/{i}.jpg", body)) for i in range(count)]
         write_catalog(tmp_path, rows)
-        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "PYTHONPATH": str(REPO)}
+        # The server answers 30 requests and holds the rest: the run cannot finish before the kill.
+        server.hold(after=served)
+        # A timeout longer than the test: the held requests wait for the kill, never time out and retry.
+        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "IMAGE_SEARCH_DOWNLOAD_TIMEOUT": "3600",
+               "PYTHONPATH": str(REPO)}
         child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], cwd=REPO, env=env)
         journals = tmp_path / "images" / "manifest"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _journal_lines(journals) < 30:
-            assert child.poll() is None, "the run finished before it could be killed"
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        # The server counts a request after its added latency: let those in flight at the kill land.
-        time.sleep(3 * server.latency_s)
+        try:
+            server.wait_held(4)
+            # Each answered photo is journaled as it lands; the wait is for that, the guard only for a hung test.
+            for _ in range(1200):
+                if _journal_lines(journals) >= served:
+                    break
+                assert child.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.05)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            # The requests held at the kill are closed unanswered and never counted.
+            server.release(drop=True)
 
         store = ImageStore(tmp_path / "images")
         journaled = {p for b in {photo_bucket(p) for p, _ in rows} for p in store.read_manifest(b)["photo_id"]}

@@ -34,6 +34,9 @@ from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
 from resources.release import download
+from tests.http_fixtures import CollectingLog
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
@@ -440,7 +443,7 @@ def test_download_resumes_after_a_cut_connection(release: Path, tmp_path: Path):
 def test_download_resumes_in_the_next_run(release: Path, tmp_path: Path):
     body = _zip(release, tmp_path / "release.zip")
     dest = tmp_path / "downloads"
-    logs = _Log()
+    logs = CollectingLog()
     with ZipServer(body, cut_at=1000) as server:
         with pytest.raises(ImageSearchError, match="materialize again to resume"):
             download(server.url, dest, timeout=5, log=logs, attempts=1)
@@ -516,9 +519,9 @@ def test_a_release_replaced_between_a_cut_and_the_resume_is_downloaded_afresh(re
     dest = tmp_path / "downloads"
     with ZipServer(first, cut_at=1000) as server:
         with pytest.raises(ImageSearchError, match="materialize again to resume"):
-            download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+            download(server.url, dest, timeout=5, log=CollectingLog(), attempts=1)
         server.body, server.etag = second, '"v2"'
-        done = download(server.url, dest, timeout=5, log=_Log(), attempts=1)
+        done = download(server.url, dest, timeout=5, log=CollectingLog(), attempts=1)
     assert server.requests == [None, "bytes=1000-"], "it asked to resume, If-Range made the server send it all"
     assert done.read_bytes() == second
 
@@ -586,15 +589,3 @@ def test_a_folder_it_may_not_write_keeps_the_download_and_says_what_to_do(releas
     assert child.returncode == 1 and len(error.splitlines()) == 1, child.stderr
     assert "permission denied: make the folder writable by this user" in error and "the zip is kept" in error
     assert [p.read_bytes() for p in downloads.glob("*.zip")] == [body]
-
-
-class _Log:
-    """Collects the lines download() logs (it takes any object with info and warning)."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def info(self, line: str) -> None:
-        self.lines.append(line)
-
-    warning = info

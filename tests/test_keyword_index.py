@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from resources.keyword_index import KeywordIndex, document_text, tokenize
+
+pytestmark = pytest.mark.unit
 
 TEXTS = ["red car on a street", "blue sky over mountains", "red apple red", "一只猫 睡觉", "montañas nevadas", ""]
 

@@ -19,6 +19,8 @@ from resources.backends.local import _SCREEN_MIN_DOCS, IndexNotBuiltError, Local
 from resources.config import Settings
 from resources.errors import ImageSearchError
 
+pytestmark = pytest.mark.unit
+
 N = 600
 DIM = 512
 

@@ -18,6 +18,8 @@ from resources.config import ConfigError, Settings
 from resources.errors import ImageSearchError
 from resources.onnx_text import OnnxTextError, OnnxTextModel, fingerprint
 
+pytestmark = pytest.mark.integration
+
 QUERIES = ["a dog on the beach", "perro", "montañas nevadas al atardecer junto a un lago", "城市夜景", "Кошка"]
 
 

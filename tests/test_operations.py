@@ -36,6 +36,8 @@ from resources.config import ConfigError, Settings
 from resources.dagster_resources import SettingsResource
 from resources.image_store import BUCKET_KEYS, bucket_of
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

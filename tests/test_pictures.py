@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from resources.pictures import is_upright, to_rgb, upright_rgb
 from tests.http_fixtures import exif_rotated_jpeg, palette_png_transparent, png16
+
+pytestmark = pytest.mark.unit
 
 
 def test_16_bit_is_scaled_not_clipped():

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from resources.image_store import ImageStore
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parents[1]
 
@@ -97,3 +100,21 @@ def test_bad_input_is_one_line_and_exit_2(search_home: Path, args: list[str], me
 def test_no_index_yet_names_the_command_that_builds_it(tmp_path: Path):
     out = _cli(tmp_path, "--like", "anything")
     assert out.returncode == 2 and "make demo" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_query_path_imports_no_dagster(search_home: Path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from resources.config import Settings
+        from search_app.service import SearchService
+        service = SearchService.from_settings(Settings(home=Path({str(search_home)!r})))
+        assert service.search_text("a red flower", k=3)
+        assert service.search_text("a red flower", k=3, mode="hybrid")
+        print("dagster" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

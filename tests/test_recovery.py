@@ -33,7 +33,9 @@ from resources.errors import ImageSearchError
 from resources.locks import REPORT_EVERY_S, Wait, store_lock
 from resources.processes import ProcessRef, pid_running
 from resources.run_recovery import IN_PROGRESS, dead_reason
-from tests.pause import PausePoint, kill_group
+from tests.pause import PausePoint, hold_lock, kill_group
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,31 +72,9 @@ def test_a_wait_reports_at_once_then_every_interval_and_gives_up_after_the_timeo
     assert wait.expired()
 
 
-_HOLD = """
-import sys
-import time
-import uuid
-from pathlib import Path
-from resources.locks import store_lock
-with store_lock(Path(sys.argv[1]), "images bucket b05", timeout=5, run_id="run-a"):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
-
-def _holder(lock: Path) -> subprocess.Popen:
-    """A process that holds ``lock`` (as run ``run-a``) until its stdin closes."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(lock)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert child.stdout.readline().strip() == "held"
-    return child
-
-
 def test_a_wait_for_a_live_lock_holder_names_it_and_gives_up_with_what_to_do(tmp_path):
     lock = tmp_path / "locks" / "images" / "b05.lock"
-    holder = _holder(lock)
+    holder = hold_lock(lock, run_id="run-a")
     try:
         said = []
         with pytest.raises(ImageSearchError) as failure:
@@ -113,7 +93,7 @@ def test_a_wait_for_a_live_lock_holder_names_it_and_gives_up_with_what_to_do(tmp
 
 def test_a_lock_whose_holder_was_killed_is_taken_over_naming_it(tmp_path):
     lock = tmp_path / "locks" / "search_index.lock"
-    holder = _holder(lock)
+    holder = hold_lock(lock, run_id="run-a")
     holder.kill()
     holder.wait()
     with store_lock(lock, "search_index", timeout=5) as left_by:

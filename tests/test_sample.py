@@ -21,6 +21,8 @@ from image_search.sample import PALETTE, PLANTED_DUPLICATES, TRICKY_KEYWORDS, TR
 from resources.errors import ImageSearchError
 from resources.lite_format import DOCUMENTS, RELEASES, columns_of
 
+pytestmark = pytest.mark.e2e
+
 BASE83 = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~")
 
 

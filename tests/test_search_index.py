@@ -17,6 +17,8 @@ from resources.backends.local import LocalBackend
 from resources.config import Settings
 from resources.dagster_resources import ClipResource, SettingsResource
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture()
 def home(search_home: Path, tmp_path: Path) -> Path:

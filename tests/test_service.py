@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,8 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.image_store import ImageStore
 from search_app.service import MAX_K, ModelMismatchError, SearchService, rrf_fuse
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -193,22 +192,3 @@ def test_a_newly_published_build_is_picked_up(search_home: Path, tmp_path: Path)
     LocalBackend(settings).build(build.documents.iloc[:keep], np.asarray(build.vectors[:keep]), build.info)
     after = service.search_text("anything", k=MAX_K)
     assert len(before) == len(build.documents) > keep and len(after) == keep
-
-
-def test_query_path_imports_no_dagster(search_home: Path):
-    code = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from resources.config import Settings
-        from search_app.service import SearchService
-        service = SearchService.from_settings(Settings(home=Path({str(search_home)!r})))
-        assert service.search_text("a red flower", k=3)
-        assert service.search_text("a red flower", k=3, mode="hybrid")
-        print("dagster" in sys.modules)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "False"
-

@@ -12,6 +12,8 @@ from sentence_transformers import SentenceTransformer
 
 from image_search.tiny_models import DIM
 
+pytestmark = pytest.mark.integration
+
 
 def test_clip_folder_is_laid_out_like_the_hub_model(tiny_models):
     clip_dir, _ = tiny_models

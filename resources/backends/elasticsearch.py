@@ -1,34 +1,9 @@
 """The Elasticsearch, OpenSearch and ESCloud search backend, through ``elasticsearch7``.
 
-One backend class talks to the server; one small engine class per server family holds
-what differs between them: the vector mapping, the kNN query (with filters applied inside
-the search), and how the engine's ``_score`` maps back to cosine similarity.
-
-- :class:`EsCloudEngine` (``escloud``): the original design's index and ``knn`` query, for
-  ESCloud 7.10, Open Distro 7.10 and OpenSearch 1.x-3.x. On ESCloud and Open Distro (whose
-  k-NN plugin knows no per-field ``method``) the space type is the design's index-level
-  ``knn.space_type: cosinesimil``; on OpenSearch, which ignored that setting in 2.17 and 2.18
-  (k-NN #2296) and removed it in 3.0, the field's own ``method`` declares it. Its k-NN plugin
-  cannot filter an approximate search, so a filtered search runs the plugin's exact
-  ``knn_score`` script over the filtered documents instead.
-- :class:`OpenSearchEngine` (``opensearch``): OpenSearch 2.4+ and 3.x, a per-field HNSW
-  ``method`` on the Lucene engine, whose ``knn`` query takes a ``filter``.
-- :class:`Elasticsearch7Engine` (``elasticsearch``): stock Elasticsearch 7.x, a
-  ``dense_vector`` field scored exactly by a ``script_score`` cosine.
-
-``elasticsearch7`` 7.14+ refuses every server that is not Elastic's own Elasticsearch
-(OpenSearch answers as an unknown product). The backend therefore reads ``GET /`` itself
-(and ``GET /_nodes`` for OpenSearch in compatibility mode, whose ``GET /`` claims 7.10.2),
-accepts only the servers listed above, and tells the client its product check is done
-(:class:`_CheckedTransport`). Credentials without the ``monitor`` privilege get 403 on
-``GET /``: with an explicit ``IMAGE_SEARCH_ES_ENGINE`` the backend goes on, unchecked.
-
-Every build goes into a new concrete index ``<alias>_v<stamp>``, whose mapping is read back
-(the vector field must resolve to cosine similarity); once its document count is validated
-one atomic ``POST _aliases`` moves the alias. Clean-up deletes only indices named exactly
-like this alias's builds whose ``_meta`` says this project made them for this alias, keeps
-the previous build for rollback and any build someone gave an alias. Scores are converted
-by the formula of the engine, the k-NN path and the version that created each hit's index.
+One backend class talks to the server; one small engine class per server family holds what
+differs (the vector mapping, the filtered kNN query, how ``_score`` maps back to cosine).
+The backend identifies the server itself, since ``elasticsearch7`` 7.14+ refuses any but
+Elastic's own; builds are published by an atomic alias swap. Details: docs/backends.md.
 """
 
 from __future__ import annotations

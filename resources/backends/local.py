@@ -1,18 +1,8 @@
 """The embedded search backend: files under ``IMAGE_SEARCH_HOME/index``, no server.
 
-Layout::
-
-    index/CURRENT                  the published build's name (replaced atomically)
-    index/builds/<name>/info.json  what the build was made from, and its approximate index
-    index/builds/<name>/vectors.npy     float32 (count, dim), unit length, memory-mapped
-    index/builds/<name>/vectors_f16.npy the same in float16, only from ``_SCREEN_MIN_DOCS`` documents
-    index/builds/<name>/documents.parquet  the STORED_FIELDS, row i <-> vectors[i]
-    index/builds/<name>/keyword/   the BM25 index (resources/keyword_index.py)
-    index/builds/<name>/ann.faiss  an IVF-flat index, only above ``Settings.ann_min_docs``
-
-Publishing replaces ``CURRENT``, so a reader sees the old build or the new one, never half
-of one. kNN is exact (large builds screen with float16 and re-score in float32, still
-exact) up to ``ann_min_docs`` documents, approximate (faiss, tuned to
+Each build is a folder under ``index/builds/`` (layout in docs/backends.md), published by
+replacing ``index/CURRENT``, so a reader sees the old build or the new one, never half of
+one. kNN is exact up to ``Settings.ann_min_docs`` documents, approximate (faiss, tuned to
 :data:`TARGET_RECALL`) above; filters apply inside the search.
 """
 
