@@ -23,16 +23,18 @@ from resources.backends import BUILD_HINT, open_backend
 from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
 from resources.downloader import FetchFailure, normalise_image, with_imgix_params
-from resources.errors import ImageSearchError
+from resources.errors import ImageSearchError, NotFoundError, UnavailableError
 from resources.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
 RRF_K = 60
-_MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
+#: The largest query image accepted from a file or an upload (the CLI, the HTTP API); the
+#: pixel cap is :data:`resources.pictures.MAX_PIXELS`, read from the header before decoding.
+MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
 
 
-class ModelMismatchError(ImageSearchError):
+class ModelMismatchError(UnavailableError):
     """The query encoder's image model is not the one the index was built with."""
 
 
@@ -119,10 +121,10 @@ def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Im
         label = str(path)
         if not path.is_file():
             raise ImageSearchError(f"image file {path} not found: give the path of a JPEG, PNG or WebP file")
-        if path.stat().st_size > _MAX_QUERY_IMAGE_BYTES:
+        if path.stat().st_size > MAX_QUERY_IMAGE_BYTES:
             raise ImageSearchError(f"image file {path} is larger than 50 MB: give a smaller image")
         image = path.read_bytes()
-    if len(image) > _MAX_QUERY_IMAGE_BYTES:
+    if len(image) > MAX_QUERY_IMAGE_BYTES:
         raise ImageSearchError(f"{label} is larger than 50 MB: give a smaller image")
     try:
         data, _, _, _ = normalise_image(bytes(image))
@@ -160,7 +162,7 @@ class SearchService:
         """The published build's info; raises when nothing is published yet."""
         info = self.backend.info()
         if info is None:
-            raise ImageSearchError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
+            raise UnavailableError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
         return info
 
     def encoder(self) -> Encoder:
@@ -282,12 +284,21 @@ class SearchService:
         k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
+        hits = self.backend.knn(self._indexed(photo_id)[1], k, filters)
+        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+
+    def photo(self, photo_id: str) -> SearchResult:
+        """An indexed photo's record, as a result scored by its similarity to itself (1.0)."""
+        fields, _ = self._indexed(photo_id)
+        return self._result(Hit(photo_id=photo_id, score=1.0, fields=fields), 1.0)
+
+    def _indexed(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The stored fields and vector of an indexed photo; a one-line error when it is not indexed."""
         self.build_info()
         found = self.backend.get(photo_id)
         if found is None:
-            raise ImageSearchError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
-        hits = self.backend.knn(found[1], k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+            raise NotFoundError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
+        return found
 
     def _hybrid(
         self, query: str, vector: np.ndarray, k: int, min_score: float | None, filters: Filters | None

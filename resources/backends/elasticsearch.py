@@ -70,7 +70,7 @@ from resources.backends.base import (
     check_k,
 )
 from resources.config import Settings, mask_url
-from resources.errors import ImageSearchError
+from resources.errors import ImageSearchError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -622,9 +622,9 @@ class ElasticsearchBackend(SearchBackend):
                 " to the cluster's CA bundle (or IMAGE_SEARCH_ES_VERIFY_CERTS=false to opt out)"
             ) from None
         except ConnectionTimeout:
-            raise ImageSearchError(f"{self.url} timed out while {doing}: check the cluster's health") from None
+            raise UnavailableError(f"{self.url} timed out while {doing}: check the cluster's health") from None
         except EsConnectionError:
-            raise ImageSearchError(
+            raise UnavailableError(
                 f"cannot reach {self.url} while {doing}: check IMAGE_SEARCH_ES_URL and that the cluster is up"
             ) from None
         except AuthenticationException:
@@ -640,7 +640,10 @@ class ElasticsearchBackend(SearchBackend):
             advice = ""
             if exc.status_code == 429:
                 advice = " (the cluster is overloaded or short of heap: retry later, or give it more memory)"
-            raise ImageSearchError(
+            # 429 and 5xx say the cluster cannot answer now, not that the request is wrong.
+            busy = isinstance(exc.status_code, int) and (exc.status_code == 429 or exc.status_code >= 500)
+            kind = UnavailableError if busy else ImageSearchError
+            raise kind(
                 f"{self.url} answered HTTP {exc.status_code} while {doing}: {_reason(exc)}{advice}"
             ) from None
 
