@@ -100,8 +100,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, repr=False, description="the key HTTP API callers send (X-API-Key); required beyond loopback"
     )
-    api_cors_origins: str = Field(
-        "", description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
+    api_cors_origins: str | None = Field(
+        None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
     )
     api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take")
 

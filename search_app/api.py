@@ -247,6 +247,8 @@ MinScore = Annotated[
     float | None, Query(ge=-1e6, le=1e6, description="drop results below this cosine (BM25 score in keyword mode)")
 ]
 HideDuplicates = Annotated[bool, Query(description="only the best photo of each near-duplicate group")]
+_KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required when the server has a key")
+ApiKey = Annotated[str | None, Security(_KEY_HEADER)]
 PhotoId = Annotated[str, PathParam(min_length=1, max_length=MAX_PHOTO_ID_CHARS, description="an indexed photo's id")]
 
 
@@ -268,7 +270,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         lifespan=lifespan,
         responses={401: _ERRORS[401], 422: _ERRORS[422], 503: _ERRORS[503]},
     )
-    if settings.api_cors_origins.strip():
+    if settings.api_cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=[o.strip() for o in settings.api_cors_origins.split(",") if o.strip()],
@@ -289,9 +291,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required when the server has a key")
-
-    def require_key(key: Annotated[str | None, Security(key_header)] = None) -> None:
+    def require_key(key: ApiKey = None) -> None:
         if expected_key is None:
             return
         if key is None or not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected_key):

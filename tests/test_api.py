@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import hypothesis
 import pandas as pd
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 from PIL import Image
+from schemathesis.checks import not_a_server_error
 
 from resources.config import Settings
 from search_app.api import MAX_QUERY_CHARS, PROBLEM, check_exposure, create_app
@@ -254,22 +257,22 @@ def test_a_search_past_the_timeout_is_a_503_and_the_server_keeps_serving(service
 
 
 def test_schemathesis_finds_no_server_error(client):
-    """Property-based fuzzing of every operation in the served schema; no input may give a 5xx."""
-    import schemathesis
-    from hypothesis import HealthCheck, settings as hypothesis_settings
-    from schemathesis.checks import not_a_server_error
+    """Property-based fuzzing of every operation in the served schema: no input gives a 5xx.
 
+    Driven through Hypothesis directly: schemathesis's pytest plugin does not load under this
+    pytest. Examples are bounded and derandomized, so the run is repeatable and short.
+    """
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+    for operation in operations:
 
-    @schema.parametrize()
-    @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    def fuzz(case):
-        response = case.call()
-        if response.status_code == 503:
-            return
-        case.validate_response(response, checks=[not_a_server_error])
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=30, deadline=None, derandomize=True, database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        def fuzz(case):
+            case.call_and_validate(checks=[not_a_server_error])
 
-    failures = []
-    for test in fuzz.__wrapped_tests__ if hasattr(fuzz, "__wrapped_tests__") else []:
-        test()
-    assert not failures
+        fuzz()
