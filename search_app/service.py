@@ -349,15 +349,14 @@ class SearchService:
         return self._ranked(words, unwanted or None, lambda: self.composed_vector(parts), k, min_score, mode, filters)
 
     def composed_vector(self, parts: list[QueryPart]) -> np.ndarray:
-        """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors."""
+        """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors.
+
+        Photo ids and images are checked before any model loads, so a bad part fails fast.
+        """
         parts = check_parts(parts)
         self.build_info()
         vectors: list[np.ndarray | None] = [None] * len(parts)
-        texts = [(i, p.text) for i, p in enumerate(parts) if p.text is not None]
-        if texts:
-            encoded = self.encoder().encode_texts([t for _, t in texts])
-            for (i, _), vector in zip(texts, encoded):
-                vectors[i] = np.asarray(vector, dtype=np.float32)
+        pictures: dict[int, Image.Image] = {}
         for i, part in enumerate(parts):
             if part.photo_id is not None:
                 found = self.backend.get(part.photo_id)
@@ -367,8 +366,14 @@ class SearchService:
                     )
                 vectors[i] = found[1]
             elif part.image is not None:
-                picture = load_query_image(part.image)
-                vectors[i] = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
+                pictures[i] = load_query_image(part.image)
+        texts = [(i, p.text) for i, p in enumerate(parts) if p.text is not None]
+        if texts:
+            encoded = self.encoder().encode_texts([t for _, t in texts])
+            for (i, _), vector in zip(texts, encoded):
+                vectors[i] = np.asarray(vector, dtype=np.float32)
+        for i, picture in pictures.items():
+            vectors[i] = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
         if len(parts) == 1:
             return vectors[0]
         total = np.zeros(vectors[0].shape[0], dtype=np.float64)
