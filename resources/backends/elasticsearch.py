@@ -941,18 +941,19 @@ class ElasticsearchBackend(SearchBackend):
         cosine = self.impl.formula(path, created).to_cosine(float(hit["_score"]))
         return max(-1.0, min(1.0, cosine))
 
-    def keyword(self, text, k, filters=None) -> list[Hit]:
+    def keyword(self, text, k, filters=None, exclude=None) -> list[Hit]:
         check_k(k, MAX_RESULT_WINDOW)
         if not text or not text.strip():
             raise ImageSearchError("the keyword query is empty: give some words to search for")
+        query: dict[str, Any] = {
+            "must": [{"multi_match": {"query": text, "fields": list(TEXT_FIELDS)}}],
+            "filter": filter_clauses(filters),
+        }
+        if exclude and exclude.strip():
+            query["must_not"] = [{"multi_match": {"query": exclude, "fields": list(TEXT_FIELDS)}}]
         body = {
             "size": k,
-            "query": {
-                "bool": {
-                    "must": [{"multi_match": {"query": text, "fields": list(TEXT_FIELDS)}}],
-                    "filter": filter_clauses(filters),
-                }
-            },
+            "query": {"bool": query},
             "_source": list(STORED_FIELDS),
         }
         return [_hit(h, float(h["_score"])) for h in self._search(body, "searching by keywords")]
