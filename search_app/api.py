@@ -3,7 +3,8 @@
 Endpoints (OpenAPI at ``/openapi.json``, browsable at ``/docs``): ``GET /search`` (words,
 every mode and filter the CLI has), ``POST /search/image`` (an uploaded image),
 ``GET /photos/{photo_id}/similar`` (more like an indexed photo), ``GET /photos/{photo_id}``
-(its record), ``GET /health`` and ``GET /info``. Results carry the fields of
+(its record), ``POST /search/composed`` (words, uploaded images and indexed photos added
+and subtracted with weights), ``GET /health`` and ``GET /info``. Results carry the fields of
 ``image-search query --json``. Every search runs :class:`search_app.service.SearchService`,
 the one the page and the CLI use; like them this module imports no Dagster.
 
@@ -33,13 +34,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resources.backends.base import MAX_K, ORIENTATIONS, Filters, Mode
 from resources.config import Settings, env_variable
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
-from search_app.service import MAX_QUERY_IMAGE_BYTES, SearchResult, SearchService
+from search_app.compose import parse_expression
+from search_app.service import MAX_PARTS, MAX_QUERY_IMAGE_BYTES, QueryPart, SearchResult, SearchService
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,58 @@ class Info(BaseModel):
     build: Build
     limits: dict[str, int]
     batching: dict[str, Any]
+
+
+class Part(BaseModel):
+    """One part of a composed query: exactly one of ``text``, ``photo_id`` or ``image`` (an upload's number, from 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    photo_id: str | None = Field(None, max_length=MAX_PHOTO_ID_CHARS)
+    image: int | None = Field(None, ge=0, lt=MAX_PARTS)
+    weight: float = Field(1.0, ge=-1e6, le=1e6, allow_inf_nan=False, description="negative weights subtract")
+
+
+_PARTS = TypeAdapter(list[Part])
+
+
+def _composition(parts: str | None, expr: str | None, uploads: list[bytes]) -> tuple[list[QueryPart], list[dict]]:
+    """The service's parts and their JSON echo, from ``parts`` (JSON) or ``expr`` (the CLI's syntax).
+
+    An image part names an upload by its number; no path or URL in either form is opened.
+    """
+    if (parts is None) == (expr is None):
+        raise ImageSearchError("give the composed query as parts (JSON) or as expr (an expression), one of the two")
+    if parts is not None:
+        try:
+            given = _PARTS.validate_json(parts)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            raise ImageSearchError(f"parts{'[' + where + ']' if where else ''}: {error['msg']}") from None
+    else:
+        given = []
+        for term in parse_expression(expr):
+            if term.kind != "image":
+                given.append(Part(**term.as_dict()))
+            elif term.value.isdigit() and int(term.value) < MAX_PARTS:
+                given.append(Part(image=int(term.value), weight=term.weight))
+            else:
+                raise ImageSearchError(
+                    f"{term.written.strip()!r}: the API opens no files; upload the image and write image:N, "
+                    "N its number among the uploads from 0"
+                )
+    if len(given) > MAX_PARTS:
+        raise ImageSearchError(f"the composed query has {len(given)} parts: use at most {MAX_PARTS}")
+    query_parts, echo = [], []
+    for number, part in enumerate(given, start=1):
+        if part.image is not None and part.image >= len(uploads):
+            raise ImageSearchError(f"part {number} names image {part.image} but {len(uploads)} images were uploaded")
+        image = None if part.image is None else uploads[part.image]
+        query_parts.append(QueryPart(text=part.text, photo_id=part.photo_id, image=image, weight=part.weight))
+        echo.append(part.model_dump(exclude_none=True))
+    return query_parts, echo
 
 
 class Health(BaseModel):
@@ -370,6 +424,47 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
             service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
         )
         return _response({"image_bytes": len(data)}, "image", filters, results)
+
+    @app.post(
+        "/search/composed", response_model=SearchResponse, dependencies=guarded,
+        responses={400: _ERRORS[400], 404: _ERRORS[404], 413: _ERRORS[413]}, tags=["search"],
+    )
+    async def search_composed(
+        parts: Annotated[str | None, Form(
+            max_length=64 * 1024,
+            description='the parts as JSON, e.g. [{"photo_id": "abc"}, {"text": "at night"}, '
+            '{"text": "people", "weight": -1}, {"image": 0}]; an image part is an upload\'s number from 0',
+        )] = None,
+        expr: Annotated[str | None, Form(
+            max_length=MAX_QUERY_CHARS,
+            description='or the CLI\'s syntax, e.g. "beach" - people + 0.5*photo:abc + image:0 (image:N is an upload)',
+        )] = None,
+        images: Annotated[list[UploadFile], File(description="the images the parts name, numbered from 0")] = [],
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = DEFAULT_K,
+        min_score: Annotated[float | None, Form(ge=-1e6, le=1e6)] = None,
+        mode: Annotated[Mode, Form()] = "vector",
+        orientation: Annotated[Literal[ORIENTATIONS] | None, Form()] = None,  # type: ignore[valid-type]
+        color: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
+        country: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
+        since: Annotated[dt.date | None, Form()] = None,
+        until: Annotated[dt.date | None, Form()] = None,
+        hide_duplicates: Annotated[bool, Form()] = True,
+    ) -> dict[str, Any]:
+        """Like these words, images and photos, unlike those: the normalised weighted sum of the parts' vectors.
+
+        In keyword and hybrid modes the words take part as keywords too (negative words keep
+        their photos out of the keyword list). A multipart form, so image parts can be uploads.
+        """
+        filters = _checked_filters(orientation, color, country, since, until)
+        if len(images) > MAX_PARTS:
+            raise ImageSearchError(f"{len(images)} images were uploaded: use at most {MAX_PARTS}")
+        uploads = [await image.read() for image in images]
+        query_parts, echo = _composition(parts, expr, uploads)
+        results = await run(
+            service.search_composed, query_parts, k=k, min_score=min_score, mode=mode, filters=filters,
+            collapse_duplicates=hide_duplicates,
+        )
+        return _response({"parts": echo}, mode, filters, results)
 
     @app.get(
         "/photos/{photo_id}/similar", response_model=SearchResponse, dependencies=guarded,

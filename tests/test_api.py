@@ -114,6 +114,65 @@ def test_more_like_a_photo_and_its_record(client, catalog):
     assert record.json()["describe"] == row["describe"]
 
 
+def test_a_composed_query_of_one_part_gives_what_the_plain_search_gives(client):
+    words = client.post("/search/composed", data={"parts": '[{"text": "a red car"}]', "k": "5"})
+    assert words.status_code == 200, words.text
+    assert words.json()["query"] == {"parts": [{"text": "a red car", "weight": 1.0}]}
+    assert words.json()["results"] == client.get("/search", params={"q": "a red car", "k": 5}).json()["results"]
+
+
+def test_composed_parts_as_json_with_an_upload_and_a_photo(client, catalog, settings, service):
+    from resources.image_store import ImageStore
+
+    from search_app.service import QueryPart
+
+    first, second = catalog["photo_id"].iloc[1], catalog["photo_id"].iloc[2]
+    data = jpeg_of(ImageStore(settings.images_dir).path_for(first))
+    parts = '[{"image": 0}, {"photo_id": "%s", "weight": 0.5}, {"text": "people", "weight": -0.25}]' % second
+    response = client.post("/search/composed", data={"parts": parts, "k": "10", "mode": "hybrid", "hide_duplicates": "false"},
+                           files=[("images", ("a.jpg", data, "image/jpeg"))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "hybrid"
+    assert body["query"]["parts"] == [{"image": 0, "weight": 1.0}, {"photo_id": second, "weight": 0.5},
+                                      {"text": "people", "weight": -0.25}]
+    expected = service.search_composed(
+        [QueryPart(image=data), QueryPart(photo_id=second, weight=0.5), QueryPart(text="people", weight=-0.25)],
+        k=10, mode="hybrid",
+    )
+    assert [r["photo_id"] for r in body["results"]] == [r.photo_id for r in expected]
+
+
+def test_composed_expression_in_the_cli_syntax(client, catalog):
+    photo_id = catalog["photo_id"].iloc[4]
+    response = client.post("/search/composed", data={"expr": f'photo:{photo_id} + "at night" - 0.5*people', "k": "3"})
+    assert response.status_code == 200, response.text
+    assert response.json()["query"]["parts"] == [
+        {"photo_id": photo_id, "weight": 1.0}, {"text": "at night", "weight": 1.0}, {"text": "people", "weight": -0.5}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "detail"),
+    [
+        ({"expr": "beach + image:/etc/passwd"}, 400, "the API opens no files"),
+        ({"expr": "beach + image:3"}, 400, "names image 3 but 0 images were uploaded"),
+        ({"parts": '[{"text": "a", "image": 0}]'}, 400, "names image 0"),
+        ({"parts": '[{"text": "a", "photo_id": "b"}]'}, 400, "give exactly one per part"),
+        ({"parts": '[{"text": "beach", "weight": -1}]'}, 400, "only negative parts"),
+        ({"parts": '[{"text": "beach", "url": "http://x"}]'}, 400, "parts[0.url]"),
+        ({"parts": "not json"}, 400, "parts"),
+        ({"parts": "[]"}, 400, "has no parts"),
+        ({"parts": "[" + ", ".join(['{"text": "a"}'] * 17) + "]"}, 400, "use at most 16"),
+        ({}, 400, "one of the two"),
+        ({"parts": '[{"text": "a"}]', "expr": "a"}, 400, "one of the two"),
+        ({"parts": '[{"photo_id": "nope"}]'}, 404, "photo id 'nope' is not in the index"),
+    ],
+)
+def test_bad_compositions_are_one_line_problems(client, data, status, detail):
+    assert_problem(client.post("/search/composed", data=data), status, detail)
+
+
 def test_health_and_info(client, service):
     assert client.get("/health").json() == {"status": "ok", "documents": service.build_info().count}
     info = client.get("/info").json()
@@ -126,7 +185,7 @@ def test_health_and_info(client, service):
 
 def test_openapi_is_served(client):
     schema = client.get("/openapi.json").json()
-    assert {"/search", "/search/image", "/photos/{photo_id}/similar", "/photos/{photo_id}", "/health", "/info"} <= set(
+    assert {"/search", "/search/image", "/search/composed", "/photos/{photo_id}/similar", "/photos/{photo_id}", "/health", "/info"} <= set(
         schema["paths"]
     )
     assert client.get("/docs").status_code == 200
@@ -269,7 +328,7 @@ def test_schemathesis_finds_no_server_error(service, settings):
     app = create_app(service, settings.replace(api_key=KEY), warm_up=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 6
+    assert len(operations) >= 7
     for operation in operations:
 
         @hypothesis.given(case=operation.as_strategy())
