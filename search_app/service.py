@@ -120,6 +120,10 @@ def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
             )
         if part.text is not None and not part.text.strip():
             raise ImageSearchError(f"part {number} has empty words: type some words or drop the part")
+        if part.image is not None and not isinstance(part.image, (Image.Image, bytes, bytearray, memoryview)):
+            raise ImageSearchError(
+                f"part {number} has an image of type {type(part.image).__name__}: give a PIL image or the image's bytes"
+            )
         if part.photo_id is not None and not part.photo_id.strip():
             raise ImageSearchError(f"part {number} has an empty photo id: use a photo_id from a search result")
         weight = part.weight
