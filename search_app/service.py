@@ -118,6 +118,9 @@ def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
             raise ImageSearchError(
                 f"part {number} gives {given} of words, image and photo id: give exactly one per part"
             )
+        for name, value in (("words", part.text), ("photo id", part.photo_id)):
+            if value is not None and not isinstance(value, str):
+                raise ImageSearchError(f"part {number} gives its {name} as {type(value).__name__}: give a string")
         if part.text is not None and not part.text.strip():
             raise ImageSearchError(f"part {number} has empty words: type some words or drop the part")
         if part.image is not None and not isinstance(part.image, (Image.Image, bytes, bytearray, memoryview)):
@@ -403,8 +406,7 @@ class SearchService:
             return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
         vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
-        hits = self.backend.knn(vector, k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
 
     def more_like_this(
         self,
@@ -422,8 +424,7 @@ class SearchService:
         found = self.backend.get(photo_id)
         if found is None:
             raise ImageSearchError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
-        hits = self.backend.knn(found[1], k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._ranked("", None, lambda: found[1], k, min_score, "vector", filters)
 
     def _ranked(
         self,
@@ -435,7 +436,7 @@ class SearchService:
         mode: Mode,
         filters: Filters | None,
     ) -> list[SearchResult]:
-        """The one search behind text and composed queries: by ``vector()``, by ``words``, or both fused.
+        """The one search behind every query: by ``vector()``, by ``words``, or both fused.
 
         ``unwanted`` words keep the photos carrying them out of the keyword list.
         """

@@ -134,6 +134,7 @@ def test_filters_and_min_score_apply_to_compositions(service: SearchService, cat
         ([QueryPart(text="cat"), QueryPart(text="dog", photo_id="x")], {}, "part 2 gives 2 of"),
         ([QueryPart(text="   ")], {}, "part 1 has empty words"),
         ([QueryPart(photo_id="")], {}, "part 1 has an empty photo id"),
+        ([QueryPart(text=3)], {}, "part 1 gives its words as int: give a string"),
         ([QueryPart(image="/etc/passwd")], {}, "part 1 has an image of type str: give a PIL image or the image's bytes"),
         ([QueryPart(text="cat", weight=0)], {}, r"part 1 \(words 'cat'\) has weight 0: give a finite number other than 0"),
         ([QueryPart(text="cat", weight=float("nan"))], {}, "has weight nan"),
