@@ -2,7 +2,9 @@
 
 Any search can be steered: a "Without" box pushes results away from some words, and a
 "more like this" search takes words to add ("more like this, and at night"); the page then
-runs a composed query (docs/composition.md). Run it with ``streamlit run search_app/app.py`` (``make demo`` does). The search lives in
+runs a composed query (docs/composition.md).
+
+Run it with ``streamlit run search_app/app.py`` (``make demo`` does). The search lives in
 the page's URL, so it can be bookmarked or shared; the query service is loaded once per
 server process and shared by every visitor.
 """
