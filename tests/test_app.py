@@ -412,3 +412,17 @@ def test_a_photo_with_words_in_keyword_mode_is_fused(page_env):
     assert_clean(at)
     assert result_heading(at) == f"4 results for photo {photo_id} and “snow”"
     assert len([m for m in at.markdown if m.value.startswith("cosine **") and "fused" in m.value]) == 4
+
+
+def test_an_uploaded_photo_without_words(page_env, sample_release: Path):
+    from search_app.service import QueryPart, load_query_image
+
+    photo_id = catalog(page_env)["photo_id"].iloc[6]
+    data = (sample_release / "images" / f"{photo_id}.jpg").read_bytes()
+    at = run_page({"k": "5", "without": "a blue square"})
+    at.file_uploader[0].upload("mine.jpg", data, "image/jpeg")
+    at.run()
+    assert_clean(at)
+    assert result_heading(at) == "5 results for your photo without “a blue square”"
+    parts = [QueryPart(image=load_query_image(data)), QueryPart(text="a blue square", weight=-1)]
+    assert _shown(at) == set(_composed_ids(page_env, parts, 5))
