@@ -5,8 +5,8 @@ It reads the settings a build reads (``IMAGE_SEARCH_ES_URL``, the credentials,
 its plugins, the engine, the mapping and queries a build will use, the score formula, and
 the index published now. Then, under a scratch alias ``<IMAGE_SEARCH_INDEX>_check_<random>``,
 it builds a dozen documents with known vectors three times and checks that cosine scores
-come back right (a pair at 0.5 stays 0.5, filtered or not), that filters, BM25 and the
-alias swap work, and that clean-up removes only the scratch builds (look-alike indices
+come back right (a pair at 0.5 stays 0.5, filtered or not), that filters, BM25 (with words
+left out, as composed queries ask) and the alias swap work, and that clean-up removes only the scratch builds (look-alike indices
 it plants survive). It deletes exactly what it created and checks that every index named
 like ``IMAGE_SEARCH_INDEX`` is as before. One line per check; the exit status is 1 when
 any failed. Like the rest of the query side it never imports Dagster.
@@ -291,7 +291,14 @@ class Checks:
         filtered = {h.photo_id for h in self.backend.keyword("lake", DOCS, Filters(orientation="landscape"))}
         if filtered != landscape:
             raise CheckFailed(f"BM25 for 'lake' with a filter found {sorted(filtered)}, not {sorted(landscape)}")
-        return f"BM25 finds the {len(expected)} documents with 'lake' ({len(landscape)} with a filter)"
+        kept = expected - {"check-04", "check-08"}
+        excluded = {h.photo_id for h in self.backend.keyword("lake", DOCS, exclude="4 8")}
+        if excluded != kept:
+            raise CheckFailed(f"BM25 for 'lake' without '4 8' found {sorted(excluded)}, not {sorted(kept)}: report it")
+        return (
+            f"BM25 finds the {len(expected)} documents with 'lake' ({len(landscape)} with a filter, "
+            f"{len(kept)} without the words '4 8')"
+        )
 
     def alias_swap(self) -> str:
         second = self.backend.build(self.docs, self.vectors, self.info())

@@ -120,8 +120,15 @@ def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
             raise ImageSearchError(
                 f"part {number} gives {given} of words, image and photo id: give exactly one per part"
             )
+        for name, value in (("words", part.text), ("photo id", part.photo_id)):
+            if value is not None and not isinstance(value, str):
+                raise ImageSearchError(f"part {number} gives its {name} as {type(value).__name__}: give a string")
         if part.text is not None and not part.text.strip():
             raise ImageSearchError(f"part {number} has empty words: type some words or drop the part")
+        if part.image is not None and not isinstance(part.image, (Image.Image, bytes, bytearray, memoryview)):
+            raise ImageSearchError(
+                f"part {number} has an image of type {type(part.image).__name__}: give a PIL image or the image's bytes"
+            )
         if part.photo_id is not None and not part.photo_id.strip():
             raise ImageSearchError(f"part {number} has an empty photo id: use a photo_id from a search result")
         weight = part.weight
@@ -401,8 +408,7 @@ class SearchService:
             return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
         vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
-        hits = self.backend.knn(vector, k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
 
     def more_like_this(
         self,
@@ -416,8 +422,8 @@ class SearchService:
         k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
-        hits = self.backend.knn(self._indexed(photo_id)[1], k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        vector = self._indexed(photo_id)[1]
+        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
 
     def photo(self, photo_id: str) -> SearchResult:
         """An indexed photo's record, as a result scored by its similarity to itself (1.0)."""
@@ -442,7 +448,7 @@ class SearchService:
         mode: Mode,
         filters: Filters | None,
     ) -> list[SearchResult]:
-        """The one search behind text and composed queries: by ``vector()``, by ``words``, or both fused.
+        """The one search behind every query: by ``vector()``, by ``words``, or both fused.
 
         ``unwanted`` words keep the photos carrying them out of the keyword list.
         """
