@@ -492,9 +492,12 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
 
 
 def _warm(service: SearchService) -> None:
-    """Load the models and encode once, so the first caller does not wait; nothing published is only logged."""
+    """Load both models and encode once with each, so no first caller waits; nothing published is only logged."""
+    from PIL import Image
+
     try:
         service.encode_text("warm up")
+        service.encoder().encode_image(Image.new("RGB", (64, 64)))
     except ImageSearchError as exc:
         log.warning("the API starts without warm models: %s", exc)
 
