@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
+from http import HTTPStatus
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -170,6 +171,8 @@ def _composition(parts: str | None, expr: str | None, uploads: list[bytes]) -> t
 
 
 class Health(BaseModel):
+    """The service answers: an index is published, holding ``documents`` photos."""
+
     status: Literal["ok"]
     documents: int
 
@@ -188,9 +191,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    title = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
-             422: "Unprocessable Content", 503: "Service Unavailable"}.get(status, "Error")
-    body = Problem(title=title, status=status, detail=detail).model_dump()
+    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail).model_dump()
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
