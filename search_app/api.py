@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from resources.backends.base import MAX_K, ORIENTATIONS, Filters, Mode
 from resources.config import Settings, env_variable
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
-from search_app.compose import parse_expression
+from search_app.compose import Term, parse_expression
 from search_app.service import MAX_PARTS, MAX_QUERY_IMAGE_BYTES, QueryPart, SearchResult, SearchService
 
 log = logging.getLogger(__name__)
@@ -139,25 +139,16 @@ def _composition(parts: str | None, expr: str | None, uploads: list[bytes]) -> t
     """
     if (parts is None) == (expr is None):
         raise ImageSearchError("give the composed query as parts (JSON) or as expr (an expression), one of the two")
-    if parts is not None:
-        try:
+    try:
+        if parts is not None:
             given = _PARTS.validate_json(parts)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error.get("loc", ()))
-            raise ImageSearchError(f"parts{'[' + where + ']' if where else ''}: {error['msg']}") from None
-    else:
-        given = []
-        for term in parse_expression(expr):
-            if term.kind != "image":
-                given.append(Part(**term.as_dict()))
-            elif term.value.isdigit() and int(term.value) < MAX_PARTS:
-                given.append(Part(image=int(term.value), weight=term.weight))
-            else:
-                raise ImageSearchError(
-                    f"{term.written.strip()!r}: the API opens no files; upload the image and write image:N, "
-                    "N its number among the uploads from 0"
-                )
+        else:
+            given = _PARTS.validate_python([_expression_part(term) for term in parse_expression(expr)])
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        name = "parts" if parts is not None else "expr"
+        raise ImageSearchError(f"{name}[{where}]: {error['msg']}" if where else f"{name}: {error['msg']}") from None
     if len(given) > MAX_PARTS:
         raise ImageSearchError(f"the composed query has {len(given)} parts: use at most {MAX_PARTS}")
     query_parts, echo = [], []
@@ -168,6 +159,18 @@ def _composition(parts: str | None, expr: str | None, uploads: list[bytes]) -> t
         query_parts.append(QueryPart(text=part.text, photo_id=part.photo_id, image=image, weight=part.weight))
         echo.append(part.model_dump(exclude_none=True))
     return query_parts, echo
+
+
+def _expression_part(term: Term) -> dict[str, Any]:
+    """A parsed term as a part; ``image:N`` names the N-th upload, any other image term is refused."""
+    if term.kind != "image":
+        return term.as_dict()
+    if term.value.isdigit() and int(term.value) < MAX_PARTS:
+        return {"image": int(term.value), "weight": term.weight}
+    raise ImageSearchError(
+        f"{term.written.strip()!r}: the API opens no files; upload the image and write image:N, "
+        "N its number among the uploads from 0"
+    )
 
 
 class Health(BaseModel):
