@@ -185,6 +185,49 @@ def test_health_and_info(client, service):
     assert info["batching"]["enabled"] is True and info["batching"]["text"]["model_calls"] >= 1
 
 
+def test_concurrent_text_searches_share_one_model_call(client, service):
+    """Requests that arrive while the text model is busy are encoded together in its next call.
+
+    The first request is held inside the model (a gate around the real encoder's call, which
+    the test opens) until five more are queued behind it; then two model calls serve all six.
+    """
+    import threading
+
+    from tests.test_batching import wait_until
+
+    batcher = service.encoder().text_batcher
+    real, gate = batcher._run, threading.Event()
+
+    def held(items):
+        gate.wait(60)
+        return real(items)
+
+    batcher._run = held
+    try:
+        before = batcher.stats()
+        answers: dict[int, int] = {}
+
+        def search(i: int) -> None:
+            params = {"q": f"a dog number {i}", "k": 2, "hide_duplicates": "false"}
+            answers[i] = client.get("/search", params=params).status_code
+
+        first = threading.Thread(target=search, args=(0,))
+        first.start()
+        wait_until(lambda: batcher.stats()["model_calls"] == before["model_calls"] + 1, "the first search in the model")
+        others = [threading.Thread(target=search, args=(i,)) for i in range(1, 6)]
+        for thread in others:
+            thread.start()
+        wait_until(lambda: batcher.waiting == 5, "five searches queued")
+        gate.set()
+        for thread in [first, *others]:
+            thread.join(60)
+    finally:
+        batcher._run = real
+    assert answers == {i: 200 for i in range(6)}
+    after = batcher.stats()
+    assert (after["model_calls"] - before["model_calls"], after["items"] - before["items"]) == (2, 6)
+
+
 def test_openapi_is_served(client):
     schema = client.get("/openapi.json").json()
     assert {"/search", "/search/image", "/search/composed", "/photos/{photo_id}/similar", "/photos/{photo_id}", "/health", "/info"} <= set(
