@@ -285,7 +285,14 @@ class Checks:
         filtered = {h.photo_id for h in self.backend.keyword("lake", DOCS, Filters(orientation="landscape"))}
         if filtered != landscape:
             raise CheckFailed(f"BM25 for 'lake' with a filter found {sorted(filtered)}, not {sorted(landscape)}")
-        return f"BM25 finds the {len(expected)} documents with 'lake' ({len(landscape)} with a filter)"
+        kept = expected - {"check-04", "check-08"}
+        excluded = {h.photo_id for h in self.backend.keyword("lake", DOCS, exclude="4 8")}
+        if excluded != kept:
+            raise CheckFailed(f"BM25 for 'lake' without '4 8' found {sorted(excluded)}, not {sorted(kept)}: report it")
+        return (
+            f"BM25 finds the {len(expected)} documents with 'lake' ({len(landscape)} with a filter, "
+            f"{len(kept)} without the words '4 8')"
+        )
 
     def alias_swap(self) -> str:
         second = self.backend.build(self.docs, self.vectors, self.info())

@@ -1,7 +1,10 @@
 """``image-search query``: search the published index from the command line.
 
-One of ``TEXT``, ``--image PATH`` or ``--like PHOTO_ID``; prints a compact table, or with
-``--json`` an object ``{"query", "mode", "filters", "results": [{"photo_id", "score", ...}]}``.
+One of ``TEXT``, ``--image PATH`` or ``--like PHOTO_ID``, or a composed query: any of them
+with repeated ``--plus``/``--minus`` terms, or an expression with ``--expr`` (see
+docs/composition.md). Prints a compact table, or with ``--json`` an object
+``{"query", "mode", "filters", "results": [{"photo_id", "score", ...}]}``; a composed query's
+``query`` is ``{"parts": [{"text"|"photo_id"|"image": ..., "weight": ...}, ...]}``.
 Imports only the query service, never Dagster.
 """
 
@@ -24,13 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search the published index. Scores are cosine similarities (BM25 in keyword mode, "
         "reciprocal rank fusion in hybrid mode, with the cosine beside it).",
     )
-    what = parser.add_mutually_exclusive_group(required=True)
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("text", nargs="?", help="words in any language")
     what.add_argument("--image", metavar="PATH", help="an image file to search with")
     what.add_argument(
         "--like",
         metavar="PHOTO_ID",
         help="an indexed photo to find more like (write --like=ID for an id starting with '-')",
+    )
+    what.add_argument(
+        "--expr",
+        metavar="EXPRESSION",
+        help="a composed query, e.g. '\"beach\" - people + 0.5*photo:ID' (see docs/composition.md)",
+    )
+    term = "[WEIGHT*]WORDS|photo:ID|image:PATH"
+    parser.add_argument(
+        "--plus", action="append", default=[], metavar=term,
+        help="also like this: words, an indexed photo or an image file, optionally weighted (repeatable)",
+    )
+    parser.add_argument(
+        "--minus", action="append", default=[], metavar=term, help="but unlike this (repeatable)"
     )
     parser.add_argument("-k", type=int, default=10, help="how many results (1-1000, default 10)")
     parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
@@ -75,6 +91,25 @@ def filters_from(args: argparse.Namespace) -> Filters:
     return filters
 
 
+def composition_from(args: argparse.Namespace) -> list | None:
+    """The composed query's terms, or ``None`` for a plain text, image or like search."""
+    from search_app.compose import Term, parse_expression, parse_term
+
+    if not (args.text or args.image or args.like or args.expr or args.plus or args.minus):
+        raise ImageSearchError("nothing to search for: give words, --image PATH, --like PHOTO_ID, --expr or --plus")
+    if args.expr is None and not args.plus and not args.minus:
+        return None
+    terms = parse_expression(args.expr) if args.expr is not None else []
+    if args.text:
+        terms.append(Term("words", args.text, 1.0, args.text))
+    elif args.image:
+        terms.append(Term("image", args.image, 1.0, args.image))
+    elif args.like:
+        terms.append(Term("photo", args.like, 1.0, args.like))
+    terms += [parse_term(value) for value in args.plus] + [parse_term(value, -1.0) for value in args.minus]
+    return terms
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the search and print it."""
     from resources.config import Settings
@@ -82,8 +117,17 @@ def run(args: argparse.Namespace) -> int:
 
     check_k(args.k)
     filters = filters_from(args)
+    terms = composition_from(args)
     service = SearchService.from_settings(Settings.from_env())
-    if args.image:
+    if terms is not None:
+        from search_app.compose import query_parts
+
+        query, mode = {"parts": [t.as_dict() for t in terms]}, args.mode
+        results = service.search_composed(
+            query_parts(terms), k=args.k, min_score=args.min_score, mode=args.mode, filters=filters,
+            collapse_duplicates=args.hide_duplicates,
+        )
+    elif args.image:
         query, mode = {"image": args.image}, "image"
         results = service.search_image(
             args.image, k=args.k, min_score=args.min_score, filters=filters, collapse_duplicates=args.hide_duplicates

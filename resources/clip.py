@@ -3,7 +3,9 @@
 Models load lazily, once per process, on the configured device and precision; every vector
 is float32 and L2-normalised, so a dot product is a cosine similarity. Batches of image
 files are decoded by workers (on the GPU where it can) while the model runs, and a file
-that cannot be decoded is reported, never fatal. No Dagster import: the query side uses it.
+that cannot be decoded is reported, never fatal. Queries that arrive together (an HTTP API
+under load) are encoded together in one model call (:class:`MicroBatcher`). No Dagster
+import: the query side uses it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -58,6 +61,116 @@ class EncodedBatch:
     indices: list[int]
     vectors: np.ndarray
     failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Pending:
+    """One caller's items waiting in a :class:`MicroBatcher`, and then its rows or its error."""
+
+    __slots__ = ("items", "rows", "error", "done")
+
+    def __init__(self, items: list):
+        self.items = items
+        self.rows: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class MicroBatcher:
+    """Runs concurrent calls of ``run(items) -> rows`` as one call over all their items.
+
+    No thread of its own: the first caller to find the model idle runs a batch (the queue's
+    oldest requests, up to ``max_batch`` items) while later callers queue; when it is done
+    the next waiting caller runs the next batch. A lone caller runs at once. The window
+    opens only under load, when a second request is already waiting or the previous batch
+    held more than one: then the batch waits up to ``window_s`` for more, or until it holds
+    ``max_batch`` items. Calls of ``max_batch`` items or more run alone, directly. An error
+    from ``run`` reaches every caller of that batch.
+    """
+
+    def __init__(self, run: Callable[[list], np.ndarray], max_batch: int = 32, window_s: float = 0.002):
+        self._run = run
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._busy = False
+        self._last_batch = 0
+        #: Model calls made and the items they held, for the API's info and the benchmark.
+        self.calls = 0
+        self.items = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet taken into a batch."""
+        with self._cond:
+            return len(self._queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Model calls, items and the mean batch so far."""
+        with self._cond:
+            mean = self.items / self.calls if self.calls else 0.0
+            return {"model_calls": self.calls, "items": self.items, "mean_batch": round(mean, 2)}
+
+    def __call__(self, items: Sequence) -> np.ndarray:
+        """The rows of ``items``, computed in one model call with whatever else is waiting."""
+        request = _Pending(list(items))
+        if len(request.items) >= self.max_batch:
+            rows = self._run(request.items)
+            with self._cond:
+                self.calls += 1
+                self.items += len(request.items)
+            return rows
+        with self._cond:
+            self._queue.append(request)
+            self._cond.notify_all()
+            while not request.done:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                batch = self._collect()
+                self._cond.release()
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.rows
+
+    def _queued_items(self) -> int:
+        return sum(len(p.items) for p in self._queue)
+
+    def _collect(self) -> list[_Pending]:
+        """The next batch, taken from the queue (the lock is held; waiting releases it)."""
+        if self.window_s > 0 and (len(self._queue) > 1 or self._last_batch > 1):
+            deadline = time.monotonic() + self.window_s
+            while self._queued_items() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+        batch, size = [], 0
+        while self._queue and size + len(self._queue[0].items) <= self.max_batch:
+            size += len(self._queue[0].items)
+            batch.append(self._queue.popleft())
+        self._last_batch = len(batch)
+        self.calls += 1
+        self.items += size
+        return batch
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            rows = self._run([item for pending in batch for item in pending.items])
+            start = 0
+            for pending in batch:
+                pending.rows = rows[start : start + len(pending.items)]
+                start += len(pending.items)
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the model's error
+            for pending in batch:
+                pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done = True
 
 
 def cpu_supports_bf16() -> bool:
@@ -193,6 +306,9 @@ class ClipEncoder:
         gpu_decode: bool = True,
         text_runtime: str = "auto",
         onnx_dir: Path | None = None,
+        query_batching: bool = True,
+        query_batch_max: int = 32,
+        query_batch_window_s: float = 0.002,
     ):
         self.image_model_id = image_model
         self.text_model_id = text_model
@@ -205,6 +321,11 @@ class ClipEncoder:
         self.batch_size = batch_size or (512 if self.device == "cuda" else 32)
         self.decode_workers = decode_workers or os.cpu_count() or 1
         self.gpu_decode = gpu_decode
+        #: Concurrent query texts and query images each share one model call; ``None`` when off.
+        self.text_batcher = self.image_batcher = None
+        if query_batching:
+            self.text_batcher = MicroBatcher(self._encode_texts, query_batch_max, query_batch_window_s)
+            self.image_batcher = MicroBatcher(self._encode_pixels, query_batch_max, query_batch_window_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ClipEncoder":
@@ -219,6 +340,9 @@ class ClipEncoder:
             gpu_decode=settings.gpu_decode,
             text_runtime=settings.text_runtime,
             onnx_dir=settings.onnx_dir,
+            query_batching=settings.query_batching,
+            query_batch_max=settings.query_batch_max,
+            query_batch_window_s=settings.query_batch_window_ms / 1000,
         )
 
     @property
@@ -339,9 +463,17 @@ class ClipEncoder:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows."""
+        """Encode queries in any language with the multilingual text model: ``len(texts) x dim`` unit rows.
+
+        Concurrent calls share one model call when query batching is on.
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.text_batcher is not None:
+            return self.text_batcher(texts)
+        return self._encode_texts(texts, batch_size)
+
+    def _encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         onnx_model = self.load_onnx_text_model()
         if onnx_model is not None:
             vectors = onnx_model.encode(list(texts), batch_size=batch_size)
@@ -359,8 +491,18 @@ class ClipEncoder:
         return vectors
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
-        """Encode one query image (an upload, a result's photo): a unit vector of length ``dim``."""
-        return self._pixels_to_vectors(prepare_image(image, self.preprocess)[None].copy())[0]
+        """Encode one query image (an upload, a result's photo): a unit vector of length ``dim``.
+
+        The caller's thread prepares the pixels; concurrent calls share one model call when
+        query batching is on.
+        """
+        pixels = prepare_image(image, self.preprocess)
+        if self.image_batcher is not None:
+            return self.image_batcher([pixels])[0]
+        return self._encode_pixels([pixels])[0]
+
+    def _encode_pixels(self, prepared: list[np.ndarray]) -> np.ndarray:
+        return self._pixels_to_vectors(np.stack(prepared))
 
     def _executor(self) -> Executor:
         if self.device == "cuda" and self.decode_workers > 1:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import annotated_types
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
@@ -20,7 +20,7 @@ from resources.errors import ImageSearchError
 
 ENV_PREFIX = "IMAGE_SEARCH_"
 #: Credentials: left out of :meth:`Settings.describe`, and never stripped or echoed.
-SECRETS = ("es_username", "es_password", "es_api_key")
+SECRETS = ("es_username", "es_password", "es_api_key", "api_key")
 
 
 class ConfigError(ImageSearchError):
@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(0, ge=0, description="images per model call (0: automatic)")
     decode_workers: int = Field(0, ge=0, description="parallel image decoders (0: one per CPU core)")
     gpu_decode: bool = Field(True, description="decode JPEGs on the GPU when encoding on CUDA")
+    query_batching: bool = Field(True, description="encode concurrent queries together in one model call")
+    query_batch_max: int = Field(32, ge=1, le=1024, description="most queries encoded in one model call")
+    query_batch_window_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a model call waits for more queries once two are waiting"
+    )
+    api_key: SecretStr | None = Field(
+        None, repr=False, description="the key HTTP API callers send (X-API-Key); required beyond loopback"
+    )
+    api_cors_origins: str | None = Field(
+        None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
+    )
+    api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take")
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext, ResourceDependency
-from pydantic import Field, create_model
+from pydantic import Field, SecretStr, create_model
 
 from resources.config import SECRETS, Settings, env_variable
 
@@ -18,11 +18,12 @@ CREDENTIALS = ("es_url", *SECRETS)
 
 
 def _config_type(annotation) -> type:
-    """The Dagster config type of a setting: paths and choices travel as strings, checked by :class:`Settings`."""
+    """The Dagster config type of a setting: paths, choices and secrets travel as strings, checked by :class:`Settings`."""
     if annotation is Path or typing.get_origin(annotation) is Literal:
         return str
     options = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return options[0] if options else annotation
+    plain = options[0] if options else annotation
+    return str if plain is SecretStr else plain
 
 
 class _SettingsResourceBase(ConfigurableResource):

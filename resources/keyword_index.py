@@ -63,6 +63,16 @@ class KeywordIndex:
         retriever = bm25s.BM25.load(str(directory), mmap=True, show_progress=False)
         return cls(retriever, size)
 
+    def containing(self, text: str) -> np.ndarray:
+        """The boolean mask of documents that carry any token of ``text``."""
+        found = np.zeros(self.size, dtype=bool)
+        if self._retriever is None:
+            return found
+        tokens = [t for t in tokenize(text) if t in self._retriever.vocab_dict]
+        if tokens:
+            found |= np.asarray(self._retriever.get_scores(tokens)) > 0
+        return found
+
     def search(self, text: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and BM25 scores of the ``k`` best matches of ``text``, best first.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: materialize every asset on the embedded default, then serve the Dagster UI
-# and the Streamlit page until Ctrl-C. SERVE=0 stops after the materialization; SAMPLE=1
+# `make demo`: materialize every asset on the embedded default, then serve the Dagster UI,
+# the Streamlit page and the HTTP API until Ctrl-C. SERVE=0 stops after the materialization; SAMPLE=1
 # ingests a fresh synthetic release with tiny random models (no internet needed).
 # The terminal shows each stage's progress and a summary; Dagster's own output (every event,
 # traces included) goes to $DAGSTER_HOME/logs/image-search.log and the Dagster UI.
@@ -61,7 +61,10 @@ if [[ "${SERVE:-1}" != "1" ]]; then
 fi
 echo "Dagster UI:     http://$HOST:3000   (every run, event and check)"
 echo "Search page:    http://$HOST:8501   (search by words or by a photo)"
+echo "HTTP API:       http://$HOST:8502/docs   (search from other applications)"
 trap 'kill 0' EXIT INT TERM
 "$BIN/dagster" dev -w workspace.yaml -h "$HOST" -p 3000 &
 "$BIN/streamlit" run search_app/app.py --server.address "$HOST" --server.port 8501 --server.headless true &
+# Beyond 127.0.0.1 the API refuses to start unless IMAGE_SEARCH_API_KEY is set.
+"$BIN/image-search" api --host "$HOST" --port 8502 &
 wait

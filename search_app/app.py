@@ -1,5 +1,9 @@
 """The search page: find photos by words in any language, by an uploaded photo, or by "more like this".
 
+Any search can be steered: a "Without" box pushes results away from some words, and a
+"more like this" search takes words to add ("more like this, and at night"); the page then
+runs a composed query (docs/composition.md).
+
 Run it with ``streamlit run search_app/app.py`` (``make demo`` does). The search lives in
 the page's URL, so it can be bookmarked or shared; the query service is loaded once per
 server process and shared by every visitor.
@@ -16,7 +20,7 @@ import streamlit as st
 from resources.backends.base import MODES, ORIENTATIONS, Filters
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from search_app.service import SearchResult, SearchService, load_query_image
+from search_app.service import QueryPart, SearchResult, SearchService, load_query_image
 
 #: Extensions the upload widget offers; the service checks the content whatever the name says.
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
@@ -38,6 +42,8 @@ URL_DEFAULTS: dict[str, Any] = {
     "since": None,
     "until": None,
     "hide_duplicates": True,
+    "also": "",
+    "without": "",
 }
 LIKE = "like"
 
@@ -86,6 +92,8 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
     values["q"] = params.get("q", "").strip()
     values["color"] = params.get("color", "").strip()
     values["country"] = params.get("country", "").strip()
+    values["also"] = params.get("also", "").strip()
+    values["without"] = params.get("without", "").strip()
     mode = params.get("mode")
     if mode is not None:
         if mode in MODES:
@@ -152,9 +160,10 @@ def _write_url(values: dict[str, Any], like: str | None) -> None:
 
 
 def _start_text_search() -> None:
-    """The search form was submitted: its words replace any photo search."""
+    """The search form was submitted: its words replace any photo search (the "Without" words stay)."""
     st.session_state.q = st.session_state.q.strip()
     st.session_state.like = None
+    st.session_state.also = ""
     st.session_state.upload_round += 1
 
 
@@ -162,18 +171,44 @@ def _start_upload_search() -> None:
     """A photo was uploaded: it replaces the words and any "more like this"."""
     st.session_state.q = ""
     st.session_state.like = None
+    st.session_state.also = ""
 
 
 def _start_more_like_this(photo_id: str) -> None:
-    """A result's "More like this" was clicked: search with that photo."""
+    """A result's "More like this" was clicked: search with that photo, its own words still to come."""
     st.session_state.q = ""
     st.session_state.like = photo_id
+    st.session_state.also = ""
     st.session_state.upload_round += 1
+
+
+def _composed(base: QueryPart, also: str, without: str) -> list[QueryPart] | None:
+    """The parts of a search steered by words to add and words to avoid; ``None`` when there are none."""
+    if not also and not without:
+        return None
+    parts = [base]
+    if also:
+        parts.append(QueryPart(text=also))
+    if without:
+        parts.append(QueryPart(text=without, weight=-1.0))
+    return parts
+
+
+def _described(what: str, also: str, without: str) -> str:
+    """The heading's name for a search, with its added and avoided words."""
+    if also:
+        what += f" and “{_escape(also)}”"
+    if without:
+        what += f" without “{_escape(without)}”"
+    return what
 
 
 def _init_state() -> None:
     """On a session's first run, take the search from the URL (a bookmark or a shared link)."""
     if "upload_round" in st.session_state:
+        # The "and" box shows only beside a photo search; keep its value across runs without it
+        # (Streamlit drops the state of a widget a run does not draw, unless it is written back).
+        st.session_state.also = st.session_state.also
         return
     values, problems = _parse_url(st.query_params)
     for name, value in values.items():
@@ -308,11 +343,19 @@ def main() -> None:
                               key=f"upload-{st.session_state.upload_round}", on_change=_start_upload_search)
 
     state = st.session_state
+    st.text_input("Without", key="without", placeholder="e.g. people / 人",
+                  help="Steer any search away from these words (a negative part of a composed query).")
+    if state.like:
+        st.text_input("More like this, and…", key="also", placeholder="e.g. at night / 夜晚",
+                      help="Add words to the photo you started from (a positive part of a composed query).")
+    also, without = state.also.strip(), state.without.strip()
     _write_url({name: state[name] for name in URL_DEFAULTS}, state.like)
     # A minimum of 0 means no cut, so random test models (cosines around 0) still show results.
     options = {"k": state.k, "min_score": state.min_score or None, "filters": filters,
                "collapse_duplicates": state.hide_duplicates}
     keyword = False
+    # A photo cannot be matched by keywords: in keyword mode its words join it by fusion (hybrid).
+    photo_mode = "hybrid" if state.mode == "keyword" else state.mode
     if upload is not None:
         try:
             image = load_query_image(upload.getvalue())
@@ -320,17 +363,29 @@ def main() -> None:
             st.error(_message(str(exc)))
             return
         st.image(image, caption="Your photo", width=160)
-        results = _run(lambda s: s.search_image(image, **options), settings)
-        what = "your photo"
+        parts = _composed(QueryPart(image=image), "", without)
+        if parts is None:
+            results = _run(lambda s: s.search_image(image, **options), settings)
+        else:
+            results = _run(lambda s: s.search_composed(parts, mode=photo_mode, **options), settings)
+        what = _described("your photo", "", without)
     elif state.like:
         like = state.like
-        found = _run(lambda s: s.more_like_this(like, **{**options, "k": state.k + 1}), settings)
+        parts = _composed(QueryPart(photo_id=like), also, without)
+        if parts is None:
+            found = _run(lambda s: s.more_like_this(like, **{**options, "k": state.k + 1}), settings)
+        else:
+            found = _run(lambda s: s.search_composed(parts, mode=photo_mode, **{**options, "k": state.k + 1}), settings)
         results = None if found is None else _without_source(found, like, state.k)
-        what = f"photo {_escape(like)}"
+        what = _described(f"photo {_escape(like)}", also, without)
     elif state.q:
         q, mode = state.q, state.mode
-        results = _run(lambda s: s.search_text(q, mode=mode, **options), settings)
-        what = f"“{_escape(q)}” ({mode})"
+        parts = _composed(QueryPart(text=q), "", without)
+        if parts is None:
+            results = _run(lambda s: s.search_text(q, mode=mode, **options), settings)
+        else:
+            results = _run(lambda s: s.search_composed(parts, mode=mode, **options), settings)
+        what = _described(f"“{_escape(q)}”", "", without) + f" ({mode})"
         keyword = mode == "keyword"
     else:
         st.info("Type some words and press Search, or upload a photo.")

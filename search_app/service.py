@@ -1,4 +1,4 @@
-"""The one query service: text, image and more-like-this searches over the published index.
+"""The one query service: text, image, more-like-this and composed searches over the published index.
 
 The CLI and the Streamlit page share it; it imports no Dagster, so a query process loads
 only the encoder, the backend and what they need. Queries are encoded with the models the
@@ -23,16 +23,21 @@ from resources.backends import BUILD_HINT, open_backend
 from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
 from resources.downloader import FetchFailure, normalise_image, with_imgix_params
-from resources.errors import ImageSearchError
+from resources.errors import ImageSearchError, NotFoundError, UnavailableError
 from resources.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
 RRF_K = 60
-_MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
+#: The largest query image accepted from a file or an upload (the CLI, the HTTP API); the
+#: pixel cap is :data:`resources.pictures.MAX_PIXELS`, read from the header before decoding.
+MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
+#: The most parts one composed query may have: enough for any phrasing a person writes,
+#: few enough that a caller cannot make one query encode hundreds of images.
+MAX_PARTS = 16
 
 
-class ModelMismatchError(ImageSearchError):
+class ModelMismatchError(UnavailableError):
     """The query encoder's image model is not the one the index was built with."""
 
 
@@ -81,6 +86,65 @@ class SearchResult:
         return data
 
 
+@dataclass(frozen=True)
+class QueryPart:
+    """One part of a composed query: exactly one of words, an image or an indexed photo, with a weight.
+
+    A positive ``weight`` pulls results towards the part, a negative one pushes them away.
+    """
+
+    text: str | None = None
+    image: Image.Image | bytes | None = None
+    photo_id: str | None = None
+    weight: float = 1.0
+
+    def label(self) -> str:
+        """How messages name the part: ``words 'beach'``, ``photo 'abc'`` or ``an image``."""
+        if self.text is not None:
+            return f"words {self.text!r}"
+        if self.photo_id is not None:
+            return f"photo {self.photo_id!r}"
+        return "an image"
+
+
+def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
+    """``parts`` as a list when they make a composition; otherwise a one-line error naming the bad part."""
+    parts = list(parts)
+    if not parts:
+        raise ImageSearchError("the composed query has no parts: give words, an image or a photo to search for")
+    if len(parts) > MAX_PARTS:
+        raise ImageSearchError(f"the composed query has {len(parts)} parts: use at most {MAX_PARTS}")
+    for number, part in enumerate(parts, start=1):
+        given = sum(v is not None for v in (part.text, part.image, part.photo_id))
+        if given != 1:
+            raise ImageSearchError(
+                f"part {number} gives {given} of words, image and photo id: give exactly one per part"
+            )
+        for name, value in (("words", part.text), ("photo id", part.photo_id)):
+            if value is not None and not isinstance(value, str):
+                raise ImageSearchError(f"part {number} gives its {name} as {type(value).__name__}: give a string")
+        if part.text is not None and not part.text.strip():
+            raise ImageSearchError(f"part {number} has empty words: type some words or drop the part")
+        if part.image is not None and not isinstance(part.image, (Image.Image, bytes, bytearray, memoryview)):
+            raise ImageSearchError(
+                f"part {number} has an image of type {type(part.image).__name__}: give a PIL image or the image's bytes"
+            )
+        if part.photo_id is not None and not part.photo_id.strip():
+            raise ImageSearchError(f"part {number} has an empty photo id: use a photo_id from a search result")
+        weight = part.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+            raise ImageSearchError(f"part {number} ({part.label()}) has weight {weight!r}: give a number")
+        if not np.isfinite(weight) or weight == 0:
+            raise ImageSearchError(
+                f"part {number} ({part.label()}) has weight {weight!r}: give a finite number other than 0"
+            )
+    if all(part.weight < 0 for part in parts):
+        raise ImageSearchError(
+            "the composed query has only negative parts: add words, an image or a photo to search for"
+        )
+    return parts
+
+
 def rrf_fuse(*ranked: list[str], depth_k: int = RRF_K) -> dict[str, float]:
     """Reciprocal rank fusion: per photo, the sum over lists of 1/(depth_k + rank), ranks from 1."""
     fused: dict[str, float] = {}
@@ -119,10 +183,10 @@ def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Im
         label = str(path)
         if not path.is_file():
             raise ImageSearchError(f"image file {path} not found: give the path of a JPEG, PNG or WebP file")
-        if path.stat().st_size > _MAX_QUERY_IMAGE_BYTES:
+        if path.stat().st_size > MAX_QUERY_IMAGE_BYTES:
             raise ImageSearchError(f"image file {path} is larger than 50 MB: give a smaller image")
         image = path.read_bytes()
-    if len(image) > _MAX_QUERY_IMAGE_BYTES:
+    if len(image) > MAX_QUERY_IMAGE_BYTES:
         raise ImageSearchError(f"{label} is larger than 50 MB: give a smaller image")
     try:
         data, _, _, _ = normalise_image(bytes(image))
@@ -160,7 +224,7 @@ class SearchService:
         """The published build's info; raises when nothing is published yet."""
         info = self.backend.info()
         if info is None:
-            raise ImageSearchError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
+            raise UnavailableError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
         return info
 
     def encoder(self) -> Encoder:
@@ -243,15 +307,92 @@ class SearchService:
             raise ImageSearchError("the query text is empty: type some words to search for")
         if mode not in MODES:
             raise ImageSearchError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        return self._ranked(query, None, lambda: self.encode_text(query), k, min_score, mode, filters)
+
+    def search_composed(
+        self,
+        parts: list[QueryPart],
+        k: int = 20,
+        min_score: float | None = None,
+        mode: Mode = "vector",
+        filters: Filters | None = None,
+        collapse_duplicates: bool = False,
+    ) -> list[SearchResult]:
+        """Photos matching a composition: like these words, images and photos, and unlike those.
+
+        The query vector is the normalised weighted sum of the parts' unit vectors (the text
+        parts encoded together in one model call, a photo part by its stored vector); a
+        single part's vector is used as encoded, so one part gives exactly what
+        :meth:`search_text`, :meth:`search_image` or :meth:`more_like_this` gives.
+
+        By mode:
+
+        - ``vector``: the kNN of the composed vector.
+        - ``keyword``: BM25 of the positive parts' words, leaving out every photo that carries
+          any of the negative parts' words (both backends exclude inside the search, like a
+          filter). Weights only give the sign here, and image and photo parts cannot take
+          part, so a composition holding one is refused.
+        - ``hybrid``: reciprocal rank fusion of the composed vector's kNN and that keyword
+          list (empty when no part has positive words): negative words push the vector away
+          and keep their photos out of the keyword list, though a photo can still come in
+          through the vector list.
+
+        Filters and ``collapse_duplicates`` apply as in every search. A bad composition (see
+        :func:`check_parts`), an unknown photo id or parts that cancel out raise a one-line
+        :class:`ImageSearchError`.
+        """
+        k = check_k(k)
+        parts = check_parts(parts)
+        if collapse_duplicates:
+            return self._collapsed(lambda depth: self.search_composed(parts, depth, min_score, mode, filters), k)
+        if mode not in MODES:
+            raise ImageSearchError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        words = " ".join(p.text for p in parts if p.text is not None and p.weight > 0)
+        unwanted = " ".join(p.text for p in parts if p.text is not None and p.weight < 0)
         if mode == "keyword":
-            self.build_info()
-            hits = self.backend.keyword(query, k, filters)
-            return self._results(hits, min_score, cosines=None)
-        vector = self.encode_text(query)
-        if mode == "vector":
-            hits = self.backend.knn(vector, k, filters)
-            return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
-        return self._hybrid(query, vector, k, min_score, filters)
+            other = next((p for p in parts if p.text is None), None)
+            if other is not None:
+                raise ImageSearchError(
+                    f"keyword mode matches words only and cannot use {other.label()}: use hybrid or vector mode"
+                )
+        return self._ranked(words, unwanted or None, lambda: self.composed_vector(parts), k, min_score, mode, filters)
+
+    def composed_vector(self, parts: list[QueryPart]) -> np.ndarray:
+        """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors.
+
+        Photo ids and images are checked before any model loads, so a bad part fails fast.
+        """
+        parts = check_parts(parts)
+        self.build_info()
+        vectors: list[np.ndarray | None] = [None] * len(parts)
+        pictures: dict[int, Image.Image] = {}
+        for i, part in enumerate(parts):
+            if part.photo_id is not None:
+                found = self.backend.get(part.photo_id)
+                if found is None:
+                    raise NotFoundError(
+                        f"part {i + 1}: photo id {part.photo_id!r} is not in the index: use a photo_id from a search result"
+                    )
+                vectors[i] = found[1]
+            elif part.image is not None:
+                pictures[i] = load_query_image(part.image)
+        texts = [(i, p.text) for i, p in enumerate(parts) if p.text is not None]
+        if texts:
+            encoded = self.encoder().encode_texts([t for _, t in texts])
+            for (i, _), vector in zip(texts, encoded):
+                vectors[i] = np.asarray(vector, dtype=np.float32)
+        for i, picture in pictures.items():
+            vectors[i] = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
+        if len(parts) == 1:
+            return vectors[0]
+        total = np.zeros(vectors[0].shape[0], dtype=np.float64)
+        for part, vector in zip(parts, vectors):
+            unit = vector.astype(np.float64)
+            total += float(part.weight) * unit / np.linalg.norm(unit)
+        norm = float(np.linalg.norm(total))
+        if not norm > 1e-6 * sum(abs(float(p.weight)) for p in parts):
+            raise ImageSearchError("the composed query's parts cancel each other out: change a weight or drop a part")
+        return (total / norm).astype(np.float32)
 
     def search_image(
         self,
@@ -267,8 +408,7 @@ class SearchService:
             return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
         picture = load_query_image(image)
         vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
-        hits = self.backend.knn(vector, k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
 
     def more_like_this(
         self,
@@ -282,19 +422,58 @@ class SearchService:
         k = check_k(k)
         if collapse_duplicates:
             return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
+        vector = self._indexed(photo_id)[1]
+        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
+
+    def photo(self, photo_id: str) -> SearchResult:
+        """An indexed photo's record, as a result scored by its similarity to itself (1.0)."""
+        fields, _ = self._indexed(photo_id)
+        return self._result(Hit(photo_id=photo_id, score=1.0, fields=fields), 1.0)
+
+    def _indexed(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The stored fields and vector of an indexed photo; a one-line error when it is not indexed."""
         self.build_info()
         found = self.backend.get(photo_id)
         if found is None:
-            raise ImageSearchError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
-        hits = self.backend.knn(found[1], k, filters)
-        return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+            raise NotFoundError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
+        return found
+
+    def _ranked(
+        self,
+        words: str,
+        unwanted: str | None,
+        vector: Callable[[], np.ndarray],
+        k: int,
+        min_score: float | None,
+        mode: Mode,
+        filters: Filters | None,
+    ) -> list[SearchResult]:
+        """The one search behind every query: by ``vector()``, by ``words``, or both fused.
+
+        ``unwanted`` words keep the photos carrying them out of the keyword list.
+        """
+        if mode == "keyword":
+            self.build_info()
+            hits = self.backend.keyword(words, k, filters, exclude=unwanted)
+            return self._results(hits, min_score, cosines=None)
+        query = vector()
+        if mode == "vector":
+            hits = self.backend.knn(query, k, filters)
+            return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
+        return self._hybrid(words, unwanted, query, k, min_score, filters)
 
     def _hybrid(
-        self, query: str, vector: np.ndarray, k: int, min_score: float | None, filters: Filters | None
+        self,
+        words: str,
+        unwanted: str | None,
+        vector: np.ndarray,
+        k: int,
+        min_score: float | None,
+        filters: Filters | None,
     ) -> list[SearchResult]:
         depth = max(2 * k, 100)
         knn_hits = self.backend.knn(vector, depth, filters)
-        keyword_hits = self.backend.keyword(query, depth, filters)
+        keyword_hits = self.backend.keyword(words, depth, filters, exclude=unwanted) if words.strip() else []
         fused = rrf_fuse([h.photo_id for h in knn_hits], [h.photo_id for h in keyword_hits])
         cosines = {h.photo_id: h.score for h in knn_hits}
         by_id = {h.photo_id: h for h in keyword_hits} | {h.photo_id: h for h in knn_hits}

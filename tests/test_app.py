@@ -344,3 +344,87 @@ def test_an_unknown_photo_id_in_the_url_is_a_message(page_env):
     assert "is not in the index" in plain(message)
     # The id comes from the URL: its brackets are escaped, so it shows as text, never as a link.
     assert "\\[no\\](https://example.com)" in message
+
+
+def _shown(at: AppTest) -> set[str]:
+    """The photos on the page (the grid fills its columns in turn, so the element order is not the rank)."""
+    return {b.key.removeprefix("like-") for b in like_buttons(at)}
+
+
+def _composed_ids(home: Path, parts, k: int, mode: str = "vector") -> list[str]:
+    from search_app.service import SearchService
+
+    service = SearchService.from_settings(Settings(home=home))
+    return [r.photo_id for r in service.search_composed(parts, k=k, mode=mode, collapse_duplicates=True)]
+
+
+def test_more_like_this_and_words_without_words(page_env):
+    from search_app.service import QueryPart
+
+    at = _search(run_page({"k": "5"}), "a green triangle")
+    source = like_buttons(at)[1].key.removeprefix("like-")
+    at = like_buttons(at)[1].click().run()
+    at.text_input(key="also").input("at night").run()
+    assert_clean(at)
+    assert result_heading(at) == f"5 results for photo {source} and “at night”"
+    expected = _composed_ids(page_env, [QueryPart(photo_id=source), QueryPart(text="at night")], 6)
+    assert _shown(at) == set([pid for pid in expected if pid != source][:5])
+    assert at.query_params["also"] == "at night" and at.query_params["like"] == source
+
+    at.text_input(key="without").input("a red circle").run()
+    assert_clean(at)
+    assert result_heading(at) == f"5 results for photo {source} and “at night” without “a red circle”"
+    parts = [QueryPart(photo_id=source), QueryPart(text="at night"), QueryPart(text="a red circle", weight=-1)]
+    assert _shown(at) == set([pid for pid in _composed_ids(page_env, parts, 6) if pid != source][:5])
+    assert at.query_params["without"] == "a red circle"
+
+    # Another photo starts its own "and" words; the "Without" words stay until cleared.
+    other = like_buttons(at)[0].key.removeprefix("like-")
+    at = like_buttons(at)[0].click().run()
+    assert_clean(at)
+    assert at.text_input(key="also").value == ""
+    assert result_heading(at) == f"5 results for photo {other} without “a red circle”"
+    assert "also" not in at.query_params
+
+    # The address alone reproduces the search.
+    shared = run_page({"like": source, "k": "5", "also": "at night", "without": "a red circle"})
+    assert_clean(shared)
+    assert _shown(shared) == set([pid for pid in _composed_ids(page_env, parts, 6) if pid != source][:5])
+
+
+def test_without_words_leave_keyword_matches_out(page_env):
+    rows = catalog(page_env)
+    words = rows["describe"].fillna("").str.split()
+    word = words.explode().value_counts().index[0]
+    having = rows[words.map(lambda w: word in w)]
+    unwanted = next(w for w in having["describe"].str.split().explode() if w != word)
+    at = run_page({"q": word, "mode": "keyword", "k": "60", "without": unwanted})
+    assert_clean(at)
+    assert f"results for “{word}” without “{unwanted}” (keyword)" in result_heading(at)
+    shown = set(_shown(at))
+    text = rows.set_index("photo_id")[["describe", "photo_description", "ai_description"]].fillna("").agg(" ".join, axis=1)
+    assert shown and not any(unwanted in text[pid].lower().split() for pid in shown)
+    at.text_input(key="without").input("").run()
+    assert shown < set(_shown(at))
+
+
+def test_a_photo_with_words_in_keyword_mode_is_fused(page_env):
+    photo_id = catalog(page_env)["photo_id"].iloc[4]
+    at = run_page({"like": photo_id, "mode": "keyword", "also": "snow", "k": "4"})
+    assert_clean(at)
+    assert result_heading(at) == f"4 results for photo {photo_id} and “snow”"
+    assert len([m for m in at.markdown if m.value.startswith("cosine **") and "fused" in m.value]) == 4
+
+
+def test_an_uploaded_photo_without_words(page_env, sample_release: Path):
+    from search_app.service import QueryPart, load_query_image
+
+    photo_id = catalog(page_env)["photo_id"].iloc[6]
+    data = (sample_release / "images" / f"{photo_id}.jpg").read_bytes()
+    at = run_page({"k": "5", "without": "a blue square"})
+    at.file_uploader[0].upload("mine.jpg", data, "image/jpeg")
+    at.run()
+    assert_clean(at)
+    assert result_heading(at) == "5 results for your photo without “a blue square”"
+    parts = [QueryPart(image=load_query_image(data)), QueryPart(text="a blue square", weight=-1)]
+    assert _shown(at) == set(_composed_ids(page_env, parts, 5))

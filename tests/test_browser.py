@@ -134,3 +134,37 @@ def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, searc
         finally:
             browser.close()
     assert (tmp_path / "more-like-this.png").stat().st_size > 10_000
+
+
+def test_more_like_this_and_words_without_words_in_a_real_browser(page_url: str, search_home: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo_id = pd.read_parquet(Settings(home=search_home).catalog_path)["photo_id"].iloc[9]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            page.goto(f"{page_url}/?k=6&like={photo_id}")
+            expect(page.get_by_text(f"6 results for photo {photo_id}", exact=True)).to_be_visible()
+
+            _wait_until_idle(page)
+            page.get_by_role("textbox", name="More like this, and…").fill("at night")
+            page.get_by_role("textbox", name="More like this, and…").press("Enter")
+            expect(page.get_by_text(f"6 results for photo {photo_id} and “at night”", exact=True)).to_be_visible()
+
+            _wait_until_idle(page)
+            page.get_by_role("textbox", name="Without").fill("人群")
+            page.get_by_role("textbox", name="Without").press("Enter")
+            expect(page.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
+            expect(page.get_by_role("button", name="More like this", exact=True)).to_have_count(6)
+            assert "also=at+night" in page.url and "without=%E4%BA%BA" in page.url
+
+            # The steered search is in the address: a fresh tab runs it again.
+            other = browser.new_page(viewport={"width": 1400, "height": 1100})
+            other.goto(page.url)
+            expect(other.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
+            expect(other.get_by_role("textbox", name="More like this, and…")).to_have_value("at night")
+        finally:
+            browser.close()

@@ -98,6 +98,7 @@ def test_cluster_check_passes_where_a_build_works(profile, engine, monkeypatch, 
             ["build", "cosine", "filtered", "filters", "keywords", "alias swap", "clean-up", "scratch removed"], "ok  "
         ), "\n".join(lines)
         assert any("cosine 0.5 scores 0.5000 unfiltered" in line for line in lines)
+        assert any(line.endswith("(2 with a filter, 4 without the words '4 8')") for line in lines), "\n".join(lines)
         assert lines[-1].startswith("all checks passed on ")
         after = ({n: index.docs for n, index in fake.indices.items()}, {a: set(m) for a, m in fake.aliases.items()})
         assert after == before

@@ -74,10 +74,11 @@ def test_replace_checks_the_new_values():
 
 def test_secrets_are_never_shown():
     settings = Settings(
-        backend="elasticsearch", es_url="https://elastic:url-secret@es:9200", es_password="pw-secret", es_api_key="key-secret"
+        backend="elasticsearch", es_url="https://elastic:url-secret@es:9200", es_password="pw-secret", es_api_key="key-secret",
+        api_key="api-key-secret",
     )
     shown = [str(settings), repr(settings), str(settings.describe())]
-    assert not [s for s in shown if any(secret in s for secret in ("url-secret", "pw-secret", "key-secret"))]
+    assert not [s for s in shown if any(secret in s for secret in ("url-secret", "pw-secret", "key-secret", "api-key-secret"))]
     assert settings.describe()["es_url"] == "https://***:***@es:9200"
 
 

@@ -330,6 +330,11 @@ def test_keyword_search_uses_bm25_over_describe_and_descriptions_with_filters(cl
     assert len(filtered) == min(3, len(portrait)) and {h.photo_id for h in filtered} <= portrait
     with pytest.raises(ImageSearchError, match="empty"):
         backend.keyword("  ", 5)
+    unwanted = set(docs.photo_id[text.str.contains(r"\blake\b") | text.str.contains(r"\bdog\b")])
+    assert having - unwanted and having & unwanted
+    excluded = backend.keyword("snow", N, exclude="Lake dog")
+    assert {h.photo_id for h in excluded} == having - unwanted
+    assert {h.photo_id: h.score for h in excluded} == {h.photo_id: h.score for h in hits if h.photo_id not in unwanted}
 
 
 def test_k_of_a_thousand_and_more(cluster: Cluster) -> None:

@@ -220,6 +220,21 @@ def test_keyword_search_ranks_matches(backend: LocalBackend, data):
     assert [h.photo_id for h in hits] == [docs.photo_id[7], docs.photo_id[8]]
     assert hits[0].score > hits[1].score > 0
     assert backend.keyword("nothing-matches-this", 10) == []
+    assert [h.photo_id for h in backend.keyword("zebra", 10, exclude="Waterhole")] == [docs.photo_id[7]]
+    assert [h.photo_id for h in backend.keyword("zebra", 10, exclude="unknown-word")] == [h.photo_id for h in hits]
+
+
+def test_keyword_exclusion_leaves_out_every_document_carrying_an_unwanted_word(backend: LocalBackend, data):
+    docs, vectors = data
+    backend.build(docs, vectors, _info())
+    text = docs[["describe", "photo_description", "ai_description"]].fillna("").agg(" ".join, axis=1)
+    unwanted = text.str.contains(r"\bmountain\b") | text.str.contains(r"\bsnow\b")
+    filters = Filters(orientation="portrait")
+    hits = backend.keyword("sea forest", 1000, filters, exclude="Mountain, snow!")
+    allowed = set(docs.photo_id[~unwanted & (docs.orientation == "portrait")])
+    assert hits and {h.photo_id for h in hits} <= allowed
+    expected = {h.photo_id: h.score for h in backend.keyword("sea forest", 1000, filters) if h.photo_id in allowed}
+    assert {h.photo_id: h.score for h in hits} == pytest.approx(expected)
 
 
 def test_k_larger_than_index_and_k_of_a_thousand(backend: LocalBackend, data):

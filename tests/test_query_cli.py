@@ -118,3 +118,52 @@ def test_query_path_imports_no_dagster(search_home: Path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_like_a_photo_plus_words_minus_words(search_home: Path, catalog: pd.DataFrame):
+    photo_id = catalog["photo_id"][7]
+    out = _cli(search_home, "--like", photo_id, "--plus", "at night", "--minus", "0.5*people", "-k", "5", "--json")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["query"] == {
+        "parts": [{"photo_id": photo_id, "weight": 1.0}, {"text": "at night", "weight": 1.0}, {"text": "people", "weight": -0.5}]
+    }
+    assert body["mode"] == "vector" and len(body["results"]) == 5
+    assert set(body["results"][0]) == set(json.loads(_cli(search_home, "--like", photo_id, "-k", "1", "--json").stdout)["results"][0])
+
+
+def test_an_expression_of_one_photo_is_more_like_this(search_home: Path, catalog: pd.DataFrame):
+    photo_id = catalog["photo_id"][3]
+    composed = _cli(search_home, "--expr", f"2*photo:{photo_id}", "-k", "8", "--json", "--show-duplicates")
+    plain = _cli(search_home, "--like", photo_id, "-k", "8", "--json", "--show-duplicates")
+    assert composed.returncode == plain.returncode == 0, composed.stderr + plain.stderr
+    assert json.loads(composed.stdout)["results"] == json.loads(plain.stdout)["results"]
+
+
+def test_an_expression_with_an_image_file_in_hybrid_mode_prints_a_table(search_home: Path, catalog: pd.DataFrame):
+    photo_id = catalog["photo_id"][2]
+    path = ImageStore(search_home / "images").path_for(photo_id)
+    word = catalog["describe"].dropna().iloc[0].split()[0]
+    out = _cli(search_home, "--expr", f'image:"{path}" + {word} - "a crowd"', "--mode", "hybrid", "-k", "4")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["#", "rrf", "cosine", "photo_id"] and len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--expr", '"beach" -'], "cannot read '-' at position 9 of the query: the query ends after this sign"),
+        (["--expr", "beach + 0*people"], "cannot read '0*people' at position 9"),
+        (["beach", "--plus", "photo:"], "give a photo id after photo:"),
+        (["beach", "--plus", "photo:no-such-photo"], "part 2: photo id 'no-such-photo' is not in the index"),
+        (["--minus", "people"], "only negative parts"),
+        (["--mode", "keyword", "beach", "--plus", "image:/no/such.jpg"], "not found"),
+        (["-k", "3"], "nothing to search for"),
+    ],
+)
+def test_bad_compositions_are_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
+    out = _cli(search_home, *args)
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")

@@ -144,8 +144,12 @@ class SearchBackend(ABC):
         """The ``k`` documents most similar to ``vector``, best first, scored by cosine similarity."""
 
     @abstractmethod
-    def keyword(self, text: str, k: int, filters: Filters | None = None) -> list[Hit]:
-        """The ``k`` best BM25 matches of ``text`` in describe and the descriptions, best first."""
+    def keyword(self, text: str, k: int, filters: Filters | None = None, exclude: str | None = None) -> list[Hit]:
+        """The ``k`` best BM25 matches of ``text`` in describe and the descriptions, best first.
+
+        ``exclude`` holds words no returned document may carry: a document matching any of
+        them in the same fields is left out, as filters leave documents out.
+        """
 
     @abstractmethod
     def get(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray] | None:

@@ -45,7 +45,7 @@ from resources.backends.base import (
     check_k,
 )
 from resources.config import Settings, mask_url
-from resources.errors import ImageSearchError
+from resources.errors import ImageSearchError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -597,9 +597,9 @@ class ElasticsearchBackend(SearchBackend):
                 " to the cluster's CA bundle (or IMAGE_SEARCH_ES_VERIFY_CERTS=false to opt out)"
             ) from None
         except ConnectionTimeout:
-            raise ImageSearchError(f"{self.url} timed out while {doing}: check the cluster's health") from None
+            raise UnavailableError(f"{self.url} timed out while {doing}: check the cluster's health") from None
         except EsConnectionError:
-            raise ImageSearchError(
+            raise UnavailableError(
                 f"cannot reach {self.url} while {doing}: check IMAGE_SEARCH_ES_URL and that the cluster is up"
             ) from None
         except AuthenticationException:
@@ -615,7 +615,10 @@ class ElasticsearchBackend(SearchBackend):
             advice = ""
             if exc.status_code == 429:
                 advice = " (the cluster is overloaded or short of heap: retry later, or give it more memory)"
-            raise ImageSearchError(
+            # 429 and 5xx say the cluster cannot answer now, not that the request is wrong.
+            busy = isinstance(exc.status_code, int) and (exc.status_code == 429 or exc.status_code >= 500)
+            kind = UnavailableError if busy else ImageSearchError
+            raise kind(
                 f"{self.url} answered HTTP {exc.status_code} while {doing}: {_reason(exc)}{advice}"
             ) from None
 
@@ -913,18 +916,19 @@ class ElasticsearchBackend(SearchBackend):
         cosine = self.impl.formula(path, created).to_cosine(float(hit["_score"]))
         return max(-1.0, min(1.0, cosine))
 
-    def keyword(self, text, k, filters=None) -> list[Hit]:
+    def keyword(self, text, k, filters=None, exclude=None) -> list[Hit]:
         check_k(k, MAX_RESULT_WINDOW)
         if not text or not text.strip():
             raise ImageSearchError("the keyword query is empty: give some words to search for")
+        query: dict[str, Any] = {
+            "must": [{"multi_match": {"query": text, "fields": list(TEXT_FIELDS)}}],
+            "filter": filter_clauses(filters),
+        }
+        if exclude and exclude.strip():
+            query["must_not"] = [{"multi_match": {"query": exclude, "fields": list(TEXT_FIELDS)}}]
         body = {
             "size": k,
-            "query": {
-                "bool": {
-                    "must": [{"multi_match": {"query": text, "fields": list(TEXT_FIELDS)}}],
-                    "filter": filter_clauses(filters),
-                }
-            },
+            "query": {"bool": query},
             "_source": list(STORED_FIELDS),
         }
         return [_hit(h, float(h["_score"])) for h in self._search(body, "searching by keywords")]

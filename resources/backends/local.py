@@ -330,9 +330,13 @@ class LocalBackend(SearchBackend):
         found = rows[0] >= 0
         return rows[0][found].astype(np.int64), scores[0][found]
 
-    def keyword(self, text: str, k: int, filters: Filters | None = None) -> list[Hit]:
+    def keyword(self, text: str, k: int, filters: Filters | None = None, exclude: str | None = None) -> list[Hit]:
         build = self._require()
-        rows, scores = build.keyword.search(text, k, build.mask(filters))
+        mask = build.mask(filters)
+        if exclude:
+            allowed = ~build.keyword.containing(exclude)
+            mask = allowed if mask is None else mask & allowed
+        rows, scores = build.keyword.search(text, k, mask)
         return build.hits(rows, scores)
 
     # -- building --------------------------------------------------------------

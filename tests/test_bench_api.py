@@ -1,0 +1,42 @@
+"""``image-search bench api`` run as a subprocess on a small synthetic index with the tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_bench_api_reports_every_level_with_batching_on_and_off(tiny_models, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    env.update(
+        IMAGE_SEARCH_HOME=str(tmp_path),
+        IMAGE_SEARCH_IMAGE_MODEL=str(tiny_models[0]),
+        IMAGE_SEARCH_TEXT_MODEL=str(tiny_models[1]),
+        IMAGE_SEARCH_PRECISION="fp32",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "image_search.cli", "bench", "api", "--docs", "500", "--requests", "50",
+         "--queries", "10", "--json"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["docs"] == 500 and "CPUs" in figures["cpu"]
+    assert 0 < figures["baseline_bench_query_text_end_to_end"]["p50_ms"]
+    for label in ("batching_on", "batching_off"):
+        for level in ("c1", "c4", "c16"):
+            assert figures[label][level]["req_per_s"] > 0
+            assert 0 < figures[label][level]["p50_ms"] <= figures[label][level]["p99_ms"]
+    assert figures["batching_off"]["server_batching"] == {"enabled": False}
+    on = figures["batching_on"]["server_batching"]
+    assert on["enabled"] is True and on["text"]["items"] >= 3 * 50
+    assert figures["c16_speedup_on_vs_off"] > 0
