@@ -299,3 +299,151 @@ def test_a_worker_killed_in_the_middle_of_a_step_hands_it_back_and_the_backfill_
     assert retaken == [(f"worker-a@{HOST}", "running"), (f"worker-b@{HOST}", "success")], history
     assert all(run.status == DagsterRunStatus.SUCCESS for run in backfill_runs(env))
     assert sorted(vectors(env)) == photos, "every photo vectorised exactly once"
+
+
+# -- the daemon on the PostgreSQL instance ----------------------------------------------
+
+
+def sensor_skipped(env: dict[str, str], name: str) -> bool:
+    """Whether the sensor ``name`` has ticked at least once and skipped."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    with instance_of(env) as instance:
+        for state in instance.all_instigator_state():
+            if state.instigator_name == name:
+                ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+                return any(tick.status == TickStatus.SKIPPED for tick in ticks)
+    return False
+
+
+def finished_runs(env: dict[str, str], trigger: str) -> list:
+    with instance_of(env) as instance:
+        return [
+            record for record in instance.get_run_records()
+            if record.dagster_run.tags.get("image_search/trigger") == trigger and record.dagster_run.is_finished
+        ]
+
+
+def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_run_at_a_time(tmp_path, tiny_models, pg_url, monkeypatch):
+    """A release folder appears after the sensor has looked and found none: the sensor queues a refresh,
+    the run queue launches it; the schedule (every minute here) queues its own; with
+    ``max_concurrent_runs: 1`` in the instance profile no two runs ever overlap."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    profile = yaml.safe_load((ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())
+    profile["concurrency"]["runs"]["max_concurrent_runs"] = 1
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(profile))
+    for name, value in {
+        "DAGSTER_HOME": dagster_home,
+        "DAGSTER_PG_URL": pg_url,
+        "IMAGE_SEARCH_HOME": tmp_path / "home",
+        "IMAGE_SEARCH_DATASET": tmp_path / "incoming",
+        "IMAGE_SEARCH_IMAGE_MODEL": tiny_models[0],
+        "IMAGE_SEARCH_TEXT_MODEL": tiny_models[1],
+        "IMAGE_SEARCH_REFRESH_CRON": "* * * * *",
+        "IMAGE_SEARCH_RELEASE_POLL_SECONDS": 30,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    env = dict(os.environ)
+    stops = [
+        subprocess.Popen([str(BIN / "dagster"), "sensor", "stop", "-w", "workspace.yaml", name], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name in ("catalog_change_sensor", "automation_sensor")
+    ]
+    for stop in stops:
+        out, _ = stop.communicate()
+        assert stop.returncode == 0, out[-3000:]
+    log = tmp_path / "daemon.log"
+    daemon = spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log)
+    processes = {"daemon": (daemon, log)}
+    try:
+        until(lambda: sensor_skipped(env, "release_sensor"), "a release_sensor tick that found no release", processes)
+        write_release(tmp_path / "incoming", photos=12, seed=72)
+        (sensed,) = until(lambda: finished_runs(env, "new_release"), "a finished run of the release sensor", processes)
+        scheduled = until(lambda: finished_runs(env, "schedule"), "a finished run of the schedule", processes)
+    finally:
+        kill_group(daemon)
+    assert sensed.dagster_run.status == DagsterRunStatus.SUCCESS, log.read_text()[-4000:]
+    assert sensed.dagster_run.job_name == "ingest_release"
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in scheduled), log.read_text()[-4000:]
+    with instance_of(env) as instance:
+        spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records() if r.start_time is not None)
+    assert len(spans) >= 2
+    for (_, first_end), (second_start, _) in zip(spans, spans[1:]):
+        assert first_end is not None and first_end <= second_start, f"two runs overlapped: {spans}"
+    assert (tmp_path / "home" / "catalog" / "catalog.parquet").exists()
+
+
+# -- the instance's database goes away --------------------------------------------------
+
+
+class DatabaseDown:
+    """The test's database refuses new connections and its open ones are cut, as in a restart, for the
+    ``with`` block; only this test's database, so other suites on the same server never notice."""
+
+    def __init__(self, pg_url: str):
+        self.name = pg_url.rsplit("/", 1)[1]
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2
+
+        admin = psycopg2.connect(PG_ADMIN)
+        admin.autocommit = True
+        try:
+            admin.cursor().execute(sql)
+        finally:
+            admin.close()
+
+    def __enter__(self) -> "DatabaseDown":
+        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+        self._admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}'")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+
+def test_image_search_materialize_rides_out_a_database_outage_and_keeps_what_was_written(tmp_path, tiny_models, pg_url, monkeypatch):
+    """The database goes away while a run on the PostgreSQL instance is held mid-encoding (one bucket's
+    vectors written): ``image-search materialize`` says so in one line instead of dying (which would
+    stop the run), says when it answers again, and the run finishes with every photo encoded once."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "deploy" / "postgres" / "dagster.yaml", dagster_home / "dagster.yaml")
+    write_release(tmp_path / "release", photos=12, seed=71)
+    for name, value in {
+        "DAGSTER_HOME": dagster_home,
+        "DAGSTER_PG_URL": pg_url,
+        "IMAGE_SEARCH_HOME": tmp_path / "home",
+        "IMAGE_SEARCH_DATASET": tmp_path / "release",
+        "IMAGE_SEARCH_IMAGE_MODEL": tiny_models[0],
+        "IMAGE_SEARCH_TEXT_MODEL": tiny_models[1],
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    env, photos = dict(os.environ), photo_ids(dict(os.environ))
+    with instance_of(env) as instance:
+        instance.event_log_storage.set_concurrency_slots("clip_model", 1)
+    from definitions import defs
+
+    with DagsterInstance.ephemeral() as scratch:
+        defs.resolve_job_def("ingest_release").execute_in_process(instance=scratch)
+
+    log = tmp_path / "materialize.log"
+    with PausePoint("resources.vector_store:VectorStore.write_chunk#2") as pause:
+        child = spawn([str(BIN / "image-search"), "materialize", "--select", "group:vectors", "--partition-range", "b00...b63"],
+                      pause.env(env), log)
+        try:
+            pause.wait(child, log)
+            before = set(vectors(env))
+            with DatabaseDown(pg_url):
+                until(lambda: "the instance's database does not answer" in log.read_text(), "the outage reported",
+                      {"image-search materialize": (child, log)})
+            pause.release()
+            assert child.wait(timeout=GIVE_UP_S) == 0, log.read_text()[-4000:]
+        finally:
+            if child.poll() is None:
+                kill_group(child)
+    said = [line for line in log.read_text().splitlines() if "the instance's database" in line]
+    assert len(said) == 2 and said[1].startswith("image-search: the instance's database answers again after "), said
+    assert 0 < len(before) < len(photos)
+    assert sorted(vectors(env)) == photos, "every photo encoded once, the vectors written before the outage kept"
