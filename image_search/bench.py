@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 #: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
-BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest", "bench_download", "bench_relevance", "bench_embed")
+BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_ingest", "bench_download", "bench_relevance", "bench_embed", "bench_scale")
 
 
 def cpu_description() -> str:
