@@ -135,9 +135,12 @@ def _where_the_time_went(instance) -> dict:
 
     queue, launch, tail, dispatch, body, encode, steps = [], [], [], [], [], 0.0, 0
     for run in instance.get_runs():
-        at: dict[str, float] = {}
+        if "dagster/backfill" not in run.tags:
+            continue  # the ingestion before the backfill
+        at: dict[DagsterEventType, float] = {}
         submitted: dict[str, float] = {}
         step_start: dict[str, float] = {}
+        encoded_steps: set[str] = set()
         last_step_end = None
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
@@ -145,7 +148,7 @@ def _where_the_time_went(instance) -> dict:
                 continue
             kind, ts = event.event_type, entry.timestamp
             if kind in (DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS):
-                at[kind.value] = ts
+                at[kind] = ts
             elif kind == DagsterEventType.ENGINE_EVENT and entry.step_key and entry.message.startswith("Submitting celery task"):
                 submitted[entry.step_key] = ts
             elif kind == DagsterEventType.STEP_START:
@@ -154,14 +157,16 @@ def _where_the_time_went(instance) -> dict:
             elif kind == DagsterEventType.STEP_SUCCESS:
                 body.append(ts - step_start[entry.step_key])
                 last_step_end, steps = ts, steps + 1
-            elif kind == DagsterEventType.ASSET_MATERIALIZATION:
+            elif kind == DagsterEventType.ASSET_MATERIALIZATION and entry.step_key not in encoded_steps:
+                # A step over many buckets records one materialization per bucket, all with its metadata.
+                encoded_steps.add(entry.step_key)
                 metadata = event.step_materialization_data.materialization.metadata
                 encoded, rate = metadata.get("encoded"), metadata.get("throughput_img_per_s")
                 if encoded is not None and rate is not None and rate.value:
                     encode += encoded.value / rate.value
-        queue.append(at["RUN_STARTING"] - at["RUN_ENQUEUED"])
-        launch.append(at["RUN_START"] - at["RUN_STARTING"])
-        tail.append(at["RUN_SUCCESS"] - last_step_end)
+        queue.append(at[DagsterEventType.RUN_STARTING] - at[DagsterEventType.RUN_ENQUEUED])
+        launch.append(at[DagsterEventType.RUN_START] - at[DagsterEventType.RUN_STARTING])
+        tail.append(at[DagsterEventType.RUN_SUCCESS] - last_step_end)
     mean = lambda values: round(statistics.fmean(values), 2) if values else 0.0  # noqa: E731
     return {
         "runs": len(queue),
