@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from image_search import scale_harness as harness
 from image_search.sample import write_release
 from resources.vector_store import load_embeddings
 from tests.pause import PausePoint, kill_group
@@ -36,7 +36,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUCKETS_PER_RUN = 32
 #: Only a guard against a hung test: every wait below is for a condition, never a duration.
 GIVE_UP_S = 600
@@ -48,31 +47,16 @@ HOST = socket.gethostname()
 
 @pytest.fixture
 def pg_url():
-    """A fresh PostgreSQL database for one test's instance, dropped after (open connections included)."""
-    import psycopg2
-
-    name = f"image_search_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh PostgreSQL database for one test's instance, dropped after."""
+    with harness.database("image_search_test") as url:
+        yield url
 
 
 @pytest.fixture
 def broker_url():
-    """A fresh RabbitMQ virtual host for one test's broker, deleted after (its queues with it)."""
-    vhost = f"image-search-test-{uuid.uuid4().hex[:12]}"
-    rabbitmqctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([rabbitmqctl, "add_vhost", vhost], check=True, capture_output=True)
-    try:
-        subprocess.run([rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
-        yield f"pyamqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run([rabbitmqctl, "delete_vhost", vhost], check=True, capture_output=True)
+    """A fresh RabbitMQ virtual host for one test's broker, deleted after."""
+    with harness.broker("image-search-test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -91,7 +75,7 @@ def cluster_env(tmp_path, tiny_models, pg_url, broker_url, monkeypatch) -> dict[
         "DAGSTER_HOME": dagster_home,
         "DAGSTER_PG_URL": pg_url,
         "DAGSTER_CELERY_BROKER_URL": broker_url,
-        "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:6379/0",
+        "DAGSTER_CELERY_BACKEND_URL": harness.BACKEND_URL,
         "IMAGE_SEARCH_HOME": tmp_path / "home",
         "IMAGE_SEARCH_DATASET": tmp_path / "release",
         "IMAGE_SEARCH_IMAGE_MODEL": image_model,
@@ -106,7 +90,7 @@ def cluster_env(tmp_path, tiny_models, pg_url, broker_url, monkeypatch) -> dict[
 
     with DagsterInstance.ephemeral() as scratch:
         defs.resolve_job_def("ingest_release").execute_in_process(instance=scratch)
-    stop_sensors(env)
+    harness.stop_sensors(env)
     return env
 
 
@@ -115,44 +99,11 @@ def instance_of(env: dict[str, str]) -> DagsterInstance:
     return DagsterInstance.from_config(env["DAGSTER_HOME"])
 
 
-def stop_sensors(env: dict[str, str]) -> None:
-    """Stopped, as in the UI: on this fresh instance they would launch runs of their own."""
-    stops = [
-        subprocess.Popen(
-            [str(BIN / "dagster"), "sensor", "stop", "-w", "deploy/celery/workspace.yaml", name],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for name in ("release_sensor", "catalog_change_sensor", "automation_sensor")
-    ]
-    for stop in stops:
-        out, _ = stop.communicate()
-        assert stop.returncode == 0, out[-3000:]
-
-
 # -- the processes of the deployment ----------------------------------------------------
 
 
-def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``command`` in its own process group, output in ``log``."""
-    with log.open("w") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen:
-    """A worker "machine" as docs/scaling.md starts one: both queues, one step at a time."""
-    return spawn(
-        [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "deploy/celery/run_config.yaml",
-         "-n", name, "-q", "dagster,clip_model", "--", "--concurrency=1"],
-        env, log,
-    )
-
-
-def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return spawn([str(BIN / "dagster-daemon"), "run", "-w", "deploy/celery/workspace.yaml"], env, log)
-
-
 def start_backfill(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return spawn([str(BIN / "image-search"), "backfill", "--select", "group:vectors", "--wait"], env, log)
+    return harness.spawn([str(BIN / "image-search"), "backfill", "--select", "group:vectors", "--wait"], env, log)
 
 
 def until(condition, what: str, processes: dict[str, tuple[subprocess.Popen, Path]]):
@@ -242,9 +193,9 @@ def test_a_backfill_of_the_vectors_runs_its_steps_on_two_celery_workers(tmp_path
     # whatever the broker's order, worker b then takes and finishes steps meanwhile.
     with PausePoint("resources.locks:store_lock") as pause:
         processes = {
-            "worker a": (start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
-            "worker b": (start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
-            "daemon": (start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
+            "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
+            "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
+            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
         }
         try:
             backfill = start_backfill(env, tmp_path / "backfill.log")
@@ -279,9 +230,9 @@ def test_a_worker_killed_in_the_middle_of_a_step_hands_it_back_and_the_backfill_
     env, photos = cluster_env, photo_ids(cluster_env)
     with PausePoint("resources.locks:store_lock") as pause:
         processes = {
-            "worker a": (start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
-            "worker b": (start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
-            "daemon": (start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
+            "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
+            "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
+            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
         }
         try:
             backfill = start_backfill(env, tmp_path / "backfill.log")
@@ -345,16 +296,9 @@ def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_r
     }.items():
         monkeypatch.setenv(name, str(value))
     env = dict(os.environ)
-    stops = [
-        subprocess.Popen([str(BIN / "dagster"), "sensor", "stop", "-w", "workspace.yaml", name], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name in ("catalog_change_sensor", "automation_sensor")
-    ]
-    for stop in stops:
-        out, _ = stop.communicate()
-        assert stop.returncode == 0, out[-3000:]
+    harness.stop_sensors(env, ("catalog_change_sensor", "automation_sensor"), workspace="workspace.yaml")
     log = tmp_path / "daemon.log"
-    daemon = spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log)
+    daemon = harness.start_daemon(env, log, workspace="workspace.yaml")
     processes = {"daemon": (daemon, log)}
     try:
         until(lambda: sensor_skipped(env, "release_sensor"), "a release_sensor tick that found no release", processes)
@@ -384,23 +328,13 @@ class DatabaseDown:
     def __init__(self, pg_url: str):
         self.name = pg_url.rsplit("/", 1)[1]
 
-    def _admin(self, sql: str) -> None:
-        import psycopg2
-
-        admin = psycopg2.connect(PG_ADMIN)
-        admin.autocommit = True
-        try:
-            admin.cursor().execute(sql)
-        finally:
-            admin.close()
-
     def __enter__(self) -> "DatabaseDown":
-        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
-        self._admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}'")
+        harness.pg_admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+        harness.pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}'")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+        harness.pg_admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
 
 
 def test_image_search_materialize_rides_out_a_database_outage_and_keeps_what_was_written(tmp_path, tiny_models, pg_url, monkeypatch):
@@ -430,7 +364,7 @@ def test_image_search_materialize_rides_out_a_database_outage_and_keeps_what_was
 
     log = tmp_path / "materialize.log"
     with PausePoint("resources.vector_store:VectorStore.write_chunk#2") as pause:
-        child = spawn([str(BIN / "image-search"), "materialize", "--select", "group:vectors", "--partition-range", "b00...b63"],
+        child = harness.spawn([str(BIN / "image-search"), "materialize", "--select", "group:vectors", "--partition-range", "b00...b63"],
                       pause.env(env), log)
         try:
             pause.wait(child, log)
