@@ -21,17 +21,14 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
+from image_search import scale_harness as harness
 from image_search.bench import cpu_description
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ROOT, BIN = harness.ROOT, harness.BIN
 BUCKETS = 64
 
 
@@ -43,82 +40,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _admin(sql: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    try:
-        admin.cursor().execute(sql)
-    finally:
-        admin.close()
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, 9)
-        process.wait()
-
-
 def _round(workers: int, tmp: Path, release: Path, models: tuple[Path, Path], buckets_per_run: int) -> dict:
     """One backfill with ``workers`` workers on fresh services; its figures."""
-    name = f"image_search_bench_{uuid.uuid4().hex[:12]}"
-    vhost = f"image-search-bench-{uuid.uuid4().hex[:12]}"
     home = tmp / f"round-{workers}"
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(ROOT / "deploy" / "postgres" / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_SEARCH_", "DAGSTER_"))},
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DAGSTER_HOME": str(dagster_home),
-        "DAGSTER_PG_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
-        "DAGSTER_CELERY_BROKER_URL": f"pyamqp://guest:guest@127.0.0.1:5672/{vhost}",
-        "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:6379/0",
-        "IMAGE_SEARCH_HOME": str(home / "data"),
-        "IMAGE_SEARCH_DATASET": str(release),
-        "IMAGE_SEARCH_IMAGE_MODEL": str(models[0]),
-        "IMAGE_SEARCH_TEXT_MODEL": str(models[1]),
-        "IMAGE_SEARCH_BUCKETS_PER_RUN": str(buckets_per_run),
-        "IMAGE_SEARCH_DEVICE": "cpu",
-    }
-    _admin(f'CREATE DATABASE "{name}"')
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
     processes: list[subprocess.Popen] = []
-    try:
-        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
-        subprocess.run([str(BIN / "image-search"), "materialize", "--select", "group:ingestion"], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
-        for sensor in ("release_sensor", "catalog_change_sensor", "automation_sensor"):
-            subprocess.run([str(BIN / "dagster"), "sensor", "stop", "-w", "deploy/celery/workspace.yaml", sensor],
-                           cwd=ROOT, env=env, check=True, capture_output=True)
-        with _instance(env) as instance:
-            instance.event_log_storage.set_concurrency_slots("clip_model", workers)
-        processes.append(_spawn([str(BIN / "dagster-daemon"), "run", "-w", "deploy/celery/workspace.yaml"], env, home / "daemon.log"))
-        for n in range(workers):
-            processes.append(_spawn(
-                [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "deploy/celery/run_config.yaml",
-                 "-n", f"bench-{n}", "-q", "dagster,clip_model", "--", "--concurrency=1"],
-                env, home / f"worker-{n}.log",
-            ))
-        started = time.monotonic()
-        backfill = subprocess.run([str(BIN / "image-search"), "backfill", "--select", "group:vectors", "--wait"],
-                                  cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.monotonic() - started
-        if backfill.returncode != 0:
-            raise RuntimeError(f"the backfill with {workers} worker(s) failed:\n{backfill.stdout[-3000:]}{backfill.stderr[-3000:]}")
-        with _instance(env) as instance:
-            figures = _where_the_time_went(instance)
-    finally:
-        for process in processes:
-            _stop(process)
-        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with harness.database("image_search_bench") as pg_url, harness.broker("image-search-bench") as broker_url:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_SEARCH_", "DAGSTER_"))},
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "DAGSTER_HOME": str(dagster_home),
+            "DAGSTER_PG_URL": pg_url,
+            "DAGSTER_CELERY_BROKER_URL": broker_url,
+            "DAGSTER_CELERY_BACKEND_URL": harness.BACKEND_URL,
+            "IMAGE_SEARCH_HOME": str(home / "data"),
+            "IMAGE_SEARCH_DATASET": str(release),
+            "IMAGE_SEARCH_IMAGE_MODEL": str(models[0]),
+            "IMAGE_SEARCH_TEXT_MODEL": str(models[1]),
+            "IMAGE_SEARCH_BUCKETS_PER_RUN": str(buckets_per_run),
+            "IMAGE_SEARCH_DEVICE": "cpu",
+        }
+        try:
+            subprocess.run([str(BIN / "image-search"), "materialize", "--select", "group:ingestion"], cwd=ROOT, env=env,
+                           check=True, capture_output=True)
+            harness.stop_sensors(env)
+            with _instance(env) as instance:
+                instance.event_log_storage.set_concurrency_slots("clip_model", workers)
+            processes.append(harness.start_daemon(env, home / "daemon.log"))
+            processes.extend(harness.start_worker(env, f"bench-{n}", home / f"worker-{n}.log") for n in range(workers))
+            started = time.monotonic()
+            backfill = subprocess.run([str(BIN / "image-search"), "backfill", "--select", "group:vectors", "--wait"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True)
+            wall = time.monotonic() - started
+            if backfill.returncode != 0:
+                raise RuntimeError(f"the backfill with {workers} worker(s) failed:\n{backfill.stdout[-3000:]}{backfill.stderr[-3000:]}")
+            with _instance(env) as instance:
+                figures = _where_the_time_went(instance)
+        finally:
+            for process in processes:
+                harness.stop(process)
     return {"workers": workers, "wall_s": round(wall, 2), **figures}
 
 
