@@ -5,6 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU machine sets e.g. TORCH_SPEC='torch==2.13.0' with its CUDA index.
 TORCH_SPEC ?= torch==2.13.0
+# INSTANCE=postgres: the Dagster instance on PostgreSQL (deploy/postgres/dagster.yaml, the database
+# in DAGSTER_PG_URL), kept in .dagster-postgres; the default is the embedded SQLite one in .dagster.
+INSTANCE ?= sqlite
+ifeq ($(INSTANCE),postgres)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster-postgres
+endif
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 HOST ?= 127.0.0.1
 SERVE ?= 1
@@ -22,6 +28,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 demo: install
+ifeq ($(INSTANCE),postgres)
+	@test -n "$$DAGSTER_PG_URL" || { echo "make demo INSTANCE=postgres needs DAGSTER_PG_URL, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/dagster (docs/scaling.md)"; exit 2; }
+	@mkdir -p "$(DAGSTER_HOME)" && cp deploy/postgres/dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+endif
 	@HOST=$(HOST) SERVE=$(SERVE) SAMPLE=$(SAMPLE) VENV=$(VENV) bash scripts/demo.sh
 
 test: install

@@ -12,7 +12,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -25,7 +24,7 @@ from dagster import (
 
 from assets.automation import FOLLOW_CHECKED_PARENTS
 from assets.metadata import as_table
-from assets.partitions import photo_buckets
+from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.dagster_resources import ClipResource
@@ -40,6 +39,10 @@ PROGRESS_EVERY_S = 10.0
 #: Failed files listed in the metadata (the count covers the rest).
 SHOWN_FAILURES = 10
 VECTORS_VALID_CHECK = "vectors_valid"
+#: dagster-celery's step tag naming the Celery queue (dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG).
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+#: The Celery queue of the encoding steps, named after their pool.
+ENCODER_QUEUE = "clip_model"
 _NORM_TOLERANCE = 1e-3
 
 
@@ -74,10 +77,13 @@ def _encode(encoder, todo: list[tuple], writer: ChunkWriter, log) -> tuple[int, 
     group_name="vectors",
     kinds={"pytorch", "parquet"},
     partitions_def=photo_buckets,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BUCKETS_BACKFILL_POLICY,
     deps=["photo_catalog", "images"],
     code_version="1",
     pool="clip_model",
+    # On the Celery executor (deploy/celery) the pool caps encoders across all machines; their
+    # own queue, served on each machine by one worker of concurrency 1, caps them per machine.
+    op_tags={CELERY_QUEUE_TAG: ENCODER_QUEUE},
     description="One unit CLIP vector per stored image, as Parquet chunks under embeddings/<model key>/<bucket>/.",
     automation_condition=FOLLOW_CHECKED_PARENTS,
 )

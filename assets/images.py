@@ -17,7 +17,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Backoff,
-    BackfillPolicy,
     Failure,
     Jitter,
     MaterializeResult,
@@ -30,7 +29,7 @@ from dagster import (
 )
 from PIL import Image
 
-from assets.partitions import photo_buckets
+from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.downloader import Downloader, FetchResult, is_transient
@@ -117,7 +116,7 @@ def _manifest_row(result: FetchResult) -> dict:
     group_name="vectors",
     kinds={"python", "file"},
     partitions_def=photo_buckets,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BUCKETS_BACKFILL_POLICY,
     deps=["photo_catalog"],
     retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
     code_version="1",

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from resources.errors import ImageSearchError
 
 #: Modules under image_search/ that each add one benchmark through ``register(subparsers)``.
-BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_api", "bench_ingest", "bench_download", "bench_relevance", "bench_embed")
+BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_api", "bench_ingest", "bench_download", "bench_relevance", "bench_embed", "bench_scale")
 
 
 def cpu_description() -> str:

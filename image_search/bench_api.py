@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from image_search.bench import add_json_flag, print_figures
+
 LEVELS = (1, 4, 16)
 
 
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--docs", type=int, default=25_000, help="documents in the synthetic index (default 25000)")
     parser.add_argument("--requests", type=int, default=400, help="timed requests per concurrency level (default 400)")
     parser.add_argument("--queries", type=int, default=200, help="timed in-process queries for the baseline (default 200)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -150,7 +152,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Publish the synthetic index, time the in-process baseline, then load the API with batching on and off."""
-    from image_search.bench import cpu_description
     from image_search.bench_query import clustered_vectors, synthetic_documents
     from resources.backends.base import BuildInfo
     from resources.backends.local import LocalBackend
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.docs < 100 or args.requests < 50 or args.queries < 10:
         raise ImageSearchError("bench api needs --docs >= 100, --requests >= 50 and --queries >= 10")
     settings = Settings.from_env()
-    figures: dict[str, object] = {"cpu": cpu_description(), "docs": args.docs, "requests_per_level": args.requests}
+    figures: dict[str, object] = {"docs": args.docs, "requests_per_level": args.requests}
     figures["load_average_at_start"] = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         home = Path(tmp)
@@ -205,9 +206,4 @@ def run(args: argparse.Namespace) -> int:
     figures["c16_speedup_on_vs_off"] = round(on["c16"]["req_per_s"] / off["c16"]["req_per_s"], 2)
     figures["c1_p50_on_vs_baseline"] = round(on["c1"]["p50_ms"] / figures["baseline_bench_query_text_end_to_end"]["p50_ms"], 2)
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:<40} {value}")
-    return 0
+    return print_figures(args, figures, lambda shown: (f"{key:<40} {value}" for key, value in shown.items() if key != "cpu"))

@@ -181,35 +181,73 @@ def _root_message(error) -> str:
 
 def _watch(instance, child: subprocess.Popen, started: float, timeout: float, report: _RunReport) -> None:
     """Until ``child`` ends: show its run's lines, report its steps' waits for pool slots, recover dead
-    holders, give up after ``timeout``."""
-    from resources.run_recovery import pool_waits, recover_dead_runs, run_of_worker
+    holders, give up after ``timeout``.
 
-    waits = {}
+    The instance's database may not answer for a while (a restart, a failover, a cut
+    connection): that is reported once, and once more when it answers again; the run is
+    left alone meanwhile, since only its own steps know whether they can go on.
+    """
+    waits: dict = {}
+    unreachable = _database_errors()
+    outage = None
     while True:
         try:
             child.wait(timeout=POLL_S)
             return
         except subprocess.TimeoutExpired:
             pass
-        run_id = report.run_id = report.run_id or run_of_worker(instance, child.pid, started)
-        report.update()
-        if run_id is None or not any(pool_waits(instance, run_id)):
+        try:
+            _look(instance, report, waits, child, started, timeout)
+        except unreachable as exc:
+            if outage is None:
+                outage = time.monotonic()
+                _print([f"the instance's database does not answer ({_first_line(exc)}); the run goes on, looking again every {POLL_S:g} s"])
             continue
-        _print(recover_dead_runs(instance))
-        for blocked in pool_waits(instance, run_id):
-            wait = waits.setdefault((blocked.pool, blocked.step_key), Wait(timeout, since=blocked.since, clock=time.time))
-            holders = "; ".join(_holder(instance, holder) for holder in blocked.holders) or "no run (being handed over)"
-            if wait.report_due():
-                _print([
-                    f"{blocked.step_key} is waiting for a slot of pool {blocked.pool}, held by {holders}: "
-                    f"{wait.waited:.0f} s so far, giving up after {timeout:g} s"
-                ])
-            if wait.expired():
-                raise ImageSearchError(
-                    f"{blocked.step_key} waited {timeout:g} s for a slot of pool {blocked.pool}, held by {holders}: "
-                    "let that run finish or stop it (in the Dagster UI, or kill its worker), or raise "
-                    "IMAGE_SEARCH_LOCK_TIMEOUT, then run again"
-                )
+        if outage is not None:
+            _print([f"the instance's database answers again after {time.monotonic() - outage:.0f} s"])
+            outage = None
+
+
+def _look(instance, report: _RunReport, waits: dict, child: subprocess.Popen, started: float, timeout: float) -> None:
+    """One look at the instance for :func:`_watch`."""
+    from resources.run_recovery import pool_waits, recover_dead_runs, run_of_worker
+
+    run_id = report.run_id = report.run_id or run_of_worker(instance, child.pid, started)
+    report.update()
+    if run_id is None or not any(pool_waits(instance, run_id)):
+        return
+    _print(recover_dead_runs(instance))
+    for blocked in pool_waits(instance, run_id):
+        wait = waits.setdefault((blocked.pool, blocked.step_key), Wait(timeout, since=blocked.since, clock=time.time))
+        holders = "; ".join(_holder(instance, holder) for holder in blocked.holders) or "no run (being handed over)"
+        if wait.report_due():
+            _print([
+                f"{blocked.step_key} is waiting for a slot of pool {blocked.pool}, held by {holders}: "
+                f"{wait.waited:.0f} s so far, giving up after {timeout:g} s"
+            ])
+        if wait.expired():
+            raise ImageSearchError(
+                f"{blocked.step_key} waited {timeout:g} s for a slot of pool {blocked.pool}, held by {holders}: "
+                "let that run finish or stop it (in the Dagster UI, or kill its worker), or raise "
+                "IMAGE_SEARCH_LOCK_TIMEOUT, then run again"
+            )
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """What the instance's storage raises when its database does not answer."""
+    import sqlalchemy.exc
+
+    errors: list[type[BaseException]] = [sqlalchemy.exc.SQLAlchemyError]
+    try:
+        from dagster_postgres.utils import DagsterPostgresException
+    except ImportError:  # dagster-postgres (the `scale` extra) is not installed: the instance is not on PostgreSQL
+        return tuple(errors)
+    return (*errors, DagsterPostgresException)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
 
 
 def _holder(instance, run_id: str) -> str:

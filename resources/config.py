@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     stale_run_seconds: float = Field(
         3600.0, ge=0, description="seconds without events after which a run on a shared instance counts as dead"
     )
+    buckets_per_run: int = Field(
+        64, ge=1, le=64, description="photo buckets per run when a backfill of the vectors is split into runs"
+    )
     embed_batch_size: int = Field(0, ge=0, description="images per model call (0: automatic)")
     decode_workers: int = Field(0, ge=0, description="parallel image decoders (0: one per CPU core)")
     gpu_decode: bool = Field(True, description="decode JPEGs on the GPU when encoding on CUDA")

@@ -47,6 +47,7 @@ def test_variables_are_parsed_and_the_index_has_its_own_name(env, tmp_path):
         ({"gpu_decode": "maybe"}, "IMAGE_SEARCH_GPU_DECODE='maybe' is not a boolean: use true or false"),
         ({"download_timeout": "soon"}, "IMAGE_SEARCH_DOWNLOAD_TIMEOUT='soon' is not a number"),
         ({"backend": "elasticsearch"}, "IMAGE_SEARCH_BACKEND=elasticsearch needs IMAGE_SEARCH_ES_URL"),
+        ({"buckets_per_run": "0"}, "IMAGE_SEARCH_BUCKETS_PER_RUN='0' is out of range: use a number >= 1 and <= 64"),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_variable(env, values, message):

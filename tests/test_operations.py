@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -276,36 +277,41 @@ def test_project_instance_enables_run_retries_monitoring_and_pools(tmp_path):
 
 # -- scale-out --------------------------------------------------------------------------
 
-EXECUTORS = {"k8s": "k8s", "celery": "celery"}
-
-
 def _load_deploy_defs(name: str):
     namespace = runpy.run_path(str(ROOT / "deploy" / name / f"{name}_definitions.py"))
     return namespace["defs"]
 
 
-@pytest.mark.parametrize("name", sorted(EXECUTORS))
-def test_definitions_validate_with_each_executor_and_its_run_config(name, monkeypatch):
-    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "pyamqp://guest@127.0.0.1:5672//")
-    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/0")
-    defs = _load_deploy_defs(name)
+def test_the_k8s_definitions_validate_with_their_run_config():
+    defs = _load_deploy_defs("k8s")
     Definitions.validate_loadable(defs)
-    run_config = yaml.safe_load((ROOT / "deploy" / name / "run_config.yaml").read_text())
+    run_config = yaml.safe_load((ROOT / "deploy" / "k8s" / "run_config.yaml").read_text())
     for job_name in ("ingest_release", "update_vectors", "publish_index"):
         job = defs.resolve_job_def(job_name)
-        assert job.executor_def.name == EXECUTORS[name]
-        assert EXECUTORS[name] in validate_run_config(job, run_config)["execution"]
+        assert job.executor_def.name == "k8s"
+        assert "k8s" in validate_run_config(job, run_config)["execution"]
     assert defs.resolve_job_def("update_vectors").partitions_def is not None
 
 
-def test_celery_workers_accept_the_same_config_file(monkeypatch):
+def test_celery_runs_need_no_run_config_and_reach_the_broker_the_workers_start_with(monkeypatch):
+    """A run launched by a sensor, a schedule or a backfill carries no run config, so the runs' executor
+    must be configured from the file the workers start with (read here by dagster-celery's own worker
+    CLI code): the same broker, backend and Celery settings, taken from the same variables."""
     from dagster_celery.cli import get_validated_config
 
-    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "pyamqp://guest@127.0.0.1:5672//")
-    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/0")
-    config = get_validated_config(str(ROOT / "deploy" / "celery" / "run_config.yaml"))
-    assert config["broker"] == "pyamqp://guest@127.0.0.1:5672//"
-    assert config["config_source"]["task_acks_late"] is True
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", f"pyamqp://guest@127.0.0.1:5672/{uuid.uuid4().hex}")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/7")
+    defs = _load_deploy_defs("celery")
+    Definitions.validate_loadable(defs)
+    workers = get_validated_config(str(ROOT / "deploy" / "celery" / "run_config.yaml"))
+    for job_name in ("ingest_release", "update_vectors", "publish_index"):
+        job = defs.resolve_job_def(job_name)
+        assert job.executor_def.name == "celery"
+        validate_run_config(job, {})
+        runs = job.executor_def.config_schema.resolve_config({})
+        assert runs.success and runs.value["config"] == workers, job_name
+    assert workers["broker"] == os.environ["DAGSTER_CELERY_BROKER_URL"]
+    assert workers["config_source"]["task_acks_late"], "a worker that dies must hand its step back"
 
 
 @pytest.mark.parametrize("workspace", ["workspace.yaml", "deploy/k8s/workspace.yaml", "deploy/celery/workspace.yaml"])
