@@ -93,12 +93,17 @@ def start_daemon(env: dict[str, str], log: Path, workspace: str = CELERY_WORKSPA
 
 def stop_sensors(env: dict[str, str], names: tuple[str, ...] = SENSORS, workspace: str = CELERY_WORKSPACE) -> None:
     """Stop the sensors ``names``, as in the UI (on a fresh instance they would launch runs of their own)."""
-    stops = [
-        subprocess.Popen([str(BIN / "dagster"), "sensor", "stop", "-w", workspace, name], cwd=ROOT, env=env,
+    switch(env, "sensor", "stop", names, workspace)
+
+
+def switch(env: dict[str, str], kind: str, action: str, names: tuple[str, ...], workspace: str = CELERY_WORKSPACE) -> None:
+    """``dagster <kind> <action>`` for each of ``names`` (``kind`` sensor or schedule, ``action`` start or stop)."""
+    calls = [
+        subprocess.Popen([str(BIN / "dagster"), kind, action, "-w", workspace, name], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name in names
     ]
-    for name, process in zip(names, stops):
+    for name, process in zip(names, calls):
         out, _ = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"dagster sensor stop {name} failed:\n{out[-3000:]}")
+            raise RuntimeError(f"dagster {kind} {action} {name} failed:\n{out[-3000:]}")

@@ -277,8 +277,12 @@ def finished_runs(env: dict[str, str], trigger: str) -> list:
 
 def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_run_at_a_time(tmp_path, tiny_models, pg_url, monkeypatch):
     """A release folder appears after the sensor has looked and found none: the sensor queues a refresh,
-    the run queue launches it; the schedule (every minute here) queues its own; with
-    ``max_concurrent_runs: 1`` in the instance profile no two runs ever overlap."""
+    the run queue launches it; then the schedule (every minute here) queues its own; with
+    ``max_concurrent_runs: 1`` in the instance profile no two runs ever overlap.
+
+    The schedule starts stopped and is started (as in the UI) only once the sensor's run has
+    finished: a scheduled refresh that ingested the new release first would leave the sensor
+    nothing new to find, so the test would race the minute boundary."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     profile = yaml.safe_load((ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())
@@ -297,6 +301,7 @@ def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_r
         monkeypatch.setenv(name, str(value))
     env = dict(os.environ)
     harness.stop_sensors(env, ("catalog_change_sensor", "automation_sensor"), workspace="workspace.yaml")
+    harness.switch(env, "schedule", "stop", ("refresh_schedule",), workspace="workspace.yaml")
     log = tmp_path / "daemon.log"
     daemon = harness.start_daemon(env, log, workspace="workspace.yaml")
     processes = {"daemon": (daemon, log)}
@@ -304,6 +309,7 @@ def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_r
         until(lambda: sensor_skipped(env, "release_sensor"), "a release_sensor tick that found no release", processes)
         write_release(tmp_path / "incoming", photos=12, seed=72)
         (sensed,) = until(lambda: finished_runs(env, "new_release"), "a finished run of the release sensor", processes)
+        harness.switch(env, "schedule", "start", ("refresh_schedule",), workspace="workspace.yaml")
         scheduled = until(lambda: finished_runs(env, "schedule"), "a finished run of the schedule", processes)
     finally:
         kill_group(daemon)
