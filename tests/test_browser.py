@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,22 @@ def page_url(search_home: Path, tiny_models, tmp_path: Path):
         log.close()
 
 
+@contextmanager
+def _browser_page():
+    """A page of Debian's Chromium, sized for the results grid, with one generous wait for every step."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def _wait_until_idle(page) -> None:
     """Wait for the page's script run to finish, so a click lands on the widgets it rendered.
 
@@ -86,85 +103,71 @@ def _wait_until_idle(page) -> None:
 
 
 def test_search_upload_and_more_like_this_in_a_real_browser(page_url: str, search_home: Path, sample_release: Path, tmp_path: Path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     photo_id = pd.read_parquet(Settings(home=search_home).catalog_path)["photo_id"].iloc[5]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)
-            page.goto(f"{page_url}/?k=8")
-            like = page.get_by_role("button", name="More like this", exact=True)
+    with _browser_page() as page:
+        page.goto(f"{page_url}/?k=8")
+        like = page.get_by_role("button", name="More like this", exact=True)
 
-            _wait_until_idle(page)
-            page.get_by_label("Search in any language").fill("红色的圆")
-            page.get_by_role("button", name="Search", exact=True).click()
-            expect(page.get_by_text("8 results for “红色的圆” (vector)")).to_be_visible()
-            expect(like).to_have_count(8)
-            assert "q=%E7%BA%A2" in page.url and "k=8" in page.url
-            expect(page.get_by_text("cosine").first).to_be_visible()
-            expect(page.get_by_role("link", name="Photo").first).to_be_visible()
+        _wait_until_idle(page)
+        page.get_by_label("Search in any language").fill("红色的圆")
+        page.get_by_role("button", name="Search", exact=True).click()
+        expect(page.get_by_text("8 results for “红色的圆” (vector)")).to_be_visible()
+        expect(like).to_have_count(8)
+        assert "q=%E7%BA%A2" in page.url and "k=8" in page.url
+        expect(page.get_by_text("cosine").first).to_be_visible()
+        expect(page.get_by_role("link", name="Photo").first).to_be_visible()
 
-            _wait_until_idle(page)
-            page.locator("input[type=file]").set_input_files(str(sample_release / "images" / f"{photo_id}.jpg"))
-            expect(page.get_by_text("8 results for your photo")).to_be_visible()
-            expect(page.get_by_text("Your photo", exact=True)).to_be_visible()
-            assert "q=" not in page.url
+        _wait_until_idle(page)
+        page.locator("input[type=file]").set_input_files(str(sample_release / "images" / f"{photo_id}.jpg"))
+        expect(page.get_by_text("8 results for your photo")).to_be_visible()
+        expect(page.get_by_text("Your photo", exact=True)).to_be_visible()
+        assert "q=" not in page.url
 
-            _wait_until_idle(page)
-            like.first.click()
-            expect(page.get_by_text("The photo you started from")).to_be_visible()
-            heading = page.get_by_text("8 results for photo")
-            expect(heading).to_be_visible()
-            expect(like).to_have_count(8)
-            assert "like=" in page.url
-            shared = page.url
-            page.wait_for_load_state("networkidle")
-            # Streamlit scrolls inside its own container, so a tall viewport is what shows every result.
-            page.set_viewport_size({"width": 1400, "height": 2200})
-            page.screenshot(path=str(tmp_path / "more-like-this.png"), full_page=True)
+        _wait_until_idle(page)
+        like.first.click()
+        expect(page.get_by_text("The photo you started from")).to_be_visible()
+        heading = page.get_by_text("8 results for photo")
+        expect(heading).to_be_visible()
+        expect(like).to_have_count(8)
+        assert "like=" in page.url
+        shared = page.url
+        page.wait_for_load_state("networkidle")
+        # Streamlit scrolls inside its own container, so a tall viewport is what shows every result.
+        page.set_viewport_size({"width": 1400, "height": 2200})
+        page.screenshot(path=str(tmp_path / "more-like-this.png"), full_page=True)
 
-            # The address alone reproduces the search in a fresh tab.
-            other = browser.new_page(viewport={"width": 1400, "height": 1100})
-            other.goto(shared)
-            expect(other.get_by_text("The photo you started from")).to_be_visible()
-            expect(other.get_by_role("button", name="More like this", exact=True)).to_have_count(8)
-        finally:
-            browser.close()
+        # The address alone reproduces the search in a fresh tab.
+        other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+        other.goto(shared)
+        expect(other.get_by_text("The photo you started from")).to_be_visible()
+        expect(other.get_by_role("button", name="More like this", exact=True)).to_have_count(8)
     assert (tmp_path / "more-like-this.png").stat().st_size > 10_000
 
 
 def test_more_like_this_and_words_without_words_in_a_real_browser(page_url: str, search_home: Path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     photo_id = pd.read_parquet(Settings(home=search_home).catalog_path)["photo_id"].iloc[9]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)
-            page.goto(f"{page_url}/?k=6&like={photo_id}")
-            expect(page.get_by_text(f"6 results for photo {photo_id}", exact=True)).to_be_visible()
+    with _browser_page() as page:
+        page.goto(f"{page_url}/?k=6&like={photo_id}")
+        expect(page.get_by_text(f"6 results for photo {photo_id}", exact=True)).to_be_visible()
 
-            _wait_until_idle(page)
-            page.get_by_role("textbox", name="More like this, and…").fill("at night")
-            page.get_by_role("textbox", name="More like this, and…").press("Enter")
-            expect(page.get_by_text(f"6 results for photo {photo_id} and “at night”", exact=True)).to_be_visible()
+        _wait_until_idle(page)
+        page.get_by_role("textbox", name="More like this, and…").fill("at night")
+        page.get_by_role("textbox", name="More like this, and…").press("Enter")
+        expect(page.get_by_text(f"6 results for photo {photo_id} and “at night”", exact=True)).to_be_visible()
 
-            _wait_until_idle(page)
-            page.get_by_role("textbox", name="Without").fill("人群")
-            page.get_by_role("textbox", name="Without").press("Enter")
-            expect(page.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
-            expect(page.get_by_role("button", name="More like this", exact=True)).to_have_count(6)
-            assert "also=at+night" in page.url and "without=%E4%BA%BA" in page.url
+        _wait_until_idle(page)
+        page.get_by_role("textbox", name="Without").fill("人群")
+        page.get_by_role("textbox", name="Without").press("Enter")
+        expect(page.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
+        expect(page.get_by_role("button", name="More like this", exact=True)).to_have_count(6)
+        assert "also=at+night" in page.url and "without=%E4%BA%BA" in page.url
 
-            # The steered search is in the address: a fresh tab runs it again.
-            other = browser.new_page(viewport={"width": 1400, "height": 1100})
-            other.goto(page.url)
-            expect(other.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
-            expect(other.get_by_role("textbox", name="More like this, and…")).to_have_value("at night")
-        finally:
-            browser.close()
+        # The steered search is in the address: a fresh tab runs it again.
+        other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+        other.goto(page.url)
+        expect(other.get_by_text(f"6 results for photo {photo_id} and “at night” without “人群”", exact=True)).to_be_visible()
+        expect(other.get_by_role("textbox", name="More like this, and…")).to_have_value("at night")
