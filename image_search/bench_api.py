@@ -1,13 +1,14 @@
 """``image-search bench api``: the HTTP API under load, query micro-batching on against off.
 
 Publishes a synthetic local index (the documents and clustered vectors of ``bench query``)
-in a temporary folder, then for each setting of ``IMAGE_SEARCH_QUERY_BATCHING`` starts a
-real ``image-search api`` process on 127.0.0.1 and loads it from this process: a fixed
-number of text searches at each concurrency level (persistent connections, one thread per
-client, each sending its next request when the last one is answered), reporting requests
-per second and p50/p99 latency per level. The baseline beside it, measured in the same run:
-``bench query``'s text end-to-end figure (the query service called in-process, one query at
-a time, no HTTP). Method and latest figures: docs/api.md.
+in a temporary folder, starts two real ``image-search api`` processes on 127.0.0.1 over it,
+one with ``IMAGE_SEARCH_QUERY_BATCHING`` off and one with it on, and loads them from this
+process: a fixed number of text searches at each concurrency level (persistent connections,
+one thread per client, each sending its next request when the last one is answered),
+reporting requests per second and p50/p99 latency per level. The baseline beside it: ``bench
+query``'s text end-to-end figure (the query service called in-process, one query at a time,
+no HTTP). The arms take turns in rounds, so a machine that speeds up or slows down during the
+run moves all of them alike. Method and latest figures: docs/api.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from image_search.bench import add_json_flag, print_figures
 
 LEVELS = (1, 4, 16)
+ROUNDS = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--docs", type=int, default=25_000, help="documents in the synthetic index (default 25000)")
     parser.add_argument("--requests", type=int, default=400, help="timed requests per concurrency level (default 400)")
     parser.add_argument("--queries", type=int, default=200, help="timed in-process queries for the baseline (default 200)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"turns the arms take at each level, each with its share of the requests (default {ROUNDS})")
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -52,6 +56,11 @@ def _texts(n: int) -> list[str]:
     from image_search.bench_query import QUERIES
 
     return [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(n)]
+
+
+def _share(items: list, turn: int, rounds: int) -> list:
+    """Round ``turn``'s share of ``items``: the shares of all rounds together are ``items``."""
+    return items[turn::rounds]
 
 
 def _free_port() -> int:
@@ -151,7 +160,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Publish the synthetic index, time the in-process baseline, then load the API with batching on and off."""
+    """Publish the synthetic index, then time the baseline and both servers in turns at each level."""
     from image_search.bench_query import clustered_vectors, synthetic_documents
     from resources.backends.base import BuildInfo
     from resources.backends.local import LocalBackend
@@ -159,10 +168,10 @@ def run(args: argparse.Namespace) -> int:
     from resources.errors import ImageSearchError
     from search_app.service import SearchService, _open_encoder
 
-    if args.docs < 100 or args.requests < 50 or args.queries < 10:
-        raise ImageSearchError("bench api needs --docs >= 100, --requests >= 50 and --queries >= 10")
+    if args.docs < 100 or args.requests < 50 or args.queries < 10 or not 1 <= args.rounds <= 10:
+        raise ImageSearchError("bench api needs --docs >= 100, --requests >= 50, --queries >= 10 and --rounds 1 to 10")
     settings = Settings.from_env()
-    figures: dict[str, object] = {"docs": args.docs, "requests_per_level": args.requests}
+    figures: dict[str, object] = {"docs": args.docs, "requests_per_level": args.requests, "rounds": args.rounds}
     figures["load_average_at_start"] = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         home = Path(tmp)
@@ -175,32 +184,48 @@ def run(args: argparse.Namespace) -> int:
         backend = LocalBackend(home_settings)
         backend.build(synthetic_documents(args.docs, seed=0), vectors,
                       BuildInfo.for_vectors(encoder.image_model_id, encoder.text_model_id, vectors))
-
         service = SearchService(backend, home_settings, encoder=encoder)
-        texts = _texts(args.queries)
-        service.search_text(texts[0], k=10)
-        times = []
-        for text in texts:
-            started = time.perf_counter()
-            service.search_text(text, k=10)
-            times.append(time.perf_counter() - started)
-        figures["baseline_bench_query_text_end_to_end"] = _ms(times)
-        del service, encoder
+        service.search_text("warm up", k=10)
 
-        for batching in (False, True):
-            label = "batching_on" if batching else "batching_off"
-            process, port = _serve(home, batching)
-            try:
-                levels = {}
-                for concurrency in LEVELS:
+        def in_process(texts: list[str]) -> list[float]:
+            times = []
+            for text in texts:
+                started = time.perf_counter()
+                service.search_text(text, k=10)
+                times.append(time.perf_counter() - started)
+            return times
+
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
+        try:
+            for label, batching in (("batching_off", False), ("batching_on", True)):
+                servers[label] = _serve(home, batching)
+            baseline: list[float] = []
+            levels: dict[str, dict[str, object]] = {label: {} for label in servers}
+            for concurrency in LEVELS:
+                for _, port in servers.values():
                     _load(port, _texts(2 * concurrency), concurrency)
-                    wall, latencies = _load(port, _texts(args.requests), concurrency)
-                    levels[f"c{concurrency}"] = {"req_per_s": round(len(latencies) / wall, 1), **_ms(latencies)}
+                walls = {label: 0.0 for label in servers}
+                latencies: dict[str, list[float]] = {label: [] for label in servers}
+                for turn in range(args.rounds):
+                    arms = [*servers, *(["baseline"] if concurrency == 1 else [])]
+                    for arm in arms[turn % len(arms):] + arms[:turn % len(arms)]:
+                        if arm == "baseline":
+                            baseline += in_process(_share(_texts(args.queries), turn, args.rounds))
+                            continue
+                        wall, took = _load(servers[arm][1], _share(_texts(args.requests), turn, args.rounds), concurrency)
+                        walls[arm] += wall
+                        latencies[arm] += took
+                for label in servers:
+                    levels[label][f"c{concurrency}"] = {
+                        "req_per_s": round(len(latencies[label]) / walls[label], 1), **_ms(latencies[label])}
+            for label, (_, port) in servers.items():
                 info = json.loads(_get(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "/info"))
-                levels["server_batching"] = info["batching"]
-                figures[label] = levels
-            finally:
+                levels[label]["server_batching"] = info["batching"]
+        finally:
+            for process, _ in servers.values():
                 _stop(process)
+    figures["baseline_bench_query_text_end_to_end"] = _ms(baseline)
+    figures.update(levels)
 
     on, off = figures["batching_on"], figures["batching_off"]
     figures["c16_speedup_on_vs_off"] = round(on["c16"]["req_per_s"] / off["c16"]["req_per_s"], 2)

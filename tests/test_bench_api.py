@@ -25,12 +25,12 @@ def test_bench_api_reports_every_level_with_batching_on_and_off(tiny_models, tmp
     )
     out = subprocess.run(
         [sys.executable, "-m", "image_search.cli", "bench", "api", "--docs", "500", "--requests", "50",
-         "--queries", "10", "--json"],
+         "--queries", "10", "--rounds", "2", "--json"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
     )
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert figures["docs"] == 500 and "CPUs" in figures["cpu"]
+    assert figures["docs"] == 500 and figures["rounds"] == 2 and "CPUs" in figures["cpu"]
     assert 0 < figures["baseline_bench_query_text_end_to_end"]["p50_ms"]
     for label in ("batching_on", "batching_off"):
         for level in ("c1", "c4", "c16"):
