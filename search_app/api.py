@@ -272,11 +272,14 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 
 def _filters(
-    orientation: Annotated[Literal[ORIENTATIONS] | None, Query(description="landscape, portrait or square")] = None,  # type: ignore[valid-type]
-    color: Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="a colour keyword, e.g. red")] = None,
-    country: Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="the photo's country, any case")] = None,
-    since: Annotated[dt.date | None, Query(description="submitted on or after this day (YYYY-MM-DD)")] = None,
-    until: Annotated[dt.date | None, Query(description="submitted on or before this day (YYYY-MM-DD)")] = None,
+    orientation: Orientation = None, color: Color = None, country: Country = None, since: Since = None, until: Until = None,
+) -> Filters:
+    return _checked_filters(orientation, color, country, since, until)
+
+
+def _form_filters(
+    orientation: FormOrientation = None, color: FormColor = None, country: FormCountry = None,
+    since: FormSince = None, until: FormUntil = None,
 ) -> Filters:
     return _checked_filters(orientation, color, country, since, until)
 
@@ -300,11 +303,23 @@ def _response(query: dict[str, Any], mode: str, filters: Filters, results: list[
     return {"query": query, "mode": mode, "filters": _shown(filters), "results": [r.to_dict() for r in results]}
 
 
-K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many results (1-{MAX_K})")]
-MinScore = Annotated[
-    float | None, Query(ge=-1e6, le=1e6, description="drop results below this cosine (BM25 score in keyword mode)")
-]
-HideDuplicates = Annotated[bool, Query(description="only the best photo of each near-duplicate group")]
+def _option_types(param: Callable[..., Any]) -> tuple:
+    """The options every search takes, as ``param`` (``Query`` for GET, ``Form`` for a multipart POST) fields."""
+    return (
+        Annotated[int, param(ge=1, le=MAX_K, description=f"how many results (1-{MAX_K})")],
+        Annotated[float | None, param(
+            ge=-1e6, le=1e6, description="drop results below this cosine (BM25 score in keyword mode)")],
+        Annotated[bool, param(description="only the best photo of each near-duplicate group")],
+        Annotated[Literal[ORIENTATIONS] | None, param(description="landscape, portrait or square")],  # type: ignore[valid-type]
+        Annotated[str | None, param(max_length=MAX_FILTER_CHARS, description="a colour keyword, e.g. red")],
+        Annotated[str | None, param(max_length=MAX_FILTER_CHARS, description="the photo's country, any case")],
+        Annotated[dt.date | None, param(description="submitted on or after this day (YYYY-MM-DD)")],
+        Annotated[dt.date | None, param(description="submitted on or before this day (YYYY-MM-DD)")],
+    )
+
+
+K, MinScore, HideDuplicates, Orientation, Color, Country, Since, Until = _option_types(Query)
+FormK, FormMinScore, FormHideDuplicates, FormOrientation, FormColor, FormCountry, FormSince, FormUntil = _option_types(Form)
 _KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required when the server has a key")
 ApiKey = Annotated[str | None, Security(_KEY_HEADER)]
 PhotoId = Annotated[str, PathParam(min_length=1, max_length=MAX_PHOTO_ID_CHARS, description="an indexed photo's id")]
@@ -412,17 +427,12 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
     )
     async def search_image(
         image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP image; its name and type are not trusted")],
-        k: Annotated[int, Form(ge=1, le=MAX_K)] = DEFAULT_K,
-        min_score: Annotated[float | None, Form(ge=-1e6, le=1e6)] = None,
-        orientation: Annotated[Literal[ORIENTATIONS] | None, Form()] = None,  # type: ignore[valid-type]
-        color: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
-        country: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
-        since: Annotated[dt.date | None, Form()] = None,
-        until: Annotated[dt.date | None, Form()] = None,
-        hide_duplicates: Annotated[bool, Form()] = True,
+        filters: Annotated[Filters, Depends(_form_filters)],
+        k: FormK = DEFAULT_K,
+        min_score: FormMinScore = None,
+        hide_duplicates: FormHideDuplicates = True,
     ) -> dict[str, Any]:
         """Photos that look like an uploaded image (multipart form; the image is checked, never trusted)."""
-        filters = _checked_filters(orientation, color, country, since, until)
         data = await image.read()
         results = await run(
             service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
@@ -434,6 +444,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         responses={400: _ERRORS[400], 404: _ERRORS[404], 413: _ERRORS[413]}, tags=["search"],
     )
     async def search_composed(
+        filters: Annotated[Filters, Depends(_form_filters)],
         parts: Annotated[str | None, Form(
             max_length=64 * 1024,
             description='the parts as JSON, e.g. [{"photo_id": "abc"}, {"text": "at night"}, '
@@ -444,22 +455,16 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
             description='or the CLI\'s syntax, e.g. "beach" - people + 0.5*photo:abc + image:0 (image:N is an upload)',
         )] = None,
         images: Annotated[list[UploadFile], File(description="the images the parts name, numbered from 0")] = [],
-        k: Annotated[int, Form(ge=1, le=MAX_K)] = DEFAULT_K,
-        min_score: Annotated[float | None, Form(ge=-1e6, le=1e6)] = None,
-        mode: Annotated[Mode, Form()] = "vector",
-        orientation: Annotated[Literal[ORIENTATIONS] | None, Form()] = None,  # type: ignore[valid-type]
-        color: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
-        country: Annotated[str | None, Form(max_length=MAX_FILTER_CHARS)] = None,
-        since: Annotated[dt.date | None, Form()] = None,
-        until: Annotated[dt.date | None, Form()] = None,
-        hide_duplicates: Annotated[bool, Form()] = True,
+        k: FormK = DEFAULT_K,
+        min_score: FormMinScore = None,
+        mode: Annotated[Mode, Form(description="how the words match")] = "vector",
+        hide_duplicates: FormHideDuplicates = True,
     ) -> dict[str, Any]:
         """Like these words, images and photos, unlike those: the normalised weighted sum of the parts' vectors.
 
         In keyword and hybrid modes the words take part as keywords too (negative words keep
         their photos out of the keyword list). A multipart form, so image parts can be uploads.
         """
-        filters = _checked_filters(orientation, color, country, since, until)
         if len(images) > MAX_PARTS:
             raise ImageSearchError(f"{len(images)} images were uploaded: use at most {MAX_PARTS}")
         uploads = [await image.read() for image in images]
