@@ -128,7 +128,7 @@ def holds_store_locks(stage: str):
             with ExitStack() as held:
                 left_by = Counter()
                 for path, what in targets:
-                    dead = held.enter_context(store_lock(path, what, settings.lock_timeout, context.log.info, context.run_id))
+                    dead = held.enter_context(store_lock(path, what, settings.lock_timeout, context.log.info, context.run.run_id))
                     if dead is not None:
                         left_by[dead] += 1
                 for holder, count in left_by.items():
