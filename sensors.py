@@ -155,6 +155,15 @@ def bucket_ranges(buckets: list[str]) -> list[tuple[str, str]]:
     return ranges
 
 
+def requested_buckets(requests: list[RunRequest]) -> list[str]:
+    """The buckets ``requests`` cover, in request order: the inverse of :func:`bucket_ranges` over their range tags."""
+    buckets: list[str] = []
+    for request in requests:
+        first, last = (BUCKET_KEYS.index(request.tags[tag]) for tag in (RANGE_START_TAG, RANGE_END_TAG))
+        buckets += BUCKET_KEYS[first : last + 1]
+    return buckets
+
+
 @sensor(
     job=vectors_job,
     minimum_interval_seconds=30,

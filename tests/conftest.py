@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from image_search.tiny_models import write_tiny_models
+from resources.config import Settings
+from search_app.service import SearchService
 
 LAYERS = ("unit", "integration", "e2e")
 
@@ -94,6 +97,26 @@ def search_home(tmp_path_factory: pytest.TempPathFactory, sample_release: Path, 
     )
     materialize([search_index, index_matches_catalog, index_self_retrieval], resources=resources, instance=instance)
     return home
+
+
+@pytest.fixture(scope="module")
+def settings(search_home: Path) -> Settings:
+    """:func:`search_home`'s settings, default models on purpose: the service must take the models from the build.
+
+    With ``service`` and ``catalog``, what the tests over the generated index share; a module
+    that needs other settings or another service defines its own fixture of the same name.
+    """
+    return Settings(home=search_home)
+
+
+@pytest.fixture(scope="module")
+def service(settings: Settings) -> SearchService:
+    return SearchService.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def catalog(settings: Settings) -> pd.DataFrame:
+    return pd.read_parquet(settings.catalog_path)
 
 
 @pytest.fixture(scope="module")

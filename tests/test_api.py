@@ -28,11 +28,6 @@ KEY = "k" * 8 + "-test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def settings(search_home: Path) -> Settings:
-    return Settings(home=search_home)
-
-
-@pytest.fixture(scope="module")
 def service(settings: Settings, one_torch_thread) -> SearchService:
     return SearchService.from_settings(settings)
 
@@ -41,11 +36,6 @@ def service(settings: Settings, one_torch_thread) -> SearchService:
 def client(service: SearchService, settings: Settings):
     with TestClient(create_app(service, settings), raise_server_exceptions=False) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.catalog_path)
 
 
 def jpeg_of(path: Path) -> bytes:

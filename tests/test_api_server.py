@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.cli import clean_env, image_search
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +26,7 @@ def free_port() -> int:
 
 def start(home: Path, *args: str, key: str | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    env.update(IMAGE_SEARCH_HOME=str(home), OMP_NUM_THREADS="1")
+    env = clean_env(IMAGE_SEARCH_HOME=home, OMP_NUM_THREADS="1")
     if key:
         env["IMAGE_SEARCH_API_KEY"] = key
     process = subprocess.Popen(
@@ -86,10 +86,8 @@ def test_a_real_server_on_loopback_answers_searches_and_survives_bad_uploads(sea
 
 
 def test_beyond_loopback_it_refuses_to_start_without_a_key_and_enforces_one(search_home: Path):
-    refused = subprocess.run(
-        [sys.executable, "-m", "image_search.cli", "api", "--host", "0.0.0.0", "--port", str(free_port())],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}, "IMAGE_SEARCH_HOME": str(search_home)},
-        capture_output=True, text=True, timeout=120,
+    refused = image_search(
+        "api", "--host", "0.0.0.0", "--port", str(free_port()), env=clean_env(IMAGE_SEARCH_HOME=search_home), timeout=120
     )
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.cli import image_search, tiny_env
 
-ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.e2e
 
 
 def test_bench_api_reports_every_level_with_batching_on_and_off(tiny_models, tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    env.update(
-        IMAGE_SEARCH_HOME=str(tmp_path),
-        IMAGE_SEARCH_IMAGE_MODEL=str(tiny_models[0]),
-        IMAGE_SEARCH_TEXT_MODEL=str(tiny_models[1]),
-        IMAGE_SEARCH_PRECISION="fp32",
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "image_search.cli", "bench", "api", "--docs", "500", "--requests", "50",
-         "--queries", "10", "--rounds", "2", "--json"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+    out = image_search(
+        "bench", "api", "--docs", "500", "--requests", "50", "--queries", "10", "--rounds", "2", "--json",
+        env=tiny_env(tmp_path, tiny_models, IMAGE_SEARCH_PRECISION="fp32"), timeout=600,
     )
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])

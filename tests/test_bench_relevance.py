@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from image_search.bench_relevance import hold_out, ndcg_at_k, query_set, random_baseline, recall_at_k
+from tests.cli import image_search, tiny_env
 
 pytestmark = pytest.mark.e2e
 
@@ -109,16 +107,7 @@ def embedded_home(tmp_path_factory, search_home, tiny_models):
 
 
 def _bench(home, tiny_models, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    env.update(
-        IMAGE_SEARCH_HOME=str(home),
-        IMAGE_SEARCH_IMAGE_MODEL=str(tiny_models[0]),
-        IMAGE_SEARCH_TEXT_MODEL=str(tiny_models[1]),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "image_search.cli", "bench", "relevance", *args],
-        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=300,
-    )
+    return image_search("bench", "relevance", *args, env=tiny_env(home, tiny_models))
 
 
 def _bench_in_process(home, tiny_models, monkeypatch, capsys, *args: str) -> str:

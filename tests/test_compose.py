@@ -36,21 +36,6 @@ def _rank(results, photo_id: str) -> int:
 # -- the generated index: real tiny models, real materializations ------------------------
 
 
-@pytest.fixture(scope="module")
-def settings(search_home: Path) -> Settings:
-    return Settings(home=search_home)
-
-
-@pytest.fixture(scope="module")
-def service(settings: Settings) -> SearchService:
-    return SearchService.from_settings(settings)
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.catalog_path)
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_one_text_part_is_exactly_search_text(service: SearchService, catalog: pd.DataFrame, mode: str):
     word = catalog["describe"].dropna().iloc[3].split()[0]

@@ -16,6 +16,7 @@ from assets.duplicates import (
     select_vectors,
 )
 from resources.dagster_resources import ClipResource, SettingsResource
+from tests.cli import clean_env, image_search
 
 pytestmark = pytest.mark.e2e
 
@@ -302,20 +303,12 @@ def test_no_or_damaged_groups_change_nothing(service, collapse_home, caplog):
 
 def test_cli_hides_duplicates_by_default_and_shows_them_on_request(collapse_home):
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     seed = pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"][0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    env["IMAGE_SEARCH_HOME"] = str(collapse_home)
+    env = clean_env(IMAGE_SEARCH_HOME=collapse_home)
 
     def query(*flags: str) -> list[str]:
-        out = subprocess.run(
-            [sys.executable, "-m", "image_search.cli", "query", f"--like={seed}", "-k", "6", "--json", *flags],
-            capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=300,
-        )
+        out = image_search("query", f"--like={seed}", "-k", "6", "--json", *flags, env=env)
         assert out.returncode == 0, out.stderr
         return [r["photo_id"] for r in json.loads(out.stdout)["results"]]
 

@@ -167,15 +167,6 @@ def _tick(sensor, instance, cursor):
     )
 
 
-def _requested(requests) -> list[str]:
-    buckets = []
-    for request in requests:
-        first = BUCKET_KEYS.index(request.tags[sensors.RANGE_START_TAG])
-        last = BUCKET_KEYS.index(request.tags[sensors.RANGE_END_TAG])
-        buckets += BUCKET_KEYS[first : last + 1]
-    return buckets
-
-
 def test_a_refresh_over_a_new_release_touches_only_what_changed(tmp_path, pipeline_env, monkeypatch):
     """Two generated releases; the second drops 3 photos, adds 3 and changes one photo's image.
 
@@ -199,7 +190,7 @@ def test_a_refresh_over_a_new_release_touches_only_what_changed(tmp_path, pipeli
         assert len(release.run_requests) == 1
         run_job(instance, "ingest_release", release.run_requests[0].tags)
         catalog = _tick(sensors.catalog_change_sensor, instance, None)
-        assert _requested(catalog.run_requests) == BUCKET_KEYS
+        assert sensors.requested_buckets(catalog.run_requests) == BUCKET_KEYS
         for request in catalog.run_requests:
             run_job(instance, "update_vectors", request.tags)
         automation = evaluate_automation_conditions(defs=_defs(), instance=instance, cursor=automation.cursor)
@@ -223,7 +214,7 @@ def test_a_refresh_over_a_new_release_touches_only_what_changed(tmp_path, pipeli
 
         catalog = _tick(sensors.catalog_change_sensor, instance, catalog.cursor)
         changed = {photo_bucket(p) for p in dropped | added | {updated}}
-        assert sorted(_requested(catalog.run_requests)) == sorted(changed)
+        assert sorted(sensors.requested_buckets(catalog.run_requests)) == sorted(changed)
         fetched = 0
         for request in catalog.run_requests:
             result = run_job(instance, "update_vectors", request.tags)

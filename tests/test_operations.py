@@ -23,7 +23,6 @@ from dagster import (
     Definitions,
     EnvVar,
     ResourceParam,
-    RunRequest,
     asset,
     build_schedule_context,
     build_sensor_context,
@@ -200,15 +199,6 @@ def _catalog_tick(instance, home: Path, cursor: str | None):
     return sensors.catalog_change_sensor.evaluate_tick(context)
 
 
-def _requested_buckets(run_requests: list[RunRequest]) -> list[str]:
-    buckets = []
-    for request in run_requests:
-        first = BUCKET_KEYS.index(request.tags[sensors.RANGE_START_TAG])
-        last = BUCKET_KEYS.index(request.tags[sensors.RANGE_END_TAG])
-        buckets += BUCKET_KEYS[first : last + 1]
-    return buckets
-
-
 def test_catalog_change_sensor_requests_only_changed_buckets(tmp_path):
     ids = [f"photo{i:03d}" for i in range(200)]
     with DagsterInstance.ephemeral() as instance:
@@ -217,7 +207,7 @@ def test_catalog_change_sensor_requests_only_changed_buckets(tmp_path):
 
         _publish_catalog(instance, tmp_path, _catalog(ids))
         first = _catalog_tick(instance, tmp_path, None)
-        assert _requested_buckets(first.run_requests) == BUCKET_KEYS, "no baseline yet: every bucket"
+        assert sensors.requested_buckets(first.run_requests) == BUCKET_KEYS, "no baseline yet: every bucket"
         assert len(first.run_requests) == 1
 
         again = _catalog_tick(instance, tmp_path, first.cursor)
@@ -232,7 +222,7 @@ def test_catalog_change_sensor_requests_only_changed_buckets(tmp_path):
         _publish_catalog(instance, tmp_path, _catalog(new_ids, {updated: "https://images.example/new.jpg"}))
         changed = _catalog_tick(instance, tmp_path, same.cursor)
         expected = sorted({bucket_of(i, len(BUCKET_KEYS)) for i in (added, removed, updated)})
-        assert sorted(_requested_buckets(changed.run_requests)) == expected
+        assert sorted(sensors.requested_buckets(changed.run_requests)) == expected
         assert all(r.tags[jobs.TRIGGER_TAG] == "catalog_change" for r in changed.run_requests)
         assert len({r.run_key for r in changed.run_requests}) == len(changed.run_requests)
 
@@ -245,7 +235,7 @@ def test_catalog_change_sensor_takes_an_index_built_after_the_catalog_as_baselin
         assert result.run_requests == [] and "changed no bucket" in result.skip_message
         _publish_catalog(instance, tmp_path, _catalog(["a", "b"]))
         result = _catalog_tick(instance, tmp_path, result.cursor)
-        assert _requested_buckets(result.run_requests) == [bucket_of("c", len(BUCKET_KEYS))]
+        assert sensors.requested_buckets(result.run_requests) == [bucket_of("c", len(BUCKET_KEYS))]
 
 
 def test_bucket_ranges_group_neighbours():

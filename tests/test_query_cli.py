@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,28 +12,13 @@ import pandas as pd
 import pytest
 
 from resources.image_store import ImageStore
+from tests.cli import clean_env, image_search
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).parents[1]
-
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    env["IMAGE_SEARCH_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "image_search.cli", "query", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
-def catalog(search_home: Path) -> pd.DataFrame:
-    return pd.read_parquet(search_home / "catalog" / "catalog.parquet")
+    return image_search("query", *args, env=clean_env(IMAGE_SEARCH_HOME=home))
 
 
 def test_text_query_json_with_filters(search_home: Path, catalog: pd.DataFrame):

@@ -21,22 +21,6 @@ from search_app.service import MAX_K, ModelMismatchError, SearchService, rrf_fus
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def settings(search_home: Path) -> Settings:
-    """Default model settings on purpose: the service must take the models from the build."""
-    return Settings(home=search_home)
-
-
-@pytest.fixture(scope="module")
-def service(settings: Settings) -> SearchService:
-    return SearchService.from_settings(settings)
-
-
-@pytest.fixture(scope="module")
-def catalog(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.catalog_path)
-
-
 def _a_word(catalog: pd.DataFrame) -> tuple[str, set[str]]:
     """A keyword some but not all photos carry, and the photos that carry it in describe."""
     words = catalog["describe"].fillna("").str.split().explode().dropna()
