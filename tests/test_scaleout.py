@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,29 @@ def start_backfill(env: dict[str, str], log: Path) -> subprocess.Popen:
     return harness.spawn([str(BIN / "image-search"), "backfill", "--select", "group:vectors", "--wait"], env, log)
 
 
+@contextmanager
+def vectors_backfill_on_two_workers(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[PausePoint, dict]]:
+    """Celery workers a and b, a daemon and a backfill of the vectors, worker a held before its first store lock.
+
+    Yields the held pause point and the processes by name with their logs (``backfill``
+    among them); kills whatever of them still runs on the way out.
+    """
+    with PausePoint("resources.locks:store_lock") as pause:
+        processes = {
+            "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
+            "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
+            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
+        }
+        try:
+            processes["backfill"] = (start_backfill(env, tmp_path / "backfill.log"), tmp_path / "backfill.log")
+            pause.wait(processes["worker a"][0], tmp_path / "a.log")
+            yield pause, processes
+        finally:
+            for process, _ in processes.values():
+                if process.poll() is None:
+                    kill_group(process)
+
+
 def until(condition, what: str, processes: dict[str, tuple[subprocess.Popen, Path]]):
     """Poll ``condition`` until it returns something true; fail at once if one of ``processes`` ends first."""
     for _ in range(GIVE_UP_S * 2):
@@ -191,26 +216,13 @@ def test_a_backfill_of_the_vectors_runs_its_steps_on_two_celery_workers(tmp_path
     env, photos = cluster_env, photo_ids(cluster_env)
     # Worker a stops before its first store lock (inside its first step) until the test lets it go:
     # whatever the broker's order, worker b then takes and finishes steps meanwhile.
-    with PausePoint("resources.locks:store_lock") as pause:
-        processes = {
-            "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
-            "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
-            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
-        }
-        try:
-            backfill = start_backfill(env, tmp_path / "backfill.log")
-            processes["backfill"] = (backfill, tmp_path / "backfill.log")
-            pause.wait(processes["worker a"][0], tmp_path / "a.log")
-            until(
-                lambda: any(w == f"worker-b@{HOST}" and outcome == "success" for *_, w, outcome in step_history(env)),
-                "a step finished by worker b while worker a holds one", processes,
-            )
-            pause.release()
-            assert backfill.wait(timeout=GIVE_UP_S) == 0, (tmp_path / "backfill.log").read_text()[-4000:]
-        finally:
-            for process, _ in processes.values():
-                if process.poll() is None:
-                    kill_group(process)
+    with vectors_backfill_on_two_workers(env, tmp_path) as (pause, processes):
+        until(
+            lambda: any(w == f"worker-b@{HOST}" and outcome == "success" for *_, w, outcome in step_history(env)),
+            "a step finished by worker b while worker a holds one", processes,
+        )
+        pause.release()
+        assert processes["backfill"][0].wait(timeout=GIVE_UP_S) == 0, (tmp_path / "backfill.log").read_text()[-4000:]
     history = step_history(env)
     workers = {worker for *_, worker, outcome in history if outcome == "success"}
     assert workers == {f"worker-a@{HOST}", f"worker-b@{HOST}"}, history
@@ -228,23 +240,10 @@ def test_a_backfill_of_the_vectors_runs_its_steps_on_two_celery_workers(tmp_path
 
 def test_a_worker_killed_in_the_middle_of_a_step_hands_it_back_and_the_backfill_finishes(tmp_path, cluster_env):
     env, photos = cluster_env, photo_ids(cluster_env)
-    with PausePoint("resources.locks:store_lock") as pause:
-        processes = {
-            "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
-            "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
-            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
-        }
-        try:
-            backfill = start_backfill(env, tmp_path / "backfill.log")
-            processes["backfill"] = (backfill, tmp_path / "backfill.log")
-            pause.wait(processes["worker a"][0], tmp_path / "a.log")
-            (held,) = [(run_id, step) for run_id, step, worker, outcome in step_history(env) if worker == f"worker-a@{HOST}"]
-            kill_group(processes.pop("worker a")[0])
-            assert backfill.wait(timeout=GIVE_UP_S) == 0, (tmp_path / "backfill.log").read_text()[-4000:]
-        finally:
-            for process, _ in processes.values():
-                if process.poll() is None:
-                    kill_group(process)
+    with vectors_backfill_on_two_workers(env, tmp_path) as (_, processes):
+        (held,) = [(run_id, step) for run_id, step, worker, outcome in step_history(env) if worker == f"worker-a@{HOST}"]
+        kill_group(processes.pop("worker a")[0])
+        assert processes["backfill"][0].wait(timeout=GIVE_UP_S) == 0, (tmp_path / "backfill.log").read_text()[-4000:]
     history = step_history(env)
     retaken = [(worker, outcome) for run_id, step, worker, outcome in history if (run_id, step) == held]
     assert retaken == [(f"worker-a@{HOST}", "running"), (f"worker-b@{HOST}", "success")], history
