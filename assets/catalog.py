@@ -20,7 +20,8 @@ from dagster import (
 )
 
 from assets.partitions import photo_bucket
-from assets.raw import _column_schema, _preview, colors, keywords, photos
+from assets.metadata import column_schema, preview
+from assets.raw import colors, keywords, photos
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.files import sweep, write_parquet
@@ -215,11 +216,11 @@ def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settin
         context.log.warning(f"no photo has a value for {', '.join(stats['empty_columns'])} (the release lacks them or left them empty)")
     metadata = {
         "dagster/row_count": table.num_rows,
-        "dagster/column_schema": _column_schema(table.schema),
+        "dagster/column_schema": column_schema(table.schema),
         "path": MetadataValue.path(str(path)),
         **{k: v for k, v in stats.items() if k != "empty_columns"},
         "empty_columns": MetadataValue.json(stats["empty_columns"]),
-        "preview": MetadataValue.md(_preview(table, PREVIEW_COLUMNS)),
+        "preview": preview(table, PREVIEW_COLUMNS),
     }
     if changes is not None:
         metadata.update({f"photos_{k}": v for k, v in changes.items()})

@@ -1,12 +1,17 @@
-"""Tables in asset metadata: a DataFrame shown as Dagster's own table, with its column types."""
+"""Tables in asset metadata: frames and Arrow tables shown as Dagster's own tables, with their column types."""
 
 import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
+from resources.tables import PREVIEW_ROWS
+
 _KINDS = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+#: Longer texts are cut in a preview, so metadata stays small.
+PREVIEW_CHARS = 40
 
 
 def _plain(value):
@@ -25,3 +30,14 @@ def as_table(frame: pd.DataFrame):
     )
     records = [TableRecord({str(k): _plain(v) for k, v in row.items()}) for row in frame.to_dict("records")]
     return MetadataValue.table(records, schema)
+
+
+def column_schema(schema: pa.Schema) -> TableSchema:
+    """An Arrow schema as ``dagster/column_schema``, the Arrow type names kept."""
+    return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def preview(table: pa.Table, columns: list[str] | None = None):
+    """The first rows of ``columns`` (by default the first eight) as a Dagster table, long texts cut."""
+    frame = table.select(columns or table.column_names[:8]).slice(0, PREVIEW_ROWS).to_pandas()
+    return as_table(frame.map(lambda v: v[: PREVIEW_CHARS - 1] + "…" if isinstance(v, str) and len(v) > PREVIEW_CHARS else v))

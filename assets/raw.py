@@ -8,22 +8,18 @@ what was read and what was skipped.
 
 from pathlib import Path
 
-import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
     ResourceParam,
-    TableColumn,
-    TableSchema,
     asset,
 )
 
+from assets.metadata import column_schema, preview
 from resources.config import Settings
 from resources.release import fetch_release, read_manifest
-from resources.tables import PREVIEW_ROWS, ingest_document
-
-PREVIEW_CHARS = 40
+from resources.tables import ingest_document
 
 
 # --------------------------------------------------------------------------- the release
@@ -57,25 +53,6 @@ def unsplash_release(context: AssetExecutionContext, settings: ResourceParam[Set
 # --------------------------------------------------------------------------- the documents
 
 
-def _column_schema(schema: pa.Schema) -> TableSchema:
-    return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
-
-
-def _preview(table: pa.Table, columns: list[str] | None = None) -> str:
-    """A few rows as a markdown table, long values cut, so metadata stays small."""
-    columns = columns or table.column_names[:8]
-    head = table.select(columns).slice(0, PREVIEW_ROWS).to_pylist()
-
-    def cell(value) -> str:
-        text = "" if value is None else str(value)
-        text = text.replace("|", "\\|").replace("\n", " ")
-        return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in head]
-    return "\n".join(lines)
-
-
 def _document_asset(name: str):
     @asset(
         name=name,
@@ -99,7 +76,7 @@ def _document_asset(name: str):
             context.log.info(f"{name}: the files have no {', '.join(stats['absent_columns'])}; those columns are null")
         metadata = {
             "dagster/row_count": stats["rows"],
-            "dagster/column_schema": _column_schema(stats["schema"]),
+            "dagster/column_schema": column_schema(stats["schema"]),
             "path": MetadataValue.path(str(out_path)),
             "files": MetadataValue.json(stats["files"]),
             "skipped_rows": stats["skipped_rows"],
@@ -112,7 +89,7 @@ def _document_asset(name: str):
         if stats["absent_document"]:
             metadata["absent_document"] = stats["absent_document"]
         if stats["preview"] is not None:
-            metadata["preview"] = MetadataValue.md(_preview(stats["preview"]))
+            metadata["preview"] = preview(stats["preview"])
         return MaterializeResult(metadata=metadata)
 
     return _asset

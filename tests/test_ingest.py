@@ -108,7 +108,9 @@ def test_sample_release_ingests_completely(sample_release: Path, sample_release_
         assert pq.read_metadata(tmp_path / "home" / "tables" / f"{doc}.parquet").num_rows == sample_release_info[doc]
     assert _metadata(result, "unsplash_release")["release"] == "1.4.x"
     assert _metadata(result, "photos")["multiline_records"] >= 3, "three of the tricky texts hold line breaks"
-    assert "| photo_id |" in _metadata(result, "photos")["preview"]
+    preview = _metadata(result, "photos")["preview"]
+    assert [c.name for c in preview.schema.columns][:2] == ["photo_id", "photo_url"] and len(preview.records) == 5
+    assert all(len(v) <= 40 for r in preview.records for v in r.data.values() if isinstance(v, str)), "long values cut"
     schema = pq.read_schema(tmp_path / "home" / "tables" / "photos.parquet")
     assert str(schema.field("photo_width").type) == "int64"
     assert str(schema.field("photo_submitted_at").type) == "timestamp[us, tz=UTC]"
