@@ -161,7 +161,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Publish the synthetic index, then time the baseline and both servers in turns at each level."""
-    from image_search.bench_query import clustered_vectors, synthetic_documents
+    from image_search.bench_query import clustered_vectors, synthetic_documents, timed
     from resources.backends.base import BuildInfo
     from resources.backends.local import LocalBackend
     from resources.config import Settings
@@ -187,14 +187,6 @@ def run(args: argparse.Namespace) -> int:
         service = SearchService(backend, home_settings, encoder=encoder)
         service.search_text("warm up", k=10)
 
-        def in_process(texts: list[str]) -> list[float]:
-            times = []
-            for text in texts:
-                started = time.perf_counter()
-                service.search_text(text, k=10)
-                times.append(time.perf_counter() - started)
-            return times
-
         servers: dict[str, tuple[subprocess.Popen, int]] = {}
         try:
             for label, batching in (("batching_off", False), ("batching_on", True)):
@@ -206,13 +198,14 @@ def run(args: argparse.Namespace) -> int:
                     _load(port, _texts(2 * concurrency), concurrency)
                 walls = {label: 0.0 for label in servers}
                 latencies: dict[str, list[float]] = {label: [] for label in servers}
+                arms = [*servers, *(["baseline"] if concurrency == 1 else [])]
+                requests, queries = _texts(args.requests), _texts(args.queries)
                 for turn in range(args.rounds):
-                    arms = [*servers, *(["baseline"] if concurrency == 1 else [])]
                     for arm in arms[turn % len(arms):] + arms[:turn % len(arms)]:
                         if arm == "baseline":
-                            baseline += in_process(_share(_texts(args.queries), turn, args.rounds))
+                            baseline += timed(lambda text: service.search_text(text, k=10), _share(queries, turn, args.rounds))[0]
                             continue
-                        wall, took = _load(servers[arm][1], _share(_texts(args.requests), turn, args.rounds), concurrency)
+                        wall, took = _load(servers[arm][1], _share(requests, turn, args.rounds), concurrency)
                         walls[arm] += wall
                         latencies[arm] += took
                 for label in servers:

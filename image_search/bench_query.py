@@ -86,7 +86,8 @@ def _ms(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p95_ms": round(float(np.percentile(values, 95)), 3)}
 
 
-def _timed(fn, items) -> tuple[list[float], list]:
+def timed(fn, items) -> tuple[list[float], list]:
+    """Call ``fn`` on each of ``items`` one at a time: (seconds per call, results)."""
     times, outs = [], []
     for item in items:
         start = time.perf_counter()
@@ -140,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
         for q in queries[:10]:
             vectors @ q
             backend.knn(q, 10)
-        base_times, _ = _timed(lambda q: np.argsort(-(vectors @ q))[:10], queries)
-        exact_times, exact_rows = _timed(lambda q: backend.knn_rows(q, 10, exact=True)[0], queries)
-        default_times, _ = _timed(lambda q: backend.knn(q, 10), queries)
+        base_times, _ = timed(lambda q: np.argsort(-(vectors @ q))[:10], queries)
+        exact_times, exact_rows = timed(lambda q: backend.knn_rows(q, 10, exact=True)[0], queries)
+        default_times, _ = timed(lambda q: backend.knn(q, 10), queries)
         figures["knn_baseline_numpy_argsort"] = _ms(base_times)
         figures["knn_exact"] = _ms(exact_times)
         figures["knn_default_with_stored_fields"] = _ms(default_times)
@@ -156,11 +157,11 @@ def run(args: argparse.Namespace) -> int:
             service.search_text(texts[0], k=10)
             torch_model = encoder.text_model
             torch_model.encode(texts[:1])
-            baseline_times, baseline = _timed(
+            baseline_times, baseline = timed(
                 lambda t: torch_model.encode([t], convert_to_numpy=True, normalize_embeddings=True)[0], texts
             )
-            encode_times, vectors_out = _timed(lambda t: encoder.encode_texts([t])[0], texts)
-            text_times, _ = _timed(lambda t: service.search_text(t, k=10), texts)
+            encode_times, vectors_out = timed(lambda t: encoder.encode_texts([t])[0], texts)
+            text_times, _ = timed(lambda t: service.search_text(t, k=10), texts)
             figures["text_runtime"] = f"{encoder.text_runtime} ({encoder.precision} on {encoder.device})"
             tokenizer = torch_model.tokenizer
             figures["text_tokens_mean"] = round(float(np.mean([len(tokenizer(t)["input_ids"]) for t in texts])), 1)
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         figures["approximate"] = report.details["approximate"]
         for q in queries[:10]:
             backend.knn_rows(q, 10)
-        ann_times, ann_rows = _timed(lambda q: backend.knn_rows(q, 10)[0], queries)
+        ann_times, ann_rows = timed(lambda q: backend.knn_rows(q, 10)[0], queries)
         figures["knn_approximate"] = _ms(ann_times)
         figures["recall_at_10_approximate"] = round(
             float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(ann_rows, truth)])), 4
