@@ -75,42 +75,42 @@ class Settings(BaseSettings):
     text_model: str = Field(
         "clip-ViT-B-32-multilingual-v1", description="multilingual text model for queries: a name or a local path"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="the models' number format")
-    text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries")
-    backend: Literal["local", "elasticsearch"] = Field("local", description="where the search index lives")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`cpu`, `cuda` or `auto`")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="`fp32`, `bf16`, `fp16` or `auto` (bf16 on CPUs with bf16 support, fp16 on GPU, else fp32)")
+    text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries: `onnx` (ONNX Runtime, float32 on the CPU), `torch`, or `auto` (`onnx` on a CPU in fp32, else `torch`; see [searching](docs/searching.md#text-queries-on-a-cpu))")
+    backend: Literal["local", "elasticsearch"] = Field("local", description="`local` (embedded, no server) or `elasticsearch`")
     es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL (credentials masked)")
     es_username: str | None = Field(None, repr=False, description="Elasticsearch user name")
     es_password: str | None = Field(None, repr=False, description="Elasticsearch password")
     es_api_key: str | None = Field(None, repr=False, description="Elasticsearch API key")
-    es_engine: str = Field("auto", description="which engine's mapping and query to use")
-    es_verify_certs: bool = Field(True, description="TLS certificate verification")
+    es_engine: str = Field("auto", description="which engine's mapping and query to use: `auto`, `escloud`, `opensearch` or `elasticsearch` (see [backends](docs/backends.md); run `image-search cluster check` before the first build)")
+    es_verify_certs: bool = Field(True, description="TLS certificate verification; `false` is an explicit opt-out")
     es_ca_certs: str | None = Field(None, description="a CA bundle for a private certificate authority")
-    es_max_error_share: float = Field(0.01, description="share of refused documents above which a build fails")
+    es_max_error_share: float = Field(0.01, description="a build fails (and the published index keeps serving) above this share of documents the cluster refuses")
     index_name: str = Field(
-        "image_search", validation_alias=f"{ENV_PREFIX}INDEX", description="the alias the index is published under"
+        "image_search", validation_alias=f"{ENV_PREFIX}INDEX", description="the alias the search index is published under"
     )
     download_concurrency: int = Field(32, ge=1, description="parallel image downloads")
     download_timeout: float = Field(20.0, description="seconds per image request")
-    imgix_params: str = Field("w=640&q=80&fm=jpg&fit=max", description="size parameters for imgix image URLs")
-    max_download_failure_share: float = Field(0.05, description="the images check fails above this share")
-    ann_min_docs: int = Field(200_000, ge=1, description="documents from which the local backend adds an ANN index")
+    imgix_params: str = Field("w=640&q=80&fm=jpg&fit=max", description="size parameters asked of Unsplash's imgix image URLs")
+    max_download_failure_share: float = Field(0.05, description="the images check fails above this share of failed downloads")
+    ann_min_docs: int = Field(200_000, ge=1, description="the local backend adds an approximate (faiss IVF-flat) index from this many documents; below it kNN is exact")
     duplicate_threshold: float = Field(
-        0.94, gt=0, le=1, description="cosine similarity from which two photos are near-duplicates"
+        0.94, gt=0, le=1, description="cosine similarity of image vectors at or above which two photos count as near-duplicates"
     )
-    refresh_cron: str = Field("0 3 * * *", description="when the scheduled refresh runs (cron, UTC)")
-    release_poll_seconds: int = Field(600, ge=30, description="how often the new-release sensor looks")
-    lock_timeout: float = Field(3600.0, description="seconds a run waits for another writing the same data")
+    refresh_cron: str = Field("0 3 * * *", description="when the scheduled refresh runs (cron, UTC; see [operations](docs/operations.md))")
+    release_poll_seconds: int = Field(600, ge=30, description="how often the new-release sensor looks at `IMAGE_SEARCH_DATASET`")
+    lock_timeout: float = Field(3600.0, description="seconds a run waits for another run writing the same bucket or index, or holding the pool slot it needs (`image-search materialize`), before it fails (see [after a crash](docs/operations.md#after-a-crash))")
     stale_run_seconds: float = Field(
-        3600.0, ge=0, description="seconds without events after which a run on a shared instance counts as dead"
+        3600.0, ge=0, description="on an instance shared by several machines (not the default SQLite one), a started run that has logged nothing for this long counts as dead"
     )
     buckets_per_run: int = Field(
-        64, ge=1, le=64, description="photo buckets per run when a backfill of the vectors is split into runs"
+        64, ge=1, le=64, description="photo buckets per run when a backfill of the images and vectors is cut into runs, so that several workers share it (see [scaling out](docs/scaling.md))"
     )
-    embed_batch_size: int = Field(0, ge=0, description="images per model call (0: automatic)")
-    decode_workers: int = Field(0, ge=0, description="parallel image decoders (0: one per CPU core)")
-    gpu_decode: bool = Field(True, description="decode JPEGs on the GPU when encoding on CUDA")
-    query_batching: bool = Field(True, description="encode concurrent queries together in one model call")
+    embed_batch_size: int = Field(0, ge=0, description="images per model call when encoding; 0 is automatic: 32 on CPU, 512 on GPU")
+    decode_workers: int = Field(0, ge=0, description="threads (CPU) or processes (GPU) decoding images in parallel with the model; 0 is one per CPU core")
+    gpu_decode: bool = Field(True, description="decode JPEGs on the GPU (needs torchvision) when encoding on CUDA")
+    query_batching: bool = Field(True, description="encode concurrent queries together in one model call (see [docs/api.md](docs/api.md))")
     query_batch_max: int = Field(32, ge=1, le=1024, description="most queries encoded in one model call")
     query_batch_window_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a model call waits for more queries once two are waiting"
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     api_cors_origins: str | None = Field(
         None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
     )
-    api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take")
+    api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take before it answers 503")
 
     def __init__(self, **values: Any) -> None:
         try:
