@@ -122,6 +122,10 @@ class Settings(BaseSettings):
         None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
     )
     api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take")
+    notify_url: str | None = Field(
+        None, repr=False,
+        description="where each refresh POSTs a saved search's new matches as JSON (off when empty; credentials masked)",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -163,6 +167,13 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_over_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("use an http:// or https:// address")
+        return value
+
     @model_validator(mode="after")
     def _elasticsearch_needs_a_url(self) -> "Settings":
         if self.backend == "elasticsearch" and not self.es_url:
@@ -175,6 +186,7 @@ class Settings(BaseSettings):
         """The settings as strings, safe to log or show: secrets left out, URLs masked."""
         shown = {name: str(getattr(self, name)) for name in type(self).model_fields if name not in SECRETS}
         shown["es_url"] = mask_url(self.es_url)
+        shown["notify_url"] = mask_url(self.notify_url)
         return shown
 
     @property
