@@ -493,7 +493,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         )
         return _response({"like": photo_id}, "like", filters, results)
 
-    app.include_router(saved_api.router(service, settings), dependencies=guarded)
+    app.include_router(saved_api.router(service, settings), dependencies=guarded, responses={s: _ERRORS[s] for s in (400, 404)})
 
     @app.get("/photos/{photo_id}", response_model=Result, dependencies=guarded, responses={404: _ERRORS[404]}, tags=["photos"])
     async def photo(photo_id: PhotoId) -> dict[str, Any]:

@@ -144,3 +144,15 @@ def test_judgements_take_good_marks_of_word_searches():
     searches = [search("a", query={"text": " Red Circle "}), search("b", query={"like": "p1"}), search("c")]
     marks = {"a": {"p1": "good", "p2": "bad"}, "b": {"p3": "good"}, "c": {"p4": "good"}}
     assert judgements(searches, marks.__getitem__) == {"red circle": {"p1", "p4"}}
+
+
+def test_bench_relevance_takes_the_indexed_good_marks_of_saved_word_searches(tmp_path: Path):
+    from image_search.bench_relevance import marked_judgements
+
+    store = SavedStore(tmp_path)
+    store.add(search("a"))
+    store.add(search("b", query={"text": "blue"}))
+    store.mark("a", "p1", "good")
+    store.mark("a", "gone", "good")
+    store.mark("b", "p2", "bad")
+    assert marked_judgements(tmp_path, {"p1", "p2"}) == {"red circle": {"p1"}}
