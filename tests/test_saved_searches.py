@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, DagsterInstance, DeleteDynamicPartitionsRequest, build_sensor_context, materialize
+from dagster import AssetCheckSeverity, AssetMaterialization, DagsterInstance, DeleteDynamicPartitionsRequest, build_sensor_context, materialize
 from fastapi.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
@@ -87,6 +87,9 @@ def test_a_search_saved_and_marked_on_the_page_shows_its_new_photos_after_a_refr
     at.text_input(key="save_name").input(NAME)
     at = clean([b for b in at.button if b.label == "Save"][0].click().run())
     assert any(NAME in s.value for s in at.success)
+    at.text_input(key="save_name").input(NAME)
+    at = [b for b in at.button if b.label == "Save"][0].click().run()
+    assert any("exists already" in e.value for e in at.error) and SavedStore(settings.home).names() == [NAME]
     at = clean(button(at, f"open-{NAME}").click().run())
     before = [b.key.removeprefix("good-") for b in at.button if b.key and b.key.startswith("good-")]
     assert len(before) == K and not set(before) & set(entering)
@@ -144,11 +147,21 @@ def test_the_sensor_adds_and_removes_partitions_and_refreshes_after_each_index(w
     tick = saved_searches_sensor(context)
     assert not tick.run_requests, "no index materialized in this instance yet: nothing to run"
     assert set(tick.dynamic_partitions_requests[0].partition_keys) >= {"sensor watch"}
-    instance.add_dynamic_partitions(saved_searches_partitions.name, store.names() + ["gone"])
-    store.remove("sensor watch")
+    instance.add_dynamic_partitions(saved_searches_partitions.name, store.names())
+    # A new index (recorded here without a build: the sensor only reads the event) refreshes every search, once.
+    instance.report_runless_asset_event(AssetMaterialization("search_index"))
     tick = saved_searches_sensor(build_sensor_context(instance=instance, resources={"settings": resource(settings)}))
+    assert {r.partition_key for r in tick.run_requests} == set(store.names()) and tick.cursor
+    again = saved_searches_sensor(
+        build_sensor_context(instance=instance, cursor=tick.cursor, resources={"settings": resource(settings)}))
+    assert not getattr(again, "run_requests", None)
+    instance.add_dynamic_partitions(saved_searches_partitions.name, ["gone"])
+    store.remove("sensor watch")
+    tick = saved_searches_sensor(
+        build_sensor_context(instance=instance, cursor=tick.cursor, resources={"settings": resource(settings)}))
     (removal,) = tick.dynamic_partitions_requests
     assert isinstance(removal, DeleteDynamicPartitionsRequest) and set(removal.partition_keys) == {"gone", "sensor watch"}
+    assert not tick.run_requests
 
 
 def test_the_api_creates_lists_reads_marks_and_deletes_under_the_key(world, catalog_ids):
@@ -185,8 +198,14 @@ def catalog_ids(world) -> list[str]:
     return [pid for pid in documents["photo_id"] if pid not in world["entering"]]
 
 
-def test_the_cli_adds_lists_marks_and_refuses_bad_input_in_one_line(world, tiny_models, catalog_ids):
+def test_the_cli_adds_lists_marks_and_refuses_bad_input_in_one_line(world, tiny_models, catalog_ids, sample_release):
     env = tiny_env(world["home"], tiny_models)
+    photo = sample_release / "images" / f"{catalog_ids[2]}.jpg"
+    composed = image_search("saved", "add", "cli photo", "--image", str(photo), "--minus", "people", "-k", "3", env=env)
+    assert composed.returncode == 0, composed.stderr
+    shown = json.loads(image_search("saved", "show", "cli photo", "--json", env=env).stdout)
+    assert shown["search"]["query"] == {"parts": [{"image": 0, "weight": 1.0}, {"text": "people", "weight": -1.0}]}
+    assert len(shown["top"]) == 3 and shown["new"] == [] and (world["home"] / "saved" / "cli photo" / "image-0.jpg").is_file()
     added = image_search("saved", "add", "cli like", f"--like={catalog_ids[1]}", "-k", "4", env=env)
     assert added.returncode == 0 and "saved 'cli like'" in added.stdout, added.stderr
     for args, words in (
