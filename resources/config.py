@@ -79,10 +79,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="`fp32`, `bf16`, `fp16` or `auto` (bf16 on CPUs with bf16 support, fp16 on GPU, else fp32)")
     text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries: `onnx` (ONNX Runtime, float32 on the CPU), `torch`, or `auto` (`onnx` on a CPU in fp32, else `torch`; see [searching](docs/searching.md#text-queries-on-a-cpu))")
     backend: Literal["local", "elasticsearch"] = Field("local", description="`local` (embedded, no server) or `elasticsearch`")
-    es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL (credentials masked)")
-    es_username: str | None = Field(None, repr=False, description="Elasticsearch user name")
-    es_password: str | None = Field(None, repr=False, description="Elasticsearch password")
-    es_api_key: str | None = Field(None, repr=False, description="Elasticsearch API key")
+    es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL; credentials in it are never printed")
+    es_username: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch user name, if not in the URL")
+    es_password: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch password, if not in the URL; never printed")
+    es_api_key: str | None = Field(None, repr=False, description="Elasticsearch API key, if not in the URL; never printed")
     es_engine: str = Field("auto", description="which engine's mapping and query to use: `auto`, `escloud`, `opensearch` or `elasticsearch` (see [backends](docs/backends.md); run `image-search cluster check` before the first build)")
     es_verify_certs: bool = Field(True, description="TLS certificate verification; `false` is an explicit opt-out")
     es_ca_certs: str | None = Field(None, description="a CA bundle for a private certificate authority")
@@ -116,12 +116,16 @@ class Settings(BaseSettings):
         2.0, ge=0, le=1000, description="how long a model call waits for more queries once two are waiting"
     )
     api_key: SecretStr | None = Field(
-        None, repr=False, description="the key HTTP API callers send (X-API-Key); required beyond loopback"
+        None, repr=False, description="the key HTTP API callers send as `X-API-Key`; required to listen beyond 127.0.0.1; never printed"
     )
     api_cors_origins: str | None = Field(
-        None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
+        None, description="browser origins allowed to call the HTTP API, comma-separated (CORS off when empty)"
     )
     api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take before it answers 503")
+    notify_url: str | None = Field(
+        None, repr=False,
+        description="where each refresh POSTs a saved search's new matches as JSON, retried, never failing a run (see [saved searches](docs/saved-searches.md)); credentials masked",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -163,6 +167,13 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_over_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("use an http:// or https:// address")
+        return value
+
     @model_validator(mode="after")
     def _elasticsearch_needs_a_url(self) -> "Settings":
         if self.backend == "elasticsearch" and not self.es_url:
@@ -175,6 +186,7 @@ class Settings(BaseSettings):
         """The settings as strings, safe to log or show: secrets left out, URLs masked."""
         shown = {name: str(getattr(self, name)) for name in type(self).model_fields if name not in SECRETS}
         shown["es_url"] = mask_url(self.es_url)
+        shown["notify_url"] = mask_url(self.notify_url)
         return shown
 
     @property

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from resources.backends.base import MAX_K, ORIENTATIONS, Filters, Mode
 from resources.config import Settings, env_variable
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
+from search_app import saved_api
 from search_app.compose import Term, parse_expression
 from search_app.service import MAX_PARTS, MAX_QUERY_IMAGE_BYTES, QueryPart, SearchResult, SearchService
 
@@ -491,6 +492,8 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
             service.more_like_this, photo_id, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
         )
         return _response({"like": photo_id}, "like", filters, results)
+
+    app.include_router(saved_api.router(service, settings), dependencies=guarded, responses={s: _ERRORS[s] for s in (400, 404)})
 
     @app.get("/photos/{photo_id}", response_model=Result, dependencies=guarded, responses={404: _ERRORS[404]}, tags=["photos"])
     async def photo(photo_id: PhotoId) -> dict[str, Any]:

@@ -350,7 +350,7 @@ def test_a_search_past_the_timeout_is_a_503_and_the_server_keeps_serving(service
         assert client.get("/search", params={"q": "dog"}).status_code == 200
 
 
-def test_schemathesis_finds_no_server_error(service, settings):
+def test_schemathesis_finds_no_server_error(service, settings, tmp_path):
     """Property-based fuzzing of every operation in the served schema, on a server with a key.
 
     Every default check: no input gives a 5xx, every answer matches the schema (status codes,
@@ -360,7 +360,8 @@ def test_schemathesis_finds_no_server_error(service, settings):
     directly, since schemathesis's pytest plugin does not load under this pytest; examples
     are bounded and derandomized, so the run is repeatable and short.
     """
-    app = create_app(service, settings.replace(api_key=KEY), warm_up=False)
+    # Saved searches go to tmp_path, so the shared index's home stays read-only.
+    app = create_app(service, settings.replace(api_key=KEY, home=tmp_path), warm_up=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 7
