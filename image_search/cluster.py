@@ -1,8 +1,9 @@
 """``image-search cluster check``: prove on a scratch index that the cluster works as a build needs.
 
 It prints what a build would send (server, plugins, engine, mapping, queries, score
-formulas), then builds and queries a dozen known vectors under a scratch alias and deletes
-exactly what it made; one line per check, exit status 1 if any failed (docs/backends.md).
+formulas), then builds and queries a dozen known vectors under a scratch alias (each build
+running the self-check every build runs before publishing, whose measured agreement it
+reports) and deletes exactly what it made; one line per check, exit status 1 if any failed (docs/backends.md).
 Like the rest of the query side it never imports Dagster.
 """
 
@@ -148,13 +149,24 @@ def describe(backend: "ElasticsearchBackend", settings: Settings) -> None:
 
 
 def published(backend: "ElasticsearchBackend", alias: str) -> bool:
-    """Print the index published under ``alias`` now; False when its vector field would not score by cosine."""
+    """Print the index published under ``alias`` now; False when a build could not replace it or it would not score by cosine.
+
+    A concrete index named ``alias`` that this project did not build is someone else's: a
+    build stops rather than delete it, so the advice is another ``IMAGE_SEARCH_INDEX`` or
+    removing it by hand, never a rebuild.
+    """
     from elasticsearch7.exceptions import TransportError
+
+    from resources.backends.es_publish import concrete_stranger
 
     try:
         if not backend.client.indices.exists(index=alias):
             print(f"published {alias}: none yet")
             return True
+        stranger = concrete_stranger(backend.client, alias, backend.url)
+        if stranger:
+            print(f"FAIL  published: {stranger}")
+            return False
         described = backend.describe(alias)
     except TransportError as exc:
         print(
@@ -192,6 +204,7 @@ class Checks:
         try:
             for name, check, needs_build in (
                 ("build", self.build, False),
+                ("self-check", self.self_check, True),
                 ("cosine", self.cosine, True),
                 ("filtered", self.filtered, True),
                 ("filters", self.filters, True),
@@ -233,6 +246,10 @@ class Checks:
             raise CheckFailed(f"{report.count} of {DOCS} documents indexed ({report.errors}): look at the cluster's logs")
         ((created, space),) = self.backend.describe(report.name).values()
         return f"{DOCS} documents in {report.name} (created by {created}); its vector field reads back as {space}"
+
+    def self_check(self) -> str:
+        """What the first build's own check measured before it published (resources/backends/es_verify.py)."""
+        return str(self.builds[0].details["verification"])
 
     def scores(self, filters: Filters | None) -> dict[str, float]:
         hits = self.backend.knn(probe(), DOCS, filters)
@@ -306,13 +323,15 @@ class Checks:
         return f"{self.scratch} moved from {self.builds[0].name} to {second.name} in one request"
 
     def clean_up(self) -> str:
+        from resources.backends.es_publish import lock_index
+
         stamp = "20000101000000000000"
         self.planted = [f"{self.scratch}_v{stamp}", f"{self.scratch}_vnext_v{stamp}"]
         for name in self.planted:
             self.raw.indices.create(index=name, mappings={"properties": {"describe": {"type": "text"}}})
         third = self.backend.build(self.docs, self.vectors, self.info())
         self.builds.append(third)
-        left = set(self.raw.indices.get_alias(index=f"{self.scratch}*"))
+        left = set(self.raw.indices.get_alias(index=f"{self.scratch}*")) - {lock_index(self.scratch)}
         removed = third.details["removed"]
         if removed != [self.builds[0].name] or left != {b.name for b in self.builds[1:]} | set(self.planted):
             raise CheckFailed(
