@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 from elasticsearch7.exceptions import AuthorizationException, NotFoundError, TransportError
 
-from resources.backends.base import STORED_FIELDS, BuildInfo, BuildProgress, BuildReport, Hit, SearchBackend, check_k
+from resources.backends.base import STORED_FIELDS, BuildInfo, BuildReport, Hit, SearchBackend, check_k
 from resources.backends.es_engines import (
     COSINE,
     META_KEY,
@@ -32,10 +32,9 @@ from resources.backends.es_engines import (
     filter_clauses,
     vector_space,
 )
-from resources.backends.es_load import Backoff, BulkLoader, stored_vectors
+from resources.backends.es_load import Backoff, BulkLoader
 from resources.backends.es_publish import BuildLock, NotPublished, check_no_stranger, clean_up, publish
 from resources.backends.es_transport import (
-    CheckedTransport,
     Release,
     absent,
     connect,
@@ -49,9 +48,8 @@ from resources.backends.es_verify import TOLERANCE, verify
 from resources.config import Settings, mask_url
 from resources.errors import ClusterError, ImageSearchError
 
-__all__ = [
-    "ElasticsearchBackend", "CheckedTransport", "EsCloudEngine", "VECTOR_FIELD", "choose_engine", "read_server",
-]
+#: What other modules import from here, besides the backend: kept where they were before the split.
+__all__ = ["ElasticsearchBackend", "EsCloudEngine", "VECTOR_FIELD", "choose_engine", "read_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +218,7 @@ class ElasticsearchBackend(SearchBackend):
             ids,
             vectors,
             self.impl,
-            lambda body: self._search(body, f"self-checking {index}", index),
+            lambda bodies: self._search_many(bodies, f"self-checking {index}", index),
             lambda path: self.impl.formula(path, created),
             where,
         )
@@ -298,6 +296,25 @@ class ElasticsearchBackend(SearchBackend):
                 ) from None
         self._check_shards(response, doing)
         return response["hits"]["hits"]
+
+    def _search_many(self, bodies: list[dict[str, Any]], doing: str, index: str) -> list[list[dict[str, Any]]]:
+        """Run ``bodies`` on ``index`` in one ``_msearch`` request; any failed search fails all, in one line."""
+        lines: list[dict[str, Any]] = []
+        for body in bodies:
+            lines += [{}, body]
+        with self._errors(doing):
+            responses = self.client.msearch(index=index, body=lines)["responses"]
+        found = []
+        for response in responses:
+            if "error" in response:
+                error = response["error"] if isinstance(response["error"], dict) else {"reason": response["error"]}
+                cause = (error.get("root_cause") or [error])[0]
+                raise ClusterError(
+                    f"{self.url} answered HTTP {response.get('status')} while {doing}: {cause.get('type')}: {cause.get('reason')}"
+                )
+            self._check_shards(response, doing)
+            found.append(response["hits"]["hits"])
+        return found
 
     def _created(self, index: str) -> Release | None:
         """The release that created ``index``, read once per index (the alias moves from build to build)."""

@@ -47,11 +47,13 @@ def verify(
     ids: list[str | None],
     vectors: np.ndarray,
     engine: Engine,
-    search: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    search: Callable[[list[dict[str, Any]]], list[list[dict[str, Any]]]],
     formula_of: Callable[[str], ScoreFormula],
     where: str,
 ) -> Verification:
     """Probe the new index through ``search`` with a sample of ``ids``' own vectors; raise :class:`ClusterError` on any disagreement.
+
+    ``search`` runs a list of ``_search`` bodies in one request (``_msearch``) and returns each one's hits.
 
     ``ids`` names each row of ``vectors``, ``None`` for a row the cluster refused to index.
     ``formula_of(path)`` is the score formula the backend will read that k-NN path's scores
@@ -67,14 +69,14 @@ def verify(
     sample = [ids[r] for r in picks]
     worst, used = 0.0, {}
     for filters in ([], [{"terms": {"photo_id": sample}}]):
+        bodies, path = [], ""
         for row in picks:
             body, path = engine.knn_query(rounded[row].tolist(), min(_K, len(rows)), filters)
-            body["_source"] = False
-            formula = formula_of(path)
-            used[path] = formula.score
-            hits = search(body)
-            deviation = _check_hits(hits, ids[row], unit, row_of, formula, f"{where}, {path} search")
-            worst = max(worst, deviation)
+            bodies.append({**body, "_source": False})
+        formula = formula_of(path)
+        used[path] = formula.score
+        for row, hits in zip(picks, search(bodies)):
+            worst = max(worst, _check_hits(hits, ids[row], unit, row_of, formula, f"{where}, {path} search"))
     return Verification(len(picks), worst, used)
 
 

@@ -21,10 +21,15 @@ documentation or source it follows:
   index-level ``knn.space_type``, except on indices created by 2.17 and 2.18, which fell back
   to l2 (k-NN issue #2296, fixed in 2.19.0 by #2374);
 - ``_bulk`` with per-item errors (wrong vector dimension, unparseable date), aliases with
-  atomic actions, ``_count``, ``_refresh`` (searches see documents only after one),
-  settings (with ``index.version.created``, encoded as ``org.opensearch.Version`` does) and
-  ``_meta`` updates, ``_doc`` reads and index deletion;
-- ``_search``: ``knn`` (exact, whatever the engine would approximate), ``script_score`` with
+  atomic actions whose ``remove`` answers as each version does (``must_exist``, a missing
+  alias: see ``IndicesMixin._check_remove``), ``_count``, ``_refresh`` (searches see
+  documents only after one; each refresh writes a new segment per shard), settings (with
+  ``index.version.created``, encoded as ``org.opensearch.Version`` does) and ``_meta``
+  updates, ``_doc`` reads, ``_create`` and conditional ``_doc`` writes and deletes
+  (``if_seq_no``, 409 on a conflict) and index deletion;
+- ``_search``: ``knn`` (exact, whatever the engine would approximate; on OpenSearch 2.18 a
+  native-engine segment under ``index.knn.advanced.approximate_threshold`` is scored by the
+  exact search's formula, see ``SearchMixin._without_graph``), ``script_score`` with
   the k-NN plugin's ``knn_score`` or Elasticsearch's painless ``cosineSimilarity``, each
   scored by that engine's formula (see ``ServerProfile.score``), bool with term, terms and
   range filters, and ``multi_match`` scored by BM25 (k1 1.2, b 0.75) with each shard's own
@@ -37,6 +42,9 @@ A profile's :class:`Faults` add the failures real clusters answer with (see ther
 mapping and queries on the wire; ``drop_bulk`` makes ``_bulk`` requests die mid-way (a
 server gone during a build); :meth:`FakeSearchServer.switch_to` swaps the profile
 under existing indices, as a rolling upgrade or a lost node does.
+
+Modules: ``profiles`` (the engines and their faults), ``server`` (HTTP and routing),
+``indices`` (indices, aliases, documents) and ``search`` (queries and scores).
 """
 
 from tests.es_fake.profiles import OPENSEARCH_VERSION_MASK, PROFILES, Faults, ServerProfile

@@ -38,6 +38,17 @@ class SearchMixin:
             shards["failures"] = failures
         return answering, shards
 
+    def _msearch(self, default_index: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+        """``_msearch``: header and body lines in pairs; each search answers alone, a failed one as its error
+        with its status (``TransportMultiSearchAction``: one failure does not fail the others)."""
+        responses = []
+        for header, body in zip(lines[0::2], lines[1::2]):
+            try:
+                responses.append({**self._search(self._resolve(header.get("index", default_index)), body), "status": 200})
+            except ApiError as err:
+                responses.append({**err.body(), "status": err.status})
+        return {"took": 1, "responses": responses}
+
     def _count(self, names: list[str]) -> dict[str, Any]:
         answering, shards = self._shard_docs(names)
         return {"count": sum(len(docs) for _, _, docs in answering), "_shards": shards}

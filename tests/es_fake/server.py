@@ -103,7 +103,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         """Answer one request: ``(status, JSON body)``, the body ``None`` for an empty one."""
         params = {k: v[-1] for k, v in query.items()}
         bulk = path.endswith("/_bulk")
-        if bulk:
+        if bulk or path.endswith("/_msearch"):
             body: Any = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         else:
             body = json.loads(raw) if raw else None
@@ -203,6 +203,8 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
 
     def _route_action(self, method: str, head: str, rest: list[str], params: dict[str, str], body: Any) -> Any:
         action = rest[0]
+        if action == "_msearch":
+            return self._msearch(head, body)
         if action == "_bulk":
             return self._bulk(body, head)
         if action == "_alias":
