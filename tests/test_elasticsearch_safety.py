@@ -169,6 +169,56 @@ def test_an_ambiguous_publish_is_settled_by_reading_the_alias_back(caplog: pytes
         assert any("reads back as" in r.getMessage() and new.name in r.getMessage() for r in caplog.records)
 
 
+def test_a_swap_raced_by_someone_else_fails_saying_where_the_alias_points() -> None:
+    """Between the build's read of the alias and its swap, another client points the alias elsewhere (held at
+    that point by wrapping the swap call): the swap's ``remove`` answers 404, the alias reads back as the
+    other index, and the build says so, drops only its own new index and leaves the other one serving."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = backend_for(fake)
+        docs, vectors = corpus()
+        old = backend.build(docs, vectors, build_info())
+        other = raw(fake)
+        other.indices.create(index="hand_made")
+        swap = backend.client.indices.update_aliases
+
+        def raced(**kwargs):
+            other.indices.update_aliases(body={"actions": [
+                {"remove": {"index": old.name, "alias": "image_search"}}, {"add": {"index": "hand_made", "alias": "image_search"}},
+            ]})
+            return swap(**kwargs)
+
+        backend.client.indices.update_aliases = raced
+        with pytest.raises(ImageSearchError) as lost:
+            backend.build(docs, vectors, build_info())
+        message = str(lost.value)
+        assert "answered HTTP 404" in message and "now points at ['hand_made']" in message and "\n" not in message
+        assert fake.aliases == {"image_search": {"hand_made"}} and builds(fake) == {old.name, "hand_made"}
+
+
+def test_a_publish_that_cannot_be_read_back_keeps_the_new_build() -> None:
+    """The cluster goes away right after applying the swap: nobody can tell whether the new build is published,
+    so it is not deleted, and the message says it may be published."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = backend_for(fake)
+        docs, vectors = corpus()
+        old = backend.build(docs, vectors, build_info())
+        swap = backend.client.indices.update_aliases
+
+        def then_gone(**kwargs):
+            answer = swap(**kwargs)
+            fake.gone = True
+            return answer
+
+        backend.client.indices.update_aliases = then_gone
+        with pytest.raises(ImageSearchError) as unsure:
+            backend.build(docs, vectors, build_info())
+        message = str(unsure.value)
+        (new,) = fake.aliases["image_search"]
+        assert new != old.name and new in fake.indices
+        assert f"may point at {new} or still at ['{old.name}']" in message and f"{new} is kept" in message
+        assert "unchanged" not in message
+
+
 def test_fake_alias_actions_answer_as_each_version_does() -> None:
     """``must_exist`` is unknown before OpenSearch 2.12 and Elasticsearch 7.11; removing a missing alias is a
     404 on OpenSearch and Elasticsearch 7.x, a 200 on Elasticsearch 8.14+ (elastic #106304)."""

@@ -85,11 +85,13 @@ class BuildLock:
         if source.get("owner") == self.token:  # our own create, resent after a timeout
             self._keep(held)
             return
-        if float(source.get("expires_at", 0)) > self.clock():
+        expires = float(source.get("expires_at", 0))
+        if expires > self.clock():
+            until = dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat(timespec="seconds")
             raise UnavailableError(
                 f"another build of {self.alias} is running on {self.url} (since {source.get('acquired_at')} on"
-                f" {source.get('host')}, pid {source.get('pid')}; the lock document {self.index}/_doc/{self.alias}"
-                " expires after IMAGE_SEARCH_ES_BUILD_TIMEOUT): wait for it to finish, then build again"
+                f" {source.get('host')}, pid {source.get('pid')}; its lock expires at {until}): wait for it to finish;"
+                f" if that build is dead, delete its lock (DELETE /{self.index}/_doc/{self.alias}) and build again"
             )
         try:
             self._keep(

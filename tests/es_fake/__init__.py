@@ -40,7 +40,7 @@ documentation or source it follows:
 A profile's :class:`Faults` add the failures real clusters answer with (see there).
 ``FakeSearchServer.requests`` records every request body so tests can assert the exact
 mapping and queries on the wire; ``drop_bulk`` makes ``_bulk`` requests die mid-way (a
-server gone during a build); :meth:`FakeSearchServer.switch_to` swaps the profile
+server gone during a build), ``gone`` every request; :meth:`FakeSearchServer.switch_to` swaps the profile
 under existing indices, as a rolling upgrade or a lost node does.
 
 Modules: ``profiles`` (the engines and their faults), ``server`` (HTTP and routing),

@@ -25,6 +25,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         self.requests: list[tuple[str, str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.drop_bulk = False
+        self.gone = False
         self._bulk_rejections_left = self.profile.faults.bulk_rejections
         self._alias_answers_to_lose = self.profile.faults.aliases_lost_answers
         self._rejections: dict[tuple[str, str], int] = {}
@@ -62,7 +63,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
                 raw = self.rfile.read(length) if length else b""
                 fake.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
                 parts = urlsplit(self.path)
-                if fake.drop_bulk and parts.path.endswith("/_bulk"):
+                if fake.gone or (fake.drop_bulk and parts.path.endswith("/_bulk")):
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
