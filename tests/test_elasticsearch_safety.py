@@ -153,7 +153,7 @@ def test_two_takeovers_of_one_expired_lock_conflict() -> None:
 
 def test_an_ambiguous_publish_is_settled_by_reading_the_alias_back(caplog: pytest.LogCaptureFixture) -> None:
     """A proxy applies ``POST _aliases`` but answers 504; the client resends it, and the resend's ``remove``
-    of the old build answers 404 (OpenSearch, ``MetadataIndexAliasesService``). Before: the build took the
+    of the old build answers 404 (OpenSearch #11210: a remove whose aliases are all missing). Before: the build took the
     404 as a failure and deleted its new index, which the alias already pointed to, leaving the alias on
     nothing. Now the alias is read back: the new build is published and says so."""
     with FakeSearchServer("opensearch-2.11") as fake:
@@ -221,7 +221,8 @@ def test_a_publish_that_cannot_be_read_back_keeps_the_new_build() -> None:
 
 def test_fake_alias_actions_answer_as_each_version_does() -> None:
     """``must_exist`` is unknown before OpenSearch 2.12 and Elasticsearch 7.11; removing a missing alias is a
-    404 on OpenSearch and Elasticsearch 7.x, a 200 on Elasticsearch 8.14+ (elastic #106304)."""
+    404 on OpenSearch (even with ``must_exist: false``) and Elasticsearch 7.x, a 200 on Elasticsearch 8.14+
+    (elastic #106304)."""
     es8 = ServerProfile("es-8.15", "8.15.0", None, "default", "You Know, for Search")
     cases = [("opensearch-2.11", 400, 404), ("opensearch-2.19", 200, 404), ("elasticsearch-oss-7.10", 400, 404),
              ("elasticsearch-7.17", 200, 404), (es8, 200, 200)]
@@ -236,6 +237,9 @@ def test_fake_alias_actions_answer_as_each_version_does() -> None:
             assert status == with_must_exist, profile
             gone = {"remove": {"index": "b", "alias": "live"}}
             assert _status(lambda: client.indices.update_aliases(body={"actions": [gone]})) == missing, profile
+            if with_must_exist == 200:
+                lenient = {"remove": {"index": "b", "alias": "live", "must_exist": False}}
+                assert _status(lambda: client.indices.update_aliases(body={"actions": [lenient]})) == missing, profile
 
 
 def _status(call) -> int:

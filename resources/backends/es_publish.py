@@ -8,9 +8,9 @@
   ``if_seq_no``/``if_primary_term`` (optimistic concurrency control, Elasticsearch 6.7+ and every
   OpenSearch): of two builds taking over the same stale lock, one gets a 409.
 - **Read back.** ``POST _aliases`` is atomic, but the client resends it after a timeout or a
-  502/503/504, and removing an alias that is no longer there answers 404 on OpenSearch and
-  Elasticsearch 7.x (OpenSearch ``MetadataIndexAliasesService``; 200 on Elasticsearch 8.14+,
-  elastic #106304), while ``must_exist`` is an unknown field before OpenSearch 2.12 (#2949,
+  502/503/504, and removing an alias that is no longer there answers 404 on OpenSearch
+  (whatever ``must_exist`` says, OpenSearch #11210) and Elasticsearch 7.x (200 on
+  Elasticsearch 8.14+, elastic #106304), while ``must_exist`` is an unknown field before OpenSearch 2.12 (#2949,
   #11210) and Elasticsearch 7.11 (elastic #62642, #65141): no answer is trusted alone. After
   every publish, and whenever the answer is an error, the alias is read back, and what it
   points to decides.

@@ -213,20 +213,21 @@ class IndicesMixin:
     def _check_remove(self, spec: dict[str, Any], members: set[str]) -> None:
         """Refuse a ``remove`` alias action as the engine's version does.
 
-        ``must_exist`` is an unknown field of ``AliasActions`` (``IndicesAliasesRequest.java``)
-        before OpenSearch 2.12 (OpenSearch #2949, #11210) and before Elasticsearch 7.11
-        (elastic #62642, #65141). Removing an alias the index does not carry answers 404
-        ``aliases_not_found_exception`` (``MetadataIndexAliasesService``) on OpenSearch and
-        Elasticsearch 7.x, unless ``must_exist: false``; Elasticsearch 8.14+ answers 200 and
-        skips it (elastic #106304).
+        ``must_exist`` is an unknown field of ``AliasActions`` (``IndicesAliasesRequest.java``:
+        the 400 ``x_content_parse_exception`` of OpenSearch #2949) before OpenSearch 2.12
+        (#11210) and before Elasticsearch's fix elastic #65141 (issue #62642; taken here as
+        7.11, the release after its backport #65209). Removing an alias the index does not
+        carry answers 404 ``aliases_not_found_exception`` on OpenSearch whatever
+        ``must_exist`` says (#11210 kept it so when all named aliases are missing) and on
+        Elasticsearch before 8.14; Elasticsearch 8.14+ answers 200 unless ``must_exist`` is
+        true (elastic #106304).
         """
         profile = self.profile
         if "must_exist" in spec and (profile.version < (2, 12) if profile.opensearch else profile.version < (7, 11)):
             raise ApiError(400, "x_content_parse_exception", "[1:60] [remove] unknown field [must_exist]")
         if spec["index"] in members:
             return
-        lenient = not profile.opensearch and profile.version >= (8, 14)
-        if spec.get("must_exist") is False or (lenient and spec.get("must_exist") is not True):
+        if not profile.opensearch and profile.version >= (8, 14) and spec.get("must_exist") is not True:
             return
         raise ApiError(404, "aliases_not_found_exception", f"aliases [{spec['alias']}] missing")
 
