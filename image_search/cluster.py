@@ -91,8 +91,10 @@ FILTERS: dict[str, tuple[Filters, Callable[[pd.DataFrame], pd.Series]]] = {
     "country": (Filters(country="japan"), lambda d: d.photo_location_country == "Japan"),
     "dates": (
         Filters(since=dt.date(2024, 3, 1), until=dt.date(2024, 7, 1)),
-        lambda d: (d.photo_submitted_at >= pd.Timestamp("2024-03-01", tz="UTC"))
-        & (d.photo_submitted_at < pd.Timestamp("2024-07-02", tz="UTC")),
+        lambda d: (
+            (d.photo_submitted_at >= pd.Timestamp("2024-03-01", tz="UTC"))
+            & (d.photo_submitted_at < pd.Timestamp("2024-07-02", tz="UTC"))
+        ),
     ),
 }
 
@@ -101,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     """Describe the cluster, run the checks on a scratch alias, print one line each."""
     settings = Settings.from_env()
     if not settings.es_url:
-        raise ImageSearchError("IMAGE_SEARCH_ES_URL is not set: point it at the cluster to check, e.g. https://localhost:9200")
+        raise ImageSearchError(
+            "IMAGE_SEARCH_ES_URL is not set: point it at the cluster to check, e.g. https://localhost:9200"
+        )
     from resources.backends.elasticsearch import ElasticsearchBackend
 
     scratch = f"{settings.index_name}_check_{secrets.token_hex(4)}"
@@ -230,7 +234,9 @@ class Checks:
             print(f"FAIL  {name}: {exc}")
         except TransportError as exc:
             self.failures += 1
-            print(f"FAIL  {name}: {self.backend.url} answered HTTP {exc.status_code} ({exc.error}): check the user's privileges")
+            print(
+                f"FAIL  {name}: {self.backend.url} answered HTTP {exc.status_code} ({exc.error}): check the user's privileges"
+            )
 
     def neighbourhood(self) -> set[str]:
         """Every index named like ``IMAGE_SEARCH_INDEX`` (its builds, its look-alikes), before and after."""
@@ -243,7 +249,9 @@ class Checks:
         report = self.backend.build(self.docs, self.vectors, self.info())
         self.builds.append(report)
         if report.count != DOCS or report.errors:
-            raise CheckFailed(f"{report.count} of {DOCS} documents indexed ({report.errors}): look at the cluster's logs")
+            raise CheckFailed(
+                f"{report.count} of {DOCS} documents indexed ({report.errors}): look at the cluster's logs"
+            )
         ((created, space),) = self.backend.describe(report.name).values()
         return f"{DOCS} documents in {report.name} (created by {created}); its vector field reads back as {space}"
 
@@ -282,7 +290,9 @@ class Checks:
         detail = self.compare(scores, "with a filter", expected)
         plain = self.scores(None)
         if any(abs(plain[p] - s) > TOLERANCE for p, s in scores.items()):
-            raise CheckFailed("filtered and unfiltered searches score the same documents differently: report it with this output")
+            raise CheckFailed(
+                "filtered and unfiltered searches score the same documents differently: report it with this output"
+            )
         return f"{detail}; filtered and unfiltered agree"
 
     def filters(self) -> str:
@@ -290,7 +300,9 @@ class Checks:
             expected = set(self.docs.photo_id[passes(self.docs)])
             found = {hit.photo_id for hit in self.backend.knn(probe(), DOCS, filters)}
             if found != expected:
-                raise CheckFailed(f"the {name} filter returned {sorted(found)} instead of {sorted(expected)}: report it")
+                raise CheckFailed(
+                    f"the {name} filter returned {sorted(found)} instead of {sorted(expected)}: report it"
+                )
         return f"{', '.join(FILTERS)} return exactly the matching documents"
 
     def keywords(self) -> str:
@@ -316,7 +328,9 @@ class Checks:
         self.builds.append(second)
         aliased = set(self.raw.indices.get_alias(name=self.scratch))
         if aliased != {second.name} or self.backend.count() != DOCS:
-            raise CheckFailed(f"after the second build {self.scratch} points to {sorted(aliased)}: check the alias privileges")
+            raise CheckFailed(
+                f"after the second build {self.scratch} points to {sorted(aliased)}: check the alias privileges"
+            )
         top = self.backend.knn(self.vectors[3], 1)[0]
         if top.photo_id != "check-03":
             raise CheckFailed(f"after the swap a document's own vector found {top.photo_id}: report it")
@@ -337,7 +351,9 @@ class Checks:
             raise CheckFailed(
                 f"the third build removed {removed} and left {sorted(left)}: report it; do not run builds on this cluster"
             )
-        return f"the third build removed only {removed[0]}; the previous build and {len(self.planted)} look-alikes stayed"
+        return (
+            f"the third build removed only {removed[0]}; the previous build and {len(self.planted)} look-alikes stayed"
+        )
 
     def remove(self, before: set[str]) -> str:
         """Delete, by exact name, what the check created; everything named like the index must be as before."""
@@ -349,5 +365,7 @@ class Checks:
             raise CheckFailed(
                 f"indices named {self.index_name}* changed: {sorted(before - after)} gone, {sorted(after - before)} new"
             )
-        deleted = f"deleted the scratch indices {', '.join(sorted(mine))} by name" if mine else "no scratch index was left"
+        deleted = (
+            f"deleted the scratch indices {', '.join(sorted(mine))} by name" if mine else "no scratch index was left"
+        )
         return f"{deleted}; every index named {self.index_name}* is as before"

@@ -1,4 +1,4 @@
-"""``image-search cluster check`` against every profile of the wire-level fake (``tests/es_fake.py``).
+"""``image-search cluster check`` against every profile of the wire-level fake (``tests/es_fake/``).
 
 No real cluster can run here, so each profile stands for one real answer (its comment in
 the fake names the source). The check must pass where a build works, and fail with one line
@@ -98,7 +98,18 @@ def test_cluster_check_passes_where_a_build_works(profile, engine, monkeypatch, 
         assert any(line.startswith("mapping") for line in lines)
         results = {line.split(":")[0][6:]: line[:4] for line in lines if line[:4] in ("ok  ", "FAIL", "skip")}
         assert results == dict.fromkeys(
-            ["build", "self-check", "cosine", "filtered", "filters", "keywords", "alias swap", "clean-up", "scratch removed"], "ok  "
+            [
+                "build",
+                "self-check",
+                "cosine",
+                "filtered",
+                "filters",
+                "keywords",
+                "alias swap",
+                "clean-up",
+                "scratch removed",
+            ],
+            "ok  ",
         ), "\n".join(lines)
         assert any("cosine 0.5 scores 0.5000 unfiltered" in line for line in lines)
         (checked,) = [line for line in lines if line.startswith("ok    self-check: ")]
@@ -115,7 +126,9 @@ def test_cluster_check_names_the_problem_in_one_line(profile, engine, check, say
         code, lines = _check(fake, engine, monkeypatch, capsys)
         assert code == 1
         failures = [line for line in lines if line.startswith("FAIL")]
-        assert len(failures) == 1 and failures[0].startswith(f"FAIL  {check}: ") and says in failures[0], "\n".join(lines)
+        assert len(failures) == 1 and failures[0].startswith(f"FAIL  {check}: ") and says in failures[0], "\n".join(
+            lines
+        )
         assert not [n for n in fake.indices if "_check_" in n]
 
 
@@ -131,7 +144,9 @@ def test_cluster_check_finds_a_published_index_that_scores_by_l2(monkeypatch, ca
         code, lines = _check(fake, "escloud", monkeypatch, capsys)
         assert code == 1
         failures = [line for line in lines if line.startswith("FAIL")]
-        assert len(failures) == 1 and failures[0].startswith("FAIL  published: image_search_v20250101000000000000 scores")
+        assert len(failures) == 1 and failures[0].startswith(
+            "FAIL  published: image_search_v20250101000000000000 scores"
+        )
         assert "l2" in failures[0] and "#2296" in failures[0]
         assert sum(line.startswith("ok  ") for line in lines) == 9
 
@@ -146,7 +161,9 @@ def test_cluster_check_never_advises_a_rebuild_over_a_strangers_index(monkeypatc
         code, lines = _check(fake, "auto", monkeypatch, capsys)
         assert code == 1
         (failure,) = [line for line in lines if line.startswith("FAIL")]
-        assert failure.startswith("FAIL  published: ") and "did not build" in failure and "IMAGE_SEARCH_INDEX" in failure
+        assert (
+            failure.startswith("FAIL  published: ") and "did not build" in failure and "IMAGE_SEARCH_INDEX" in failure
+        )
         assert "DELETE /image_search" in failure and "rebuild" not in " ".join(lines) and "materialize" not in failure
         assert set(fake.indices) == {"image_search"} and set(fake.indices["image_search"].docs) == {"theirs"}
 

@@ -17,10 +17,10 @@ import os
 import shutil
 import traceback
 import uuid
-from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -111,7 +111,9 @@ def builds(fake: FakeSearchServer) -> set[str]:
 
 
 def build_info(name: str = "test") -> BuildInfo:
-    return BuildInfo(image_model="tiny-clip", text_model="tiny-text", dim=DIM, count=0, built_at="2026-11-26T00:00:00Z", name=name)
+    return BuildInfo(
+        image_model="tiny-clip", text_model="tiny-text", dim=DIM, count=0, built_at="2026-11-26T00:00:00Z", name=name
+    )
 
 
 @dataclass
@@ -133,8 +135,12 @@ class Cluster:
         s = self.settings
         auth = (s.es_username, s.es_password or "") if s.es_username else None
         return Elasticsearch(
-            s.es_url, http_auth=auth, api_key=s.es_api_key, verify_certs=s.es_verify_certs,
-            ca_certs=s.es_ca_certs, transport_class=CheckedTransport,
+            s.es_url,
+            http_auth=auth,
+            api_key=s.es_api_key,
+            verify_certs=s.es_verify_certs,
+            ca_certs=s.es_ca_certs,
+            transport_class=CheckedTransport,
         )
 
     def indices(self) -> set[str]:
@@ -146,7 +152,9 @@ class Cluster:
 
 def _real_params() -> list:
     if not os.environ.get("IMAGE_SEARCH_ES_URL"):
-        return [pytest.param(None, marks=pytest.mark.skip(reason="IMAGE_SEARCH_ES_URL not set: no real cluster"), id="real")]
+        return [
+            pytest.param(None, marks=pytest.mark.skip(reason="IMAGE_SEARCH_ES_URL not set: no real cluster"), id="real")
+        ]
     return [pytest.param(None, id="real")]
 
 
@@ -164,7 +172,9 @@ def cluster(request) -> Iterator[Cluster]:
         return
     profile, engine, expected = request.param
     with FakeSearchServer(profile) as fake:
-        yield Cluster(Settings(backend="elasticsearch", es_url=fake.url, es_engine=engine, index_name=index), fake, expected)
+        yield Cluster(
+            Settings(backend="elasticsearch", es_url=fake.url, es_engine=engine, index_name=index), fake, expected
+        )
 
 
 def test_open_backend_picks_the_engine_the_server_runs(cluster: Cluster) -> None:
@@ -186,7 +196,13 @@ def test_build_publishes_under_the_alias_with_its_build_info(cluster: Cluster) -
     assert backend.count() == N
     info = backend.info()
     assert info is not None
-    assert (info.image_model, info.text_model, info.dim, info.count, info.name) == ("tiny-clip", "tiny-text", DIM, N, report.name)
+    assert (info.image_model, info.text_model, info.dim, info.count, info.name) == (
+        "tiny-clip",
+        "tiny-text",
+        DIM,
+        N,
+        report.name,
+    )
     fields, vector = backend.get("p00007")
     assert fields == {k: _plain(docs.loc[7, k]) for k in STORED_FIELDS}
     np.testing.assert_allclose(vector, vectors[7], atol=1e-6)
@@ -232,7 +248,9 @@ def test_refused_documents_are_counted_and_too_many_fail_the_build_leaving_the_o
 
     all_bad = docs.astype({"photo_submitted_at": object})
     all_bad["photo_submitted_at"] = "not a date"
-    with pytest.raises(ImageSearchError, match=r"60 of 60 documents could not be indexed .*mapper_parsing_exception.*unchanged"):
+    with pytest.raises(
+        ImageSearchError, match=r"60 of 60 documents could not be indexed .*mapper_parsing_exception.*unchanged"
+    ):
         backend.build(all_bad, vectors, build_info())
     assert cluster.aliased() == {report.name}
     assert cluster.indices() == {good.name, report.name}
@@ -285,12 +303,16 @@ FILTER_CASES = {
     "country": (Filters(country="japan"), lambda d: d.photo_location_country == "Japan"),
     "dates": (
         Filters(since=dt.date(2020, 3, 1), until=dt.date(2021, 1, 2)),
-        lambda d: (d.photo_submitted_at >= pd.Timestamp("2020-03-01", tz="UTC"))
-        & (d.photo_submitted_at < pd.Timestamp("2021-01-03", tz="UTC")),
+        lambda d: (
+            (d.photo_submitted_at >= pd.Timestamp("2020-03-01", tz="UTC"))
+            & (d.photo_submitted_at < pd.Timestamp("2021-01-03", tz="UTC"))
+        ),
     ),
     "combined": (
         Filters(orientation="landscape", color="red", country="France"),
-        lambda d: (d.orientation == "landscape") & d.colors.map(lambda c: "red" in c) & (d.photo_location_country == "France"),
+        lambda d: (
+            (d.orientation == "landscape") & d.colors.map(lambda c: "red" in c) & (d.photo_location_country == "France")
+        ),
     ),
 }
 
@@ -372,7 +394,9 @@ def test_clean_up_deletes_only_builds_this_project_made_for_this_alias(cluster: 
     stamp = "20200101000000000000"
     text = {"describe": {"type": "text"}}
     neighbours = {
-        f"{alias}_vnext_v{stamp}": {"_meta": {"image_search": {"name": f"{alias}_vnext_v{stamp}", "alias": f"{alias}_vnext"}}},
+        f"{alias}_vnext_v{stamp}": {
+            "_meta": {"image_search": {"name": f"{alias}_vnext_v{stamp}", "alias": f"{alias}_vnext"}}
+        },
         f"{alias}_v{stamp}": {},
         f"{alias}_v{stamp[:-1]}1": {"_meta": {"other_tool": {"name": f"{alias}_v{stamp[:-1]}1"}}},
         f"{alias}_v_other": {},
@@ -393,7 +417,9 @@ def test_clean_up_deletes_only_builds_this_project_made_for_this_alias(cluster: 
     assert cluster.aliased() == {fourth.name} and backend.count() == N
 
 
-def test_credentials_never_appear_in_messages_logs_or_reports(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials_never_appear_in_messages_logs_or_reports(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     if cluster.fake is not None:
         secrets = ["s3cr3t-Pa55"]
@@ -471,7 +497,9 @@ def test_dagster_materializes_search_index_into_the_cluster_and_the_service_find
         )
         resources = {"settings": resource, "clip": ClipResource(settings=resource)}
         result = materialize(
-            [search_index, index_matches_catalog, index_self_retrieval], resources=resources, instance=DagsterInstance.ephemeral()
+            [search_index, index_matches_catalog, index_self_retrieval],
+            resources=resources,
+            instance=DagsterInstance.ephemeral(),
         )
         assert result.success
         checks = result.get_asset_check_evaluations()
@@ -485,7 +513,7 @@ def test_dagster_materializes_search_index_into_the_cluster_and_the_service_find
         settings = resource.get()
         (live,) = fake.aliases["photos"]
         photo_id = sorted(fake.indices[live].visible)[0]
-        found = SearchService.from_settings(settings).search_image(ImageStore(settings.images_dir).path_for(photo_id), k=3)
+        found = SearchService.from_settings(settings).search_image(
+            ImageStore(settings.images_dir).path_for(photo_id), k=3
+        )
         assert found[0].photo_id == photo_id and found[0].cosine == pytest.approx(1.0, abs=1e-3)
-
-

@@ -69,7 +69,10 @@ def test_fake_escloud_gets_the_original_designs_mapping_and_queries(fake_escloud
     assert fake_escloud.bodies("PUT", f"/{report.name}/_settings")[0] == {
         "index": {"refresh_interval": "60s", "number_of_replicas": "1"}
     }
-    assert created["settings"]["index"]["refresh_interval"] == "-1" and created["settings"]["index"]["number_of_replicas"] == "0"
+    assert (
+        created["settings"]["index"]["refresh_interval"] == "-1"
+        and created["settings"]["index"]["number_of_replicas"] == "0"
+    )
 
     backend.knn(vectors[0], 5)
     plain = fake_escloud.bodies("POST", "/image_search/_search")[-1]
@@ -101,7 +104,14 @@ def test_fake_escloud_gets_the_original_designs_mapping_and_queries(fake_escloud
 @pytest.mark.parametrize(
     ("profile", "vector_mapping"),
     [
-        ("opensearch-3.1", {"type": "knn_vector", "dimension": DIM, "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": "lucene"}}),
+        (
+            "opensearch-3.1",
+            {
+                "type": "knn_vector",
+                "dimension": DIM,
+                "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": "lucene"},
+            },
+        ),
         ("elasticsearch-7.17", {"type": "dense_vector", "dims": DIM}),
     ],
 )
@@ -130,8 +140,13 @@ def test_fake_server_gone_mid_build_leaves_the_old_index_serving() -> None:
 
 @pytest.mark.parametrize(
     ("profile", "engine"),
-    [("escloud-7.10", "escloud"), ("opensearch-2.11", "opensearch"), ("opensearch-2.19", "opensearch"),
-     ("opensearch-3.1", "opensearch"), ("elasticsearch-7.17", "elasticsearch")],
+    [
+        ("escloud-7.10", "escloud"),
+        ("opensearch-2.11", "opensearch"),
+        ("opensearch-2.19", "opensearch"),
+        ("opensearch-3.1", "opensearch"),
+        ("elasticsearch-7.17", "elasticsearch"),
+    ],
 )
 def test_fake_auto_detection_and_the_product_check(profile: str, engine: str) -> None:
     with FakeSearchServer(profile) as fake:
@@ -158,7 +173,9 @@ def test_fake_unsupported_servers_and_engines_are_refused_in_one_line() -> None:
     with FakeSearchServer("elasticsearch-oss-7.10") as fake:
         with pytest.raises(ImageSearchError, match="neither a k-NN plugin nor dense_vector"):
             ElasticsearchBackend(Settings(es_url=fake.url))
-        with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on Elasticsearch 7.10.2"):
+        with pytest.raises(
+            ImageSearchError, match="IMAGE_SEARCH_ES_ENGINE=escloud does not run on Elasticsearch 7.10.2"
+        ):
             ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
     bare = dataclasses.replace(PROFILES["opensearch-2.11"], name="opensearch-min", plugins=())
     with FakeSearchServer(bare) as fake:
@@ -194,13 +211,21 @@ def test_fake_refuses_what_each_engine_refuses() -> None:
         item = result["items"][0]["index"]
         assert result["errors"] and item["status"] == 400 and item["error"]["type"] == "mapper_parsing_exception"
         with pytest.raises(TransportError, match="does not support filters"):
-            raw.search(index="x", query={"knn": {"photo_embedding": {"vector": [1, 0, 0], "k": 1, "filter": {"match_all": {}}}}})
+            raw.search(
+                index="x",
+                query={"knn": {"photo_embedding": {"vector": [1, 0, 0], "k": 1, "filter": {"match_all": {}}}}},
+            )
 
 
 @pytest.mark.parametrize(
     ("profile", "engine"),
-    [("opensearch-2.11", "nmslib"), ("opensearch-2.17", "nmslib"), ("opensearch-2.18", "nmslib"),
-     ("opensearch-2.19", "faiss"), ("opensearch-3.1", "faiss")],
+    [
+        ("opensearch-2.11", "nmslib"),
+        ("opensearch-2.17", "nmslib"),
+        ("opensearch-2.18", "nmslib"),
+        ("opensearch-2.19", "faiss"),
+        ("opensearch-3.1", "faiss"),
+    ],
 )
 def test_fake_escloud_on_opensearch_declares_cosine_on_the_field(profile: str, engine: str) -> None:
     """OpenSearch 2.17 and 2.18 ignore the index-level space type (k-NN #2296) and 3.x removed it:
@@ -218,7 +243,9 @@ def test_fake_escloud_on_opensearch_declares_cosine_on_the_field(profile: str, e
         assert "knn.space_type" not in created["settings"]["index"]
         probe = _probe(vectors, 5, 0.5)
         for filters in (None, Filters(orientation=docs.orientation[5])):
-            assert {h.photo_id: h.score for h in backend.knn(probe, N, filters)}["p00005"] == pytest.approx(0.5, abs=1e-4)
+            assert {h.photo_id: h.score for h in backend.knn(probe, N, filters)}["p00005"] == pytest.approx(
+                0.5, abs=1e-4
+            )
 
 
 def test_fake_a_build_whose_field_would_not_score_by_cosine_is_never_published(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,7 +392,9 @@ def test_fake_open_distro_refuses_a_method_and_more_than_10000_dimensions() -> N
         raw = Elasticsearch(fake.url, transport_class=CheckedTransport)
         method = {"name": "hnsw", "space_type": "cosinesimil", "engine": "nmslib"}
         with pytest.raises(TransportError, match=r"unknown parameter \[method\]"):
-            raw.indices.create(index="x", mappings={"properties": {"v": {"type": "knn_vector", "dimension": 4, "method": method}}})
+            raw.indices.create(
+                index="x", mappings={"properties": {"v": {"type": "knn_vector", "dimension": 4, "method": method}}}
+            )
         with pytest.raises(TransportError, match="cannot be greater than 10000"):
             raw.indices.create(index="x", mappings={"properties": {"v": {"type": "knn_vector", "dimension": 10_001}}})
         backend = ElasticsearchBackend(Settings(es_url=fake.url))
@@ -395,7 +424,10 @@ def test_tls_verification_is_on_by_default(tls, caplog: pytest.LogCaptureFixture
     with FakeSearchServer("opensearch-2.11", ssl_context=context) as fake:
         assert fake.url.startswith("https://")
         assert Settings().es_verify_certs is True
-        with pytest.raises(ImageSearchError, match="TLS certificate verification failed for https://127.0.0.1.*IMAGE_SEARCH_ES_CA_CERTS"):
+        with pytest.raises(
+            ImageSearchError,
+            match="TLS certificate verification failed for https://127.0.0.1.*IMAGE_SEARCH_ES_CA_CERTS",
+        ):
             ElasticsearchBackend(Settings(es_url=fake.url))
         trusted = ElasticsearchBackend(Settings(es_url=fake.url, es_ca_certs=bundle))
         assert trusted.count() == 0

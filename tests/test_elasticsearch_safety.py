@@ -79,7 +79,9 @@ def test_a_strangers_index_named_like_the_alias_is_never_deleted() -> None:
 
     with FakeSearchServer("escloud-7.10") as fake:
         meta = {"image_search": {"name": "image_search", "alias": "image_search"}}
-        raw(fake).indices.create(index="image_search", mappings={"_meta": meta, "properties": {"describe": {"type": "text"}}})
+        raw(fake).indices.create(
+            index="image_search", mappings={"_meta": meta, "properties": {"describe": {"type": "text"}}}
+        )
         report = backend_for(fake).build(*corpus(), build_info())
         assert fake.bodies("POST", "/_aliases")[-1]["actions"] == [
             {"remove_index": {"index": "image_search"}},
@@ -144,8 +146,11 @@ def test_two_takeovers_of_one_expired_lock_conflict() -> None:
         winner.acquire()
         with pytest.raises(TransportError) as conflict:
             client.index(
-                index="photos_build_lock", id="photos", document={"owner": "late"},
-                if_seq_no=stale["_seq_no"], if_primary_term=stale["_primary_term"],
+                index="photos_build_lock",
+                id="photos",
+                document={"owner": "late"},
+                if_seq_no=stale["_seq_no"],
+                if_primary_term=stale["_primary_term"],
             )
         assert conflict.value.status_code == 409 and conflict.value.error == "version_conflict_engine_exception"
         winner.check()
@@ -182,9 +187,14 @@ def test_a_swap_raced_by_someone_else_fails_saying_where_the_alias_points() -> N
         swap = backend.client.indices.update_aliases
 
         def raced(**kwargs):
-            other.indices.update_aliases(body={"actions": [
-                {"remove": {"index": old.name, "alias": "image_search"}}, {"add": {"index": "hand_made", "alias": "image_search"}},
-            ]})
+            other.indices.update_aliases(
+                body={
+                    "actions": [
+                        {"remove": {"index": old.name, "alias": "image_search"}},
+                        {"add": {"index": "hand_made", "alias": "image_search"}},
+                    ]
+                }
+            )
             return swap(**kwargs)
 
         backend.client.indices.update_aliases = raced
@@ -224,8 +234,13 @@ def test_fake_alias_actions_answer_as_each_version_does() -> None:
     404 on OpenSearch (even with ``must_exist: false``) and Elasticsearch 7.x, a 200 on Elasticsearch 8.14+
     (elastic #106304)."""
     es8 = ServerProfile("es-8.15", "8.15.0", None, "default", "You Know, for Search")
-    cases = [("opensearch-2.11", 400, 404), ("opensearch-2.19", 200, 404), ("elasticsearch-oss-7.10", 400, 404),
-             ("elasticsearch-7.17", 200, 404), (es8, 200, 200)]
+    cases = [
+        ("opensearch-2.11", 400, 404),
+        ("opensearch-2.19", 200, 404),
+        ("elasticsearch-oss-7.10", 400, 404),
+        ("elasticsearch-7.17", 200, 404),
+        (es8, 200, 200),
+    ]
     for profile, with_must_exist, missing in cases:
         with FakeSearchServer(profile) as fake:
             client = raw(fake)
@@ -261,7 +276,8 @@ def test_fake_opensearch_2_18_searches_small_segments_exactly_with_another_formu
         with FakeSearchServer("opensearch-2.18") as fake:
             client = raw(fake)
             client.indices.create(
-                index="x", settings={"index": {"knn": "true", **settings}},
+                index="x",
+                settings={"index": {"knn": "true", **settings}},
                 mappings={"properties": {"v": _hnsw(3, "nmslib")}},
             )
             client.index(index="x", id="a", document={"v": target}, refresh="true")
@@ -310,7 +326,9 @@ def test_read_only_credentials_that_cannot_read_settings_still_get_true_cosines(
         reader = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
         probe = _probe(vectors, 5, 0.5)
         for filters in (Filters(orientation=docs.orientation[5]), None):
-            assert {h.photo_id: h.score for h in reader.knn(probe, N, filters)}["p00005"] == pytest.approx(0.5, abs=1e-4)
+            assert {h.photo_id: h.score for h in reader.knn(probe, N, filters)}["p00005"] == pytest.approx(
+                0.5, abs=1e-4
+            )
         assert "denied reading index.version.created" in caplog.text
 
 
@@ -332,8 +350,13 @@ def test_sustained_overload_is_waited_out_with_jitter_and_never_counts_as_bad_do
 
 def test_overload_fails_the_build_only_at_its_own_deadline() -> None:
     refusing = ServerProfile(
-        "forever-429", "2.11.1", "opensearch", None, "The OpenSearch Project: https://opensearch.org/",
-        ("opensearch-knn",), faults=Faults(bulk_rejections=10**9),
+        "forever-429",
+        "2.11.1",
+        "opensearch",
+        None,
+        "The OpenSearch Project: https://opensearch.org/",
+        ("opensearch-knn",),
+        faults=Faults(bulk_rejections=10**9),
     )
     with FakeSearchServer(refusing) as fake:
         time = FakeTime()

@@ -74,7 +74,9 @@ class ElasticsearchBackend(SearchBackend):
 
     def __init__(self, settings: Settings):
         if not settings.es_url:
-            raise ImageSearchError("IMAGE_SEARCH_ES_URL is not set: point it at the cluster, e.g. https://localhost:9200")
+            raise ImageSearchError(
+                "IMAGE_SEARCH_ES_URL is not set: point it at the cluster, e.g. https://localhost:9200"
+            )
         if not _INDEX_NAME.match(settings.index_name):
             raise ImageSearchError(
                 f"IMAGE_SEARCH_INDEX={settings.index_name!r} is not a valid index name: use lowercase letters,"
@@ -98,7 +100,9 @@ class ElasticsearchBackend(SearchBackend):
             logger.warning(
                 "%s: %s: using IMAGE_SEARCH_ES_ENGINE=%s without checking that the server runs it; run"
                 " `image-search cluster check` to test the cluster",
-                self.url, self.server.unknown, self.engine,
+                self.url,
+                self.server.unknown,
+                self.engine,
             )
         logger.info("search index: %s at %s, engine %s, alias %s", self.server.label, self.url, self.engine, self.alias)
 
@@ -135,13 +139,22 @@ class ElasticsearchBackend(SearchBackend):
             check_no_stranger(self.client, self.alias, self.url)
             lock.acquire()
         try:
-            index, count, errors, checked, previous = self._build_and_publish(documents, vectors, info, dim, lock, progress)
+            index, count, errors, checked, previous = self._build_and_publish(
+                documents, vectors, info, dim, lock, progress
+            )
         finally:
             with self._errors("releasing the build lock"):
                 lock.release()
         removed = clean_up(self.client, self.alias, keep={index, *previous})
         seconds = time.perf_counter() - started
-        logger.info("published %s (%d documents) as %s in %.1f s; self-check: %s", index, count, self.alias, seconds, checked.summary())
+        logger.info(
+            "published %s (%d documents) as %s in %.1f s; self-check: %s",
+            index,
+            count,
+            self.alias,
+            seconds,
+            checked.summary(),
+        )
         return BuildReport(
             name=index,
             count=count,
@@ -213,7 +226,9 @@ class ElasticsearchBackend(SearchBackend):
     def _verify(self, index: str, ids: list[str | None], vectors: np.ndarray):
         """The self-check of es_verify on the new ``index`` (``None``: a row not indexed), read by the formulas queries will use."""
         created = self._created_by.get(index)
-        where = f"{self.server.label} (index created by {created or 'an unknown version'}) with the {self.engine} engine"
+        where = (
+            f"{self.server.label} (index created by {created or 'an unknown version'}) with the {self.engine} engine"
+        )
         return verify(
             ids,
             vectors,
@@ -321,13 +336,17 @@ class ElasticsearchBackend(SearchBackend):
         if index not in self._created_by:
             with self._errors(f"reading the settings of {index}"):
                 try:
-                    found = self.client.indices.get_settings(index=index, name="index.version.created", flat_settings=True)
+                    found = self.client.indices.get_settings(
+                        index=index, name="index.version.created", flat_settings=True
+                    )
                     raw = found[index]["settings"].get("index.version.created")
                     self._created_by[index] = release_from_id(raw) if raw else None
                 except AuthorizationException as exc:
                     logger.warning(
                         "%s denied reading index.version.created of %s (%s): telling its score formula from a stored vector",
-                        self.url, index, reason(exc),
+                        self.url,
+                        index,
+                        reason(exc),
                     )
                     self._unreadable.add(index)
                     self._created_by[index] = None
@@ -352,7 +371,11 @@ class ElasticsearchBackend(SearchBackend):
         if (index, path) not in self._calibrated:
             candidates = self.impl.possible_formulas(path)
             ours = [h for h in hits if h["_index"] == index]
-            spread = [max(f.to_cosine(float(h["_score"])) for f in candidates) - min(f.to_cosine(float(h["_score"])) for f in candidates) for h in ours]
+            spread = [
+                max(f.to_cosine(float(h["_score"])) for f in candidates)
+                - min(f.to_cosine(float(h["_score"])) for f in candidates)
+                for h in ours
+            ]
             if len(candidates) == 1 or max(spread, default=0.0) <= TOLERANCE / 2:
                 return candidates[0]  # every candidate gives these hits the same cosine
             self._calibrated[(index, path)] = self._calibrate(index, candidates, ours[int(np.argmax(spread))], query)
@@ -367,7 +390,9 @@ class ElasticsearchBackend(SearchBackend):
             truth = float(stored @ query / max(np.linalg.norm(stored) * np.linalg.norm(query), 1e-12))
             for formula in candidates:
                 if abs(formula.to_cosine(float(hit["_score"])) - truth) <= TOLERANCE:
-                    logger.info("scores of %s read as %s (told from the stored vector of %s)", index, formula.score, hit["_id"])
+                    logger.info(
+                        "scores of %s read as %s (told from the stored vector of %s)", index, formula.score, hit["_id"]
+                    )
                     return formula
         raise ClusterError(
             f"{self.url} denied reading index.version.created of {index}, and its scores match none of the formulas"

@@ -278,9 +278,7 @@ def choose_engine(requested: str, server: ServerInfo) -> Engine:
         )
     engine = ENGINES[requested](server)
     if server.version is not None and not engine.supports(server):
-        raise ImageSearchError(
-            f"IMAGE_SEARCH_ES_ENGINE={requested} does not run on {server.label}: set it to auto"
-        )
+        raise ImageSearchError(f"IMAGE_SEARCH_ES_ENGINE={requested} does not run on {server.label}: set it to auto")
     return engine
 
 
@@ -335,5 +333,3 @@ def filter_clauses(filters: Filters | None) -> list[dict[str, Any]]:
             bounds["lt"] = (filters.until + dt.timedelta(days=1)).isoformat()
         clauses.append({"range": {"photo_submitted_at": bounds}})
     return clauses
-
-

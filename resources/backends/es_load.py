@@ -205,7 +205,9 @@ class BulkLoader:
         if half < self.batch_size:
             logger.warning(
                 "%s refused a bulk request of %d documents as too large (HTTP 413): sending %d per request",
-                self.url, len(batch), half,
+                self.url,
+                len(batch),
+                half,
             )
             self.batch_size = half
         return self.send(batch[:half]) + self.send(batch[half:])

@@ -30,7 +30,8 @@ import time
 from typing import Any, Callable
 
 from elasticsearch7 import Elasticsearch
-from elasticsearch7.exceptions import ConflictError, ConnectionError as EsConnectionError, TransportError
+from elasticsearch7.exceptions import ConflictError, TransportError
+from elasticsearch7.exceptions import ConnectionError as EsConnectionError
 
 from resources.backends.es_engines import META_KEY
 from resources.backends.es_transport import absent, reason
@@ -47,7 +48,9 @@ def lock_index(alias: str) -> str:
 class BuildLock:
     """The cluster-wide lock one build of ``alias`` holds from its first write to its publish."""
 
-    def __init__(self, client: Elasticsearch, alias: str, url: str, ttl_s: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, client: Elasticsearch, alias: str, url: str, ttl_s: float, clock: Callable[[], float] = time.time
+    ):
         self.client, self.alias, self.url, self.ttl_s, self.clock = client, alias, url, ttl_s, clock
         self.index = lock_index(alias)
         self.token = secrets.token_hex(8)
@@ -96,8 +99,12 @@ class BuildLock:
         try:
             self._keep(
                 self.client.index(
-                    index=self.index, id=self.alias, document=self._document(), refresh="true",
-                    if_seq_no=held["_seq_no"], if_primary_term=held["_primary_term"],
+                    index=self.index,
+                    id=self.alias,
+                    document=self._document(),
+                    refresh="true",
+                    if_seq_no=held["_seq_no"],
+                    if_primary_term=held["_primary_term"],
                 )
             )
         except ConflictError:
@@ -105,7 +112,12 @@ class BuildLock:
                 f"another build of {self.alias} on {self.url} took over the expired lock at the same moment: wait for"
                 " it to finish, then build again"
             ) from None
-        logger.warning("took over the expired build lock of %s (left by %s, pid %s)", self.alias, source.get("host"), source.get("pid"))
+        logger.warning(
+            "took over the expired build lock of %s (left by %s, pid %s)",
+            self.alias,
+            source.get("host"),
+            source.get("pid"),
+        )
 
     def _keep(self, response: dict[str, Any]) -> None:
         self._version = {"if_seq_no": response["_seq_no"], "if_primary_term": response["_primary_term"]}
@@ -187,7 +199,11 @@ def publish(client: Elasticsearch, alias: str, index: str, url: str) -> set[str]
     try:
         client.indices.update_aliases(body={"actions": actions})
     except (TransportError, EsConnectionError) as exc:
-        failure = f"HTTP {exc.status_code}: {reason(exc)}" if isinstance(exc, TransportError) and isinstance(exc.status_code, int) else str(exc)
+        failure = (
+            f"HTTP {exc.status_code}: {reason(exc)}"
+            if isinstance(exc, TransportError) and isinstance(exc.status_code, int)
+            else str(exc)
+        )
     try:
         now = aliased(client, alias)
     except (TransportError, EsConnectionError) as exc:
@@ -199,7 +215,13 @@ def publish(client: Elasticsearch, alias: str, index: str, url: str) -> set[str]
         ) from None
     if now == {index}:
         if failure:
-            logger.warning("publishing %s as %s answered %s, but the alias reads back as %s: published", index, alias, failure, index)
+            logger.warning(
+                "publishing %s as %s answered %s, but the alias reads back as %s: published",
+                index,
+                alias,
+                failure,
+                index,
+            )
         return previous
     said = f"answered {failure}" if failure else "answered OK"
     raise NotPublished(
@@ -222,7 +244,10 @@ def clean_up(client: Elasticsearch, alias: str, keep: set[str]) -> list[str]:
         stale = sorted(
             name
             for name, body in found.items()
-            if name not in keep and build_name.fullmatch(name) and not body.get("aliases") and built_here(name, body, alias)
+            if name not in keep
+            and build_name.fullmatch(name)
+            and not body.get("aliases")
+            and built_here(name, body, alias)
         )
         if stale:
             client.indices.delete(index=",".join(stale))

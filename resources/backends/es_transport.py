@@ -18,10 +18,12 @@ from elasticsearch7 import Elasticsearch, Transport
 from elasticsearch7.exceptions import (
     AuthenticationException,
     AuthorizationException,
-    ConnectionError as EsConnectionError,
     ConnectionTimeout,
     SSLError,
     TransportError,
+)
+from elasticsearch7.exceptions import (
+    ConnectionError as EsConnectionError,
 )
 
 from resources.config import Settings
@@ -138,7 +140,9 @@ def read_server(root: dict[str, Any], plugins: list[str] | None, node_versions: 
             if number is None:
                 unknown = "GET / answers 7.10.2 (compatibility mode) and GET /_nodes was refused"
         if number is not None and number[0] not in (1, 2, 3):
-            raise ImageSearchError(f"OpenSearch {'.'.join(map(str, number))} is not supported: use OpenSearch 1.x to 3.x")
+            raise ImageSearchError(
+                f"OpenSearch {'.'.join(map(str, number))} is not supported: use OpenSearch 1.x to 3.x"
+            )
         knn = found is None or any("knn" in p for p in found)
         return ServerInfo("opensearch", number, None, knn, found, compatibility, unknown)
     if root.get("tagline") != "You Know, for Search" or number is None:
@@ -154,8 +158,6 @@ def read_server(root: dict[str, Any], plugins: list[str] | None, node_versions: 
     flavor = version.get("build_flavor")
     knn = any("knn" in p for p in found) if found is not None else flavor == "oss"
     return ServerInfo("elasticsearch", number, flavor, knn, found)
-
-
 
 
 def connect(settings: Settings) -> Elasticsearch:

@@ -84,7 +84,9 @@ def _check_hits(hits, photo_id, unit, row_of, formula: ScoreFormula, where: str)
     """The largest gap between a hit's reported and true cosine; raise if it exceeds the tolerance or the photo is not first."""
     query = unit[row_of[photo_id]]
     if not hits:
-        raise ClusterError(f"the self-check found nothing for photo {photo_id} on {where}: the index does not answer kNN searches")
+        raise ClusterError(
+            f"the self-check found nothing for photo {photo_id} on {where}: the index does not answer kNN searches"
+        )
     worst = 0.0
     for hit in hits:
         truth = float(unit[row_of[str(hit["_id"])]] @ query)

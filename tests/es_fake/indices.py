@@ -6,7 +6,7 @@ import fnmatch
 import json
 from typing import Any
 
-from tests.es_fake.profiles import FakeIndex, ApiError, _flatten, _not_found, _parse_date
+from tests.es_fake.profiles import ApiError, FakeIndex, _flatten, _not_found, _parse_date
 
 
 class IndicesMixin:
@@ -45,7 +45,10 @@ class IndicesMixin:
 
     def _check_settings(self, settings: dict[str, str]) -> None:
         known = {
-            "number_of_shards", "number_of_replicas", "refresh_interval", "auto_expand_replicas",
+            "number_of_shards",
+            "number_of_replicas",
+            "refresh_interval",
+            "auto_expand_replicas",
             "max_result_window",
         }
         if self.profile.approximate_threshold is not None:
@@ -82,7 +85,9 @@ class IndicesMixin:
                 )
             if kind == "dense_vector" and not 1 <= int(spec.get("dims", 0)) <= 2048:
                 raise ApiError(
-                    400, "mapper_parsing_exception", f"The number of dimensions for field [{name}] should be in the range [1, 2048]"
+                    400,
+                    "mapper_parsing_exception",
+                    f"The number of dimensions for field [{name}] should be in the range [1, 2048]",
                 )
             if kind == "knn_vector":
                 self._check_knn_vector(name, spec)
@@ -126,8 +131,10 @@ class IndicesMixin:
             raise ApiError(400, "invalid_index_name_exception", f"Invalid index name [{name}], already exists as alias")
         raw_settings = dict(body.get("settings") or {})
         raw_settings = raw_settings.get("index", raw_settings)
-        settings = {k.removeprefix("index."): str(v).lower() if isinstance(v, bool) else str(v)
-                    for k, v in _flatten("", raw_settings, {}).items()}
+        settings = {
+            k.removeprefix("index."): str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in _flatten("", raw_settings, {}).items()
+        }
         self._check_settings(settings)
         mappings = body.get("mappings") or {}
         self._check_mapping(mappings, settings)
@@ -153,12 +160,16 @@ class IndicesMixin:
 
     def _put_settings(self, expression: str, body: dict[str, Any]) -> dict[str, Any]:
         raw = body.get("index", body)
-        changes = {k.removeprefix("index."): str(v).lower() if isinstance(v, bool) else str(v)
-                   for k, v in _flatten("", raw, {}).items()}
+        changes = {
+            k.removeprefix("index."): str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in _flatten("", raw, {}).items()
+        }
         self._check_settings(changes)
         for name in self._resolve(expression):
             if any(k in ("knn", "knn.space_type", "number_of_shards") for k in changes):
-                raise ApiError(400, "illegal_argument_exception", f"Can't update non dynamic settings {sorted(changes)}")
+                raise ApiError(
+                    400, "illegal_argument_exception", f"Can't update non dynamic settings {sorted(changes)}"
+                )
             self.indices[name].settings.update(changes)
         return {"acknowledged": True}
 
@@ -172,7 +183,9 @@ class IndicesMixin:
         out: dict[str, Any] = {}
         for name in names:
             matching = {
-                a: {} for a, members in self.aliases.items() if name in members and fnmatch.fnmatchcase(a, alias_pattern)
+                a: {}
+                for a, members in self.aliases.items()
+                if name in members and fnmatch.fnmatchcase(a, alias_pattern)
             }
             if matching or alias_pattern == "*":
                 out[name] = {"aliases": matching}
@@ -185,7 +198,7 @@ class IndicesMixin:
         aliases = {a: set(m) for a, m in self.aliases.items()}
         doomed: set[str] = set()
         for action in actions:
-            (kind, spec), = action.items()
+            ((kind, spec),) = action.items()
             if kind == "remove_index":
                 doomed.update(self._resolve(spec["index"]))
                 continue
@@ -247,7 +260,9 @@ class IndicesMixin:
             self._conflict(index, doc_id, "document already exists (current version [1])")
         if expected is not None and (doc_id not in index.docs or index.seq_no[doc_id] != int(expected)):
             current = index.seq_no.get(doc_id, -2)
-            self._conflict(index, doc_id, f"required seqNo [{expected}], primary term [1]. current document has seqNo [{current}]")
+            self._conflict(
+                index, doc_id, f"required seqNo [{expected}], primary term [1]. current document has seqNo [{current}]"
+            )
         existed = doc_id in index.docs
         seq_no = index.write(doc_id, body)
         if params.get("refresh") == "true":
@@ -260,16 +275,28 @@ class IndicesMixin:
         index = self.indices[name]
         expected = params.get("if_seq_no")
         if doc_id not in index.docs:
-            raise ApiError(404, "document_missing", f"[{doc_id}]: document missing", answer={"_id": doc_id, "result": "not_found"})
+            raise ApiError(
+                404, "document_missing", f"[{doc_id}]: document missing", answer={"_id": doc_id, "result": "not_found"}
+            )
         if expected is not None and index.seq_no[doc_id] != int(expected):
-            self._conflict(index, doc_id, f"required seqNo [{expected}], primary term [1]. current document has seqNo [{index.seq_no[doc_id]}]")
+            self._conflict(
+                index,
+                doc_id,
+                f"required seqNo [{expected}], primary term [1]. current document has seqNo [{index.seq_no[doc_id]}]",
+            )
         del index.docs[doc_id]
         index.refresh()
         return {"_index": name, "_id": doc_id, "result": "deleted"}
 
     @staticmethod
     def _conflict(index: FakeIndex, doc_id: str, detail: str) -> None:
-        raise ApiError(409, "version_conflict_engine_exception", f"[{doc_id}]: version conflict, {detail}", index=index.name, shard="0")
+        raise ApiError(
+            409,
+            "version_conflict_engine_exception",
+            f"[{doc_id}]: version conflict, {detail}",
+            index=index.name,
+            shard="0",
+        )
 
     def _parse_error(self, index: FakeIndex, doc_id: str, source: dict[str, Any]) -> dict[str, Any] | None:
         for name, spec in index.properties.items():
@@ -303,7 +330,7 @@ class IndicesMixin:
         items = []
         every = self.profile.faults.item_rejections
         for position, (action, source) in enumerate(zip(lines[0::2], lines[1::2])):
-            (op, meta), = action.items()
+            ((op, meta),) = action.items()
             target = meta.get("_index", default_index)
             names = self._resolve(target)
             if len(names) != 1:
@@ -313,7 +340,9 @@ class IndicesMixin:
             result: dict[str, Any] = {"_index": index.name, "_id": doc_id}
             error = self._parse_error(index, doc_id, source)
             refused = self._rejections.get((index.name, doc_id), 0)
-            if every and (0 < refused < self.profile.faults.rejection_rounds or (not refused and position % every == 0)):
+            if every and (
+                0 < refused < self.profile.faults.rejection_rounds or (not refused and position % every == 0)
+            ):
                 self._rejections[(index.name, doc_id)] = refused + 1
                 error = {
                     "type": "es_rejected_execution_exception",
@@ -339,4 +368,3 @@ class IndicesMixin:
                 return {**found, "found": True, "_source": index.docs[doc_id]}
         answer = {"_index": names[0] if names else expression, "_id": doc_id, "found": False}
         raise ApiError(404, "document_missing", f"[{doc_id}]: document missing", answer=answer)
-

@@ -106,7 +106,9 @@ class ServerProfile:
 
     def plugin_version(self, plugin: str) -> str:
         """Open Distro 1.13 plugins ship with Elasticsearch 7.10.2; OpenSearch's carry its version."""
-        return f"{self.number}.0" if self.opensearch else ("1.13.0.0" if plugin.startswith("opendistro") else self.number)
+        return (
+            f"{self.number}.0" if self.opensearch else ("1.13.0.0" if plugin.startswith("opendistro") else self.number)
+        )
 
     def version_id(self) -> str:
         """``index.version.created`` of an index this server creates (``Version.computeID``)."""
@@ -197,7 +199,9 @@ PROFILES = {
         _opensearch("opensearch-2.11-partial-shards", "2.11.1", default_shards=3, faults=Faults(failed_shards=1)),
         # A write queue full for minutes: every 7th document refused 6 times running, whole requests 8 times.
         _opensearch(
-            "opensearch-2.11-sustained-429", "2.11.1", faults=Faults(item_rejections=7, rejection_rounds=6, bulk_rejections=8)
+            "opensearch-2.11-sustained-429",
+            "2.11.1",
+            faults=Faults(item_rejections=7, rejection_rounds=6, bulk_rejections=8),
         ),
         _opensearch("opensearch-2.11-alias-504", "2.11.1", faults=Faults(aliases_lost_answers=1)),
         _opensearch("opensearch-2.19-no-settings", "2.19.1", faults=Faults(settings_forbidden=True)),
@@ -301,5 +305,3 @@ class FakeIndex:
         self.seq_no[doc_id] = self.next_seq_no
         self.next_seq_no += 1
         return self.seq_no[doc_id]
-
-

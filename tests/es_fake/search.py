@@ -15,7 +15,9 @@ from tests.es_fake.profiles import ApiError, FakeIndex, _parse_date, _tokens
 class SearchMixin:
     """Search requests of :class:`tests.es_fake.server.FakeSearchServer`."""
 
-    def _shard_docs(self, names: list[str]) -> tuple[list[tuple[FakeIndex, int, list[tuple[str, dict]]]], dict[str, Any]]:
+    def _shard_docs(
+        self, names: list[str]
+    ) -> tuple[list[tuple[FakeIndex, int, list[tuple[str, dict]]]], dict[str, Any]]:
         """The refreshed documents of each answering shard, and the ``_shards`` block of the response."""
         answering, failures, total = [], [], 0
         for name in names:
@@ -33,7 +35,12 @@ class SearchMixin:
                     continue
                 docs = [(d, src) for d, src in index.visible.items() if index.shard_of(d) == shard]
                 answering.append((index, shard, docs))
-        shards: dict[str, Any] = {"total": total, "successful": total - len(failures), "skipped": 0, "failed": len(failures)}
+        shards: dict[str, Any] = {
+            "total": total,
+            "successful": total - len(failures),
+            "skipped": 0,
+            "failed": len(failures),
+        }
         if failures:
             shards["failures"] = failures
         return answering, shards
@@ -44,7 +51,9 @@ class SearchMixin:
         responses = []
         for header, body in zip(lines[0::2], lines[1::2]):
             try:
-                responses.append({**self._search(self._resolve(header.get("index", default_index)), body), "status": 200})
+                responses.append(
+                    {**self._search(self._resolve(header.get("index", default_index)), body), "status": 200}
+                )
             except ApiError as err:
                 responses.append({**err.body(), "status": err.status})
         return {"took": 1, "responses": responses}
@@ -92,11 +101,11 @@ class SearchMixin:
 
     def _query(self, index: FakeIndex, docs: list[tuple[str, dict]], query: dict[str, Any]) -> dict[int, float]:
         """Matching document positions and their scores."""
-        (kind, spec), = query.items()
+        ((kind, spec),) = query.items()
         if kind == "match_all":
             return {i: 1.0 for i in range(len(docs))}
         if kind in ("term", "terms", "range"):
-            (field_name, condition), = spec.items()
+            ((field_name, condition),) = spec.items()
             return {i: 0.0 for i, (_, src) in enumerate(docs) if self._matches(index, kind, field_name, condition, src)}
         if kind == "bool":
             return self._bool(index, docs, spec)
@@ -161,9 +170,7 @@ class SearchMixin:
             "lte": lambda v, b: v <= b,
             "lt": lambda v, b: v < b,
         }
-        return any(
-            all(checks[op](v, bound(b)) for op, b in condition.items() if op in checks) for v in values
-        )
+        return any(all(checks[op](v, bound(b)) for op, b in condition.items() if op in checks) for v in values)
 
     def _bm25(self, index: FakeIndex, docs: list, spec: dict[str, Any]) -> dict[int, float]:
         terms = set(_tokens(spec["query"]))
@@ -171,7 +178,9 @@ class SearchMixin:
         for field_name in spec.get("fields", []):
             if index.properties.get(field_name, {}).get("type") != "text":
                 continue
-            tokenized = {i: _tokens(src[field_name]) for i, (_, src) in enumerate(docs) if src.get(field_name) is not None}
+            tokenized = {
+                i: _tokens(src[field_name]) for i, (_, src) in enumerate(docs) if src.get(field_name) is not None
+            }
             if not tokenized:
                 continue
             avg = sum(map(len, tokenized.values())) / len(tokenized)
@@ -195,7 +204,9 @@ class SearchMixin:
         dim = int(spec.get("dimension", spec.get("dims", 0)))
         if len(query) != dim:
             raise ApiError(
-                400, "illegal_argument_exception", f"Query vector has invalid dimension: {len(query)}. Dimension should be: {dim}"
+                400,
+                "illegal_argument_exception",
+                f"Query vector has invalid dimension: {len(query)}. Dimension should be: {dim}",
             )
         return spec, np.asarray(query, dtype=np.float64)
 
@@ -236,7 +247,7 @@ class SearchMixin:
         }
 
     def _knn(self, index: FakeIndex, docs: list, spec: dict[str, Any]) -> dict[int, float]:
-        (field_name, params), = spec.items()
+        ((field_name, params),) = spec.items()
         if not self.profile.knn_plugin:
             raise ApiError(400, "parsing_exception", "unknown query [knn]")
         mapping, q = self._vector(index, field_name, params["vector"])
@@ -280,4 +291,10 @@ class SearchMixin:
             _, q = self._vector(index, field_name, params[param])
             cosines = self._cosines(docs, sorted(matched), field_name, q)
             return {i: self.profile.score("painless", c, index.created) for i, c in cosines.items()}
-        raise ApiError(400, "script_exception", "compile error", script=script.get("source", ""), lang=script.get("lang", "painless"))
+        raise ApiError(
+            400,
+            "script_exception",
+            "compile error",
+            script=script.get("source", ""),
+            lang=script.get("lang", "painless"),
+        )

@@ -129,7 +129,9 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
     def _forbidden(self, action: str) -> ApiError:
         """403 as the OpenSearch/Open Distro security plugin or Elasticsearch security words it."""
         if self.profile.opensearch or self.profile.knn_plugin:
-            reason = f"no permissions for [{action}] and User [name=image_search, backend_roles=[], requestedTenant=null]"
+            reason = (
+                f"no permissions for [{action}] and User [name=image_search, backend_roles=[], requestedTenant=null]"
+            )
         else:
             reason = f"action [{action}] is unauthorized for user [image_search]"
         return ApiError(403, "security_exception", reason)
@@ -167,13 +169,18 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         if head == "_cat" and rest == ["plugins"]:
             self._monitor("cluster:monitor/state")
             return [
-                {"name": "fake-node", "component": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins
+                {"name": "fake-node", "component": p, "version": self.profile.plugin_version(p)}
+                for p in self.profile.plugins
             ]
         if head == "_nodes":
             self._monitor("cluster:monitor/nodes/info")
             plugins = [{"name": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins]
             node = {"name": "fake-node", "version": self.profile.number, "plugins": plugins}
-            return {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": "fake-cluster", "nodes": {"fAkEnOdE": node}}
+            return {
+                "_nodes": {"total": 1, "successful": 1, "failed": 0},
+                "cluster_name": "fake-cluster",
+                "nodes": {"fAkEnOdE": node},
+            }
         if head == "_bulk":
             return self._bulk(body, None)
         if head == "_aliases" and method == "POST":
@@ -220,9 +227,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
             self._settings_guard()
             flat = params.get("flat_settings") == "true"
             wanted = rest[1] if len(rest) > 1 else "*"
-            return {
-                n: {"settings": self._settings_view(self.indices[n], flat, wanted)} for n in self._resolve(head)
-            }
+            return {n: {"settings": self._settings_view(self.indices[n], flat, wanted)} for n in self._resolve(head)}
         if action == "_mapping":
             if method == "PUT":
                 for name in self._resolve(head):
@@ -240,4 +245,3 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
                 return self._delete_doc(head, rest[1], params)
             return self._get_doc(head, rest[1])
         raise ApiError(400, "illegal_argument_exception", f"the fake does not serve {method} /{head}/{'/'.join(rest)}")
-
