@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     es_engine: str = Field("auto", description="which engine's mapping and query to use: `auto`, `escloud`, `opensearch` or `elasticsearch` (see [backends](docs/backends.md); run `image-search cluster check` before the first build)")
     es_verify_certs: bool = Field(True, description="TLS certificate verification; `false` is an explicit opt-out")
     es_ca_certs: str | None = Field(None, description="a CA bundle for a private certificate authority")
-    es_max_error_share: float = Field(0.01, description="a build fails (and the published index keeps serving) above this share of documents the cluster refuses")
+    es_max_error_share: float = Field(0.01, description="a build fails (and the published index keeps serving) above this share of documents the cluster refuses as invalid (documents refused for overload, HTTP 429, are retried, never counted)")
+    es_build_timeout: float = Field(10800.0, gt=0, description="seconds an Elasticsearch/OpenSearch build may take: bulk requests refused as overloaded (HTTP 429) are retried with backoff until then, and its build lock expires after it")
     index_name: str = Field(
         "image_search", validation_alias=f"{ENV_PREFIX}INDEX", description="the alias the search index is published under"
     )

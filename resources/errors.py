@@ -18,3 +18,7 @@ class NotFoundError(ImageSearchError):
 
 class UnavailableError(ImageSearchError):
     """The service cannot answer now: nothing published yet, a backend unreachable or overloaded."""
+
+
+class ClusterError(UnavailableError):
+    """The search cluster answered, but not as the project needs (scores, publishing, privileges): a server-side 5xx."""
