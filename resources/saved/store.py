@@ -268,9 +268,9 @@ class SavedStore:
                 os.replace(path, aside)
             except FileNotFoundError:
                 pass  # another reader moved it aside first
-            raise CorruptFileError(
-                f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as {aside} "
-                "and the search goes on without it (save or mark again)"
+            raise CorruptFileError(  # named under the home: the HTTP API shows this line to its callers (CWE-209)
+                f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as "
+                f"{aside.relative_to(self.home)} under IMAGE_SEARCH_HOME and the search goes on without it (save or mark again)"
             ) from None
 
 
