@@ -84,7 +84,15 @@ def refresh(service: SearchService, store: SavedStore, name: str) -> dict[str, A
     search = store.get(name)
     build = service.build_info().name
     top = [entry(r) for r in run(service, store, search)]
-    return store.update_results(name, lambda previous: next_results(previous, build, top))
+
+    def record(previous: dict | None) -> dict[str, Any]:
+        if store.get(name) != search:  # read again under the search's lock: the old query's results are not the new one's
+            raise ImageSearchError(
+                f"saved search {name!r} was removed and saved again while it was refreshed: its next refresh covers it"
+            )
+        return next_results(previous, build, top)
+
+    return store.update_results(name, record)
 
 
 def mark(service: SearchService, store: SavedStore, name: str, photo_id: str, value: str | None) -> dict[str, str]:

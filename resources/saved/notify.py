@@ -3,6 +3,9 @@
 A notification is a courtesy: a refresh that found new photos has done its work whether or
 not the receiver answers, so every failure ends as one logged line and ``False``. The one
 HTTP client (:mod:`resources.http_client`) sends it, TLS verified, with its retry policy.
+A receiver is trusted with nothing more: a redirect is not followed (it would carry the
+POST and its credentials elsewhere; OWASP API7:2023), its answer's body is never read,
+and logs name only its scheme, host and port (a webhook's path or query is often its secret).
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from urllib3.exceptions import HTTPError
+from urllib3.util import make_headers
 
 from resources import http_client
-from resources.config import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +37,22 @@ def post(
     initial_s: float = http_client.BACKOFF_INITIAL_S, logger=log,
 ) -> bool:
     """POST ``body`` as JSON to ``url``; True when it was taken (2xx), else False after one warning."""
-    shown = mask_url(url)
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    shown = f"{parts.scheme}://{host}"
+    headers = {"Content-Type": "application/json"}
+    if parts.username is not None:
+        headers |= make_headers(basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+        url = urlunsplit(parts._replace(netloc=host))
     manager = http_client.pool(timeout=timeout, accept="application/json")
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def attempt() -> int:
         try:
-            response = manager.request("POST", url, body=data, headers={"Content-Type": "application/json"})
+            response = manager.request("POST", url, body=data, headers=headers, redirect=False, preload_content=False)
         except (HTTPError, OSError) as exc:
             raise http_client.Transient(type(http_client.cause(exc)).__name__) from None
+        response.close()
         if response.status in http_client.RETRY_STATUSES:
             raise http_client.Transient(
                 f"HTTP {response.status}", http_client.parse_retry_after(response.headers.get("Retry-After"))

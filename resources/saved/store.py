@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -183,11 +184,21 @@ class SavedStore:
         return search
 
     def check_free(self, name: str) -> None:
-        """A one-line error when a saved search named ``name`` exists already."""
+        """A one-line error when a saved search named ``name``, or one differing only in case or width, exists already.
+
+        Such names are one folder on a case-insensitive share (SMB, macOS) and look alike in
+        every list (CWE-178; Unicode UTS #39), so they are compared NFKC-normalised and case-folded.
+        """
         if (self.folder(name) / "search.json").is_file():
             raise ImageSearchError(
                 f"a saved search named {name!r} exists already: pick another name, or remove it first "
                 f"(`image-search saved rm {name!r}`)"
+            )
+        twin = next((other for other in self.names() if _folded(other) == _folded(name)), None)
+        if twin is not None:
+            raise ImageSearchError(
+                f"saved search name {name!r} is too like the saved search {twin!r} (they differ only in case or "
+                "letter width): pick another name"
             )
 
     def remove(self, name: str) -> None:
@@ -268,10 +279,15 @@ class SavedStore:
                 os.replace(path, aside)
             except FileNotFoundError:
                 pass  # another reader moved it aside first
-            raise CorruptFileError(
-                f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as {aside} "
-                "and the search goes on without it (save or mark again)"
+            raise CorruptFileError(  # named under the home: the HTTP API shows this line to its callers (CWE-209)
+                f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as "
+                f"{aside.relative_to(self.home)} under IMAGE_SEARCH_HOME and the search goes on without it (save or mark again)"
             ) from None
+
+
+def _folded(name: str) -> str:
+    """``name`` as compared for look-alikes: NFKC-normalised and case-folded."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _write_json(path: Path, data: Any) -> None:
