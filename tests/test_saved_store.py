@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from resources.errors import ImageSearchError, NotFoundError
+from resources.errors import ImageSearchError, NotFoundError, UnavailableError
+from resources.saved import store as store_module
 from resources.saved.refresh import dropped_good, judgements, new_matches, next_results, unseen
 from resources.saved.store import CorruptFileError, SavedSearch, SavedStore
 
@@ -156,3 +158,58 @@ def test_bench_relevance_takes_the_indexed_good_marks_of_saved_word_searches(tmp
     store.mark("a", "gone", "good")
     store.mark("b", "p2", "bad")
     assert marked_judgements(tmp_path, {"p1", "p2"}) == {"red circle": {"p1"}}
+
+
+def test_a_lock_held_too_long_is_busy_without_naming_its_file_or_holder(tmp_path):
+    slow = SavedStore(tmp_path, lock_timeout=0.2)
+    slow.add(search("cats"))
+    with SavedStore(tmp_path).locked("cats"):
+        with pytest.raises(UnavailableError) as caught:
+            slow.mark("cats", "p1", "good")
+    message = str(caught.value)
+    assert "busy" in message and str(tmp_path) not in message and "pid" not in message
+
+
+def test_look_alike_names_cannot_both_be_saved_even_at_once(tmp_path):
+    store = SavedStore(tmp_path, lock_timeout=5)
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda n: _try_add(store, n), ["Cats", "cats", "CATS", "ｃａｔｓ"] * 2))
+    assert outcomes.count("saved") == 1 and len(store.names()) == 1
+
+
+def test_the_number_of_saved_searches_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_SAVED_SEARCHES", 2)
+    store = SavedStore(tmp_path)
+    store.add(search("a"))
+    store.add(search("b"))
+    with pytest.raises(ImageSearchError, match="2 saved searches already.*remove one first"):
+        store.add(search("c"))
+    assert store.names() == ["a", "b"]
+
+
+def test_a_damaged_file_replaced_while_read_is_not_moved_aside(tmp_path, monkeypatch):
+    store = SavedStore(tmp_path)
+    store.add(search("cats"))
+    marks = store.folder("cats") / "marks.json"
+    marks.write_text("{broken")
+    real_stat = store_module.os.stat
+
+    def replaced_meanwhile(path, *args, **kwargs):
+        if Path(path) == marks:  # a writer's whole-file rename lands between the read and the check
+            store_module.files.write_text(marks, '{"p1": {"mark": "good", "at": "now"}}')
+            monkeypatch.setattr(store_module.os, "stat", real_stat)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "stat", replaced_meanwhile)
+    with pytest.raises(UnavailableError, match="being replaced"):
+        store.marks("cats")
+    assert store.marks("cats") == {"p1": "good"}
+    assert not list(marks.parent.glob("marks.json.corrupt-*"))
+
+
+def _try_add(store: SavedStore, name: str) -> str:
+    try:
+        store.add(search(name))
+        return "saved"
+    except ImageSearchError:
+        return "refused"

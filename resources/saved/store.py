@@ -23,13 +23,13 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resources import files
-from resources.errors import ImageSearchError, NotFoundError
+from resources.errors import ImageSearchError, NotFoundError, UnavailableError
 from resources.locks import store_lock
 
 #: Letters, digits, spaces, ``-`` and ``_``: no path character, no dot, so a name is always one folder.
@@ -38,6 +38,8 @@ QUERY_KINDS = ("text", "like", "image", "parts")
 MARKS = ("good", "bad")
 #: Seconds a writer waits for another writing the same saved search (each holds it for milliseconds).
 LOCK_TIMEOUT_S = 30.0
+#: Most saved searches one home holds: each is a partition and a run after every build.
+MAX_SAVED_SEARCHES = 500
 
 
 class CorruptFileError(ImageSearchError):
@@ -126,9 +128,24 @@ class SavedStore:
     def locked(self, name: str) -> Iterator[Path]:
         """Hold ``name``'s lock; yields its folder."""
         folder = self.folder(name)
-        lock = self.home / "locks" / "saved" / f"{name}.lock"
-        with store_lock(lock, f"saved search {name!r}", self.lock_timeout):
+        with self._lock(f"{name}.lock", f"saved search {name!r}"):
             yield folder
+
+    @contextmanager
+    def _lock(self, file: str, what: str) -> Iterator[None]:
+        """Hold ``locks/saved/<file>``; a wait past the timeout is a 503-kind error that names no path or process.
+
+        The lock's own message names its file and holder (pid, host), which the HTTP API must
+        not show its callers (CWE-209, CWE-497).
+        """
+        with ExitStack() as held:
+            try:
+                held.enter_context(store_lock(self.home / "locks" / "saved" / file, what, self.lock_timeout))
+            except ImageSearchError:
+                raise UnavailableError(
+                    f"{what} is busy: another writer held it for {self.lock_timeout:g} s; try again"
+                ) from None
+            yield
 
     # -- searches ----------------------------------------------------------------
 
@@ -164,8 +181,13 @@ class SavedStore:
     def add(self, search: SavedSearch, images: list[bytes] = (), results: dict | None = None) -> SavedSearch:
         """Save ``search`` with its ``images`` (JPEG bytes) and first ``results``; refuses a name in use."""
         search = SavedSearch(**{**search.to_dict(), "created_at": search.created_at or now()})
-        with self.locked(search.name) as folder:
+        # The names lock first: look-alike names are different locks, and the cap counts every name.
+        with self._lock("names.lock", "the saved search names"), self.locked(search.name) as folder:
             self.check_free(search.name)
+            if len(self.names()) >= MAX_SAVED_SEARCHES:
+                raise ImageSearchError(
+                    f"there are {MAX_SAVED_SEARCHES} saved searches already, the most one home holds: remove one first"
+                )
             staged = files.Staged(folder, folder=True) if not folder.exists() else None
             target = staged.path if staged else folder
             try:
@@ -268,21 +290,40 @@ class SavedStore:
     def _read(self, path: Path, name: str) -> Any:
         """``path``'s JSON, ``None`` when absent; a damaged file is moved aside and named in a :class:`CorruptFileError`."""
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as handle:
+                read = os.fstat(handle.fileno())
+                text = handle.read()
         except FileNotFoundError:
             return None
         try:
             return json.loads(text)
         except ValueError:
             aside = path.with_name(f"{path.name}.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}")
-            try:
-                os.replace(path, aside)
-            except FileNotFoundError:
-                pass  # another reader moved it aside first
+            if not _move_aside_if_unchanged(path, read, aside):
+                raise UnavailableError(f"saved search {name!r}: {path.name} was being replaced while it was read; try again")
             raise CorruptFileError(  # named under the home: the HTTP API shows this line to its callers (CWE-209)
                 f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as "
                 f"{aside.relative_to(self.home)} under IMAGE_SEARCH_HOME and the search goes on without it (save or mark again)"
             ) from None
+
+
+def _move_aside_if_unchanged(path: Path, read: os.stat_result, aside: Path) -> bool:
+    """Rename ``path`` to ``aside`` only while it is still the damaged file that was read; whether it is gone.
+
+    Readers hold no lock, so a writer may have replaced the damaged file with a good one
+    since it was read (writes are whole-file renames: a new inode); that one stays (CWE-367).
+    """
+    try:
+        now_there = os.stat(path)
+    except FileNotFoundError:
+        return True  # another reader moved it aside first
+    if (now_there.st_dev, now_there.st_ino) != (read.st_dev, read.st_ino):
+        return False
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        pass
+    return True
 
 
 def _folded(name: str) -> str:
