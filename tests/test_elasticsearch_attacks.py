@@ -155,3 +155,26 @@ def test_a_machine_whose_clock_runs_ahead_takes_over_a_live_lock_but_only_one_bu
         with pytest.raises(ImageSearchError, match="lost its lock"):
             backend.build(docs, vectors, build_info(), progress=skewed_machine_starts)
         assert "image_search" not in fake.aliases
+
+
+def test_a_takeover_resent_after_a_lost_answer_keeps_the_lock() -> None:
+    """The conditional write that takes over an expired lock is applied, but its answer is lost and
+    ``elasticsearch7`` resends it (``retry_on_timeout``, ``Transport.retry_on_status`` 502/503/504): the resend
+    meets its own write and answers 409. Before: the build said another build took the lock, and its own
+    takeover then blocked every build until it expired. Now the lock is read back: it is ours."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        BuildLock(raw(fake), "photos", fake.url, 600).acquire()
+        fake.indices["photos_build_lock"].write("photos", {"owner": "crashed", "expires_at": 0.0})
+        client = raw(fake)
+        write = client.index
+
+        def resent(**kwargs):
+            write(**kwargs)
+            return write(**kwargs)
+
+        client.index = resent
+        lock = BuildLock(client, "photos", fake.url, 600)
+        lock.acquire()
+        lock.check()
+        lock.release()
+        assert "photos" not in fake.indices["photos_build_lock"].docs

@@ -130,10 +130,13 @@ class BuildLock:
                 )
             )
         except ConflictError:
-            raise UnavailableError(
-                f"another build of {self.alias} on {self.url} took over the expired lock at the same moment: wait for"
-                " it to finish, then build again"
-            ) from None
+            again = self.client.get(index=self.index, id=self.alias, ignore=404)
+            if (again.get("_source") or {}).get("owner") != self.token:
+                raise UnavailableError(
+                    f"another build of {self.alias} on {self.url} took over the expired lock at the same moment: wait"
+                    " for it to finish, then build again"
+                ) from None
+            self._keep(again)  # our own takeover, resent after a timeout or a 502/503/504
         logger.warning(
             "took over the expired build lock of %s (left by %s, pid %s)",
             self.alias,
