@@ -13,10 +13,10 @@ from elasticsearch7 import Elasticsearch
 from resources.backends.es_engines import META_KEY
 from resources.backends.es_publish import BuildLock, clean_up
 from resources.backends.es_transport import CheckedTransport
-from resources.errors import ImageSearchError
-from tests.es_fake import FakeSearchServer
+from resources.errors import ImageSearchError, UnavailableError
+from tests.es_fake import FakeSearchServer, Faults, ServerProfile
 from tests.test_elasticsearch_backend import build_info, builds, corpus
-from tests.test_elasticsearch_safety import backend_for
+from tests.test_elasticsearch_safety import FakeTime, backend_for
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +178,33 @@ def test_a_takeover_resent_after_a_lost_answer_keeps_the_lock() -> None:
         lock.check()
         lock.release()
         assert "photos" not in fake.indices["photos_build_lock"].docs
+
+
+# -- a server that answers unlike a quiet one ------------------------------------------------------
+
+
+def test_a_disk_full_cluster_fails_the_build_at_its_deadline_naming_the_flood_stage_block() -> None:
+    """The load fills a node's disk: every bulk item answers 429 ``cluster_block_exception`` (read-only-allow-delete,
+    ``IndexMetadata.INDEX_READ_ONLY_ALLOW_DELETE_BLOCK``). 429 is retried (the block lifts by itself once disk is
+    freed, ``DiskThresholdMonitor`` in Elasticsearch 7.4+ and OpenSearch), but the build's one line at its
+    deadline must say why. Before: "kept refusing ... as overloaded", the disk never named."""
+    flooded = ServerProfile(
+        "flood-stage",
+        "2.11.1",
+        "opensearch",
+        None,
+        "The OpenSearch Project: https://opensearch.org/",
+        ("opensearch-knn",),
+        faults=Faults(flood_stage=True),
+    )
+    with FakeSearchServer("opensearch-2.11") as fake:
+        old = backend_for(fake).build(*corpus(), build_info())
+        fake.switch_to(flooded)
+        time = FakeTime()
+        backend = backend_for(fake, time, es_build_timeout=300.0)
+        with pytest.raises(UnavailableError) as gave_up:
+            backend.build(*corpus(), build_info())
+        message = str(gave_up.value)
+        assert "flood-stage watermark" in message and "cluster_block_exception" in message and "\n" not in message
+        assert "unchanged" in message and sum(time.waits) == pytest.approx(300.0)
+        assert fake.aliases == {"image_search": {old.name}} and builds(fake) == {old.name}
