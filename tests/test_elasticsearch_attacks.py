@@ -208,3 +208,15 @@ def test_a_disk_full_cluster_fails_the_build_at_its_deadline_naming_the_flood_st
         assert "flood-stage watermark" in message and "cluster_block_exception" in message and "\n" not in message
         assert "unchanged" in message and sum(time.waits) == pytest.approx(300.0)
         assert fake.aliases == {"image_search": {old.name}} and builds(fake) == {old.name}
+
+
+def test_the_client_compatibility_variable_from_the_environment_never_reaches_the_server(monkeypatch) -> None:
+    """``ELASTIC_CLIENT_APIVERSIONING=1`` (set on machines that also talk to Elasticsearch 8) makes ``elasticsearch7``
+    send ``application/vnd.elasticsearch+json;compatible-with=7`` (``elasticsearch7/client/utils.py``), which
+    OpenSearch and Elasticsearch 7.10 answer 406 "Content-Type header [...] is not supported" (opensearch-py #46:
+    OpenSearch has no such media type). Before: every request of a build carried it. Now plain JSON always."""
+    monkeypatch.setenv("ELASTIC_CLIENT_APIVERSIONING", "1")
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend_for(fake).build(*corpus(), build_info())
+        sent = {v for h in fake.headers_seen for k, v in h.items() if k in ("accept", "content-type")}
+        assert sent and not [v for v in sent if "vnd.elasticsearch" in v], sent
