@@ -155,21 +155,21 @@ def describe(backend: "ElasticsearchBackend", settings: Settings) -> None:
 def published(backend: "ElasticsearchBackend", alias: str) -> bool:
     """Print the index published under ``alias`` now; False when a build could not replace it or it would not score by cosine.
 
-    A concrete index named ``alias`` that this project did not build is someone else's: a
-    build stops rather than delete it, so the advice is another ``IMAGE_SEARCH_INDEX`` or
+    A concrete index named ``alias``, or an alias on an index, that this project did not
+    build is someone else's: a build stops rather than delete or move it, so the advice is another ``IMAGE_SEARCH_INDEX`` or
     removing it by hand, never a rebuild.
     """
     from elasticsearch7.exceptions import TransportError
 
-    from resources.backends.es_publish import concrete_stranger
+    from resources.backends.es_publish import stranger
 
     try:
         if not backend.client.indices.exists(index=alias):
             print(f"published {alias}: none yet")
             return True
-        stranger = concrete_stranger(backend.client, alias, backend.url)
-        if stranger:
-            print(f"FAIL  published: {stranger}")
+        refusal = stranger(backend.client, alias, backend.url)
+        if refusal:
+            print(f"FAIL  published: {refusal}")
             return False
         described = backend.describe(alias)
     except TransportError as exc:

@@ -373,7 +373,7 @@ def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
     time = FakeTime()
     backoff = Backoff(deadline=1e9, base_s=1.0, clock=time.clock, sleep=time.sleep, rng=random.Random(7))
     for _ in range(10):
-        backoff.wait("documents")
+        backoff.wait("documents", "es_rejected_execution_exception: queue full")
     caps = [min(60.0, 2.0**n) for n in range(10)]
     assert all(0.0 <= w <= cap for w, cap in zip(time.waits, caps))
     assert np.mean(time.waits[-4:]) > 5.0

@@ -142,10 +142,11 @@ class ElasticsearchBackend(SearchBackend):
             index, count, errors, checked, previous = self._build_and_publish(
                 documents, vectors, info, dim, lock, progress
             )
+            # Under the lock: once it is given up, the next build's unpublished index looks stale.
+            removed = clean_up(self.client, self.alias, keep={index, *previous})
         finally:
             with self._errors("releasing the build lock"):
                 lock.release()
-        removed = clean_up(self.client, self.alias, keep={index, *previous})
         seconds = time.perf_counter() - started
         logger.info(
             "published %s (%d documents) as %s in %.1f s; self-check: %s",

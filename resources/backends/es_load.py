@@ -55,13 +55,14 @@ class Backoff:
     attempt: int = 0
     waited_s: float = 0.0
 
-    def wait(self, what: str) -> None:
-        """Sleep before sending ``what`` again; raise once the deadline has passed."""
+    def wait(self, what: str, why: str) -> None:
+        """Sleep before sending ``what`` again; raise once the deadline has passed, saying ``why`` (the last refusal)."""
         left = self.deadline - self.clock()
         if left <= 0:
             raise UnavailableError(
-                f"the cluster kept refusing {what} as overloaded (HTTP 429) for {self.waited_s:.0f} s of backoff, until"
-                " the build's deadline (IMAGE_SEARCH_ES_BUILD_TIMEOUT): retry when it is less busy, or raise the timeout"
+                f"the cluster kept refusing {what} with HTTP 429 ({why}) for {self.waited_s:.0f} s of backoff, until"
+                " the build's deadline (IMAGE_SEARCH_ES_BUILD_TIMEOUT): retry when it is less busy or has disk space"
+                " again, or raise the timeout"
             )
         delay = min(left, self.rng.uniform(0.0, min(_MAX_BACKOFF_S, self.base_s * 2**self.attempt)))
         self.attempt += 1
@@ -173,21 +174,23 @@ class BulkLoader:
                 if exc.status_code != 429 or _permanent(exc):
                     raise
                 logger.info("%s refused a bulk request as overloaded (%s): backing off", self.url, reason(exc))
-                self.backoff.wait(f"a bulk request of {len(pending)} documents")
+                self.backoff.wait(f"a bulk request of {len(pending)} documents", reason(exc))
                 continue
-            refused = []
+            refused, why = [], ""
             for action, item in zip(pending, response["items"]):
                 result = item.get("index", {})
                 status = int(result.get("status", 500))
                 if status == 429:
                     refused.append(action)
+                    error = result.get("error") or {}
+                    why = f"{error.get('type')}: {error.get('reason')}"
                 elif status < 300:
                     outcomes.append((action["_id"], None))
                 else:
                     outcomes.append((action["_id"], (result.get("error") or {}).get("type", f"http_{status}")))
             pending = refused
             if refused:
-                self.backoff.wait(f"{len(refused)} documents")
+                self.backoff.wait(f"{len(refused)} documents", why)
             else:
                 self.backoff.reset()
         return outcomes

@@ -14,8 +14,9 @@
   #11210) and Elasticsearch 7.11 (elastic #62642, #65141): no answer is trusted alone. After
   every publish, and whenever the answer is an error, the alias is read back, and what it
   points to decides.
-- **A stranger's index is never deleted.** A concrete index named like the alias is
-  replaced only if its ``_meta`` says this project built it.
+- **A stranger's index is never deleted, nor their alias moved.** A concrete index named
+  like the alias is replaced, and an alias of that name moved, only if ``_meta`` says this
+  project built every index concerned.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class BuildLock:
             "expires_at": now + self.ttl_s,
         }
 
-    def acquire(self) -> None:
-        """Take the lock, or raise naming the build that holds it."""
+    def _ensure_index(self) -> None:
+        """Create the lock index unless it exists (two first builds may both try: one is told it exists)."""
         try:
             if not self.client.indices.exists(index=self.index):
                 self.client.indices.create(
@@ -78,12 +79,33 @@ class BuildLock:
         except TransportError as exc:
             if exc.error != "resource_already_exists_exception":
                 raise
-        try:
-            self._keep(self.client.create(index=self.index, id=self.alias, document=self._document(), refresh="true"))
+
+    def _held(self) -> dict[str, Any] | None:
+        """Create the lock document; ``None`` once created, else the holder's document as read.
+
+        The holder may give the lock up between the refused create and the read (a 404):
+        the create is then tried once more.
+        """
+        for _ in range(2):
+            try:
+                self._keep(self.client.create(index=self.index, id=self.alias, document=self._document(), refresh="true"))
+                return None
+            except ConflictError:
+                pass
+            held = self.client.get(index=self.index, id=self.alias, ignore=404)
+            if not absent(held):
+                return held
+        raise UnavailableError(
+            f"the build lock of {self.alias} on {self.url} was taken and given up twice while this build asked for it:"
+            " another build is starting; build again"
+        )
+
+    def acquire(self) -> None:
+        """Take the lock, or raise naming the build that holds it."""
+        self._ensure_index()
+        held = self._held()
+        if held is None:
             return
-        except ConflictError:
-            pass
-        held = self.client.get(index=self.index, id=self.alias)
         source = held.get("_source") or {}
         if source.get("owner") == self.token:  # our own create, resent after a timeout
             self._keep(held)
@@ -108,10 +130,13 @@ class BuildLock:
                 )
             )
         except ConflictError:
-            raise UnavailableError(
-                f"another build of {self.alias} on {self.url} took over the expired lock at the same moment: wait for"
-                " it to finish, then build again"
-            ) from None
+            again = self.client.get(index=self.index, id=self.alias, ignore=404)
+            if (again.get("_source") or {}).get("owner") != self.token:
+                raise UnavailableError(
+                    f"another build of {self.alias} on {self.url} took over the expired lock at the same moment: wait"
+                    " for it to finish, then build again"
+                ) from None
+            self._keep(again)  # our own takeover, resent after a timeout or a 502/503/504
         logger.warning(
             "took over the expired build lock of %s (left by %s, pid %s)",
             self.alias,
@@ -143,24 +168,45 @@ class BuildLock:
         self._version = {}
 
 
+def made_here(body: dict[str, Any]) -> bool:
+    """Whether an index's ``_meta`` carries this project's key at all (what moving an alias off it needs)."""
+    return isinstance(((body.get("mappings") or {}).get("_meta") or {}).get(META_KEY), dict)
+
+
 def built_here(name: str, body: dict[str, Any], alias: str | None = None) -> bool:
-    """Whether ``_meta`` says this project built index ``name`` (for ``alias``, when given)."""
+    """Whether ``_meta`` says this project built index ``name`` (for ``alias``, when given): what deleting it needs."""
     meta = ((body.get("mappings") or {}).get("_meta") or {}).get(META_KEY)
     if not isinstance(meta, dict) or meta.get("name") != name:
         return False
     return alias is None or meta.get("alias", alias) == alias
 
 
-def concrete_stranger(client: Elasticsearch, alias: str, url: str) -> str | None:
-    """A one-line refusal when a concrete index this project did not build holds the alias's name, else ``None``."""
+def stranger(client: Elasticsearch, alias: str, url: str) -> str | None:
+    """A one-line refusal when ``alias``'s name belongs to someone else, else ``None``.
+
+    Someone else's: a concrete index so named that this project did not build, or an alias
+    of that name on any index without this project's ``_meta`` (a colleague's alias would
+    be moved off their index, and their readers handed this project's photos).
+    """
     found = client.indices.get(index=alias, ignore=404)
-    if absent(found) or alias not in found or built_here(alias, found[alias]):
+    if absent(found):
         return None
-    count = client.count(index=alias, ignore=404).get("count", "an unknown number of")
+    if alias in found:
+        if built_here(alias, found[alias]):
+            return None
+        count = client.count(index=alias, ignore=404).get("count", "an unknown number of")
+        return (
+            f"{url} holds a concrete index named {alias} ({count} documents) that this project did not build, so"
+            f" it cannot publish the alias {alias} there and will not delete that index: set IMAGE_SEARCH_INDEX to"
+            f" another name, or remove the index yourself (DELETE /{alias}) if nobody needs it"
+        )
+    foreign = sorted(name for name, body in found.items() if not made_here(body))
+    if not foreign:
+        return None
     return (
-        f"{url} holds a concrete index named {alias} ({count} documents) that this project did not build, so"
-        f" it cannot publish the alias {alias} there and will not delete that index: set IMAGE_SEARCH_INDEX to"
-        f" another name, or remove the index yourself (DELETE /{alias}) if nobody needs it"
+        f"the alias {alias} on {url} points at {', '.join(foreign)}, which this project did not build, so it will not"
+        f" move that alias off them: set IMAGE_SEARCH_INDEX to another name, or remove the alias from them yourself"
+        f" (POST _aliases with a remove action) if nobody needs it"
     )
 
 
@@ -185,12 +231,11 @@ def publish(client: Elasticsearch, alias: str, index: str, url: str) -> set[str]
     truthfully what the alias points to; an answer lost on the wire counts as published
     only if the alias reads back as ``index``.
     """
+    refusal = stranger(client, alias, url)
+    if refusal:
+        raise NotPublished(refusal)
     previous = aliased(client, alias)
     actions: list[dict[str, Any]] = [{"remove": {"index": name, "alias": alias}} for name in sorted(previous)]
-    if not previous:
-        refusal = concrete_stranger(client, alias, url)
-        if refusal:
-            raise NotPublished(refusal)
     if not previous and client.indices.exists(index=alias):
         logger.warning("replacing %s, a concrete index this project built, by an alias of the same name", alias)
         actions.append({"remove_index": {"index": alias}})
@@ -258,7 +303,7 @@ def clean_up(client: Elasticsearch, alias: str, keep: set[str]) -> list[str]:
 
 
 def check_no_stranger(client: Elasticsearch, alias: str, url: str) -> None:
-    """Stop a build before it writes anything when a stranger's index holds the alias's name."""
-    refusal = concrete_stranger(client, alias, url)
+    """Stop a build before it writes anything when the alias's name belongs to someone else."""
+    refusal = stranger(client, alias, url)
     if refusal:
         raise ImageSearchError(refusal)

@@ -110,6 +110,23 @@ class CheckedTransport(Transport):
     def _do_verify_elasticsearch(self, headers, timeout):
         self._verified_elasticsearch = True
 
+    def perform_request(self, method, url, headers=None, params=None, body=None):
+        """Send plain JSON media types even when ``ELASTIC_CLIENT_APIVERSIONING`` is set in the environment.
+
+        That variable (meant for Elasticsearch 8 servers, ``elasticsearch7/client/utils.py``) makes
+        the client send ``application/vnd.elasticsearch+json;compatible-with=7``, which OpenSearch
+        and Elasticsearch 7.10 refuse with 406 "Content-Type header [...] is not supported"; no
+        server this project supports needs it.
+        """
+        if headers:
+            headers = {k: _plain(v) if k.lower() in ("accept", "content-type") else v for k, v in headers.items()}
+        return super().perform_request(method, url, headers=headers, params=params, body=body)
+
+
+def _plain(media_type: str) -> str:
+    """``application/vnd.elasticsearch+x-ndjson;compatible-with=7`` as ``application/x-ndjson``; others unchanged."""
+    return re.sub(r"application/vnd\.elasticsearch\+([\w-]+)\s*;\s*compatible-with=\d+", r"application/\1", media_type)
+
 
 def _version(number: str) -> Version | None:
     match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", number or "")

@@ -350,6 +350,10 @@ class IndicesMixin:
                     " on EsThreadPoolExecutor[name = fake-node/write, queue capacity = 200]",
                 }
                 result.update(status=429, error=error)
+            elif self.profile.faults.flood_stage:
+                block = "TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block"
+                error = {"type": "cluster_block_exception", "reason": f"index [{index.name}] blocked by: [{block}];"}
+                result.update(status=429, error=error)
             elif error:
                 result.update(status=400, error=error)
             else:

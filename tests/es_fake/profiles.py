@@ -46,6 +46,11 @@ class Faults:
       ``indices:monitor/settings/get`` (OpenSearch security roles may list single actions; in
       Elasticsearch both sit in ``view_index_metadata``): ``GET <index>/_settings`` and
       ``GET <index>`` answer 403 while searches, ``_doc`` reads and mappings work.
+    - ``flood_stage``: the load fills a node's disk past the flood-stage watermark, so every bulk
+      item answers 429 ``cluster_block_exception`` "[TOO_MANY_REQUESTS/12/disk usage exceeded
+      flood-stage watermark, index has read-only-allow-delete block]" (``IndexMetadata.
+      INDEX_READ_ONLY_ALLOW_DELETE_BLOCK``, ``RestStatus.TOO_MANY_REQUESTS`` in Elasticsearch 7.x and
+      OpenSearch; Elasticsearch 6.x answered 403). Only bulk items here: the lock document is written first.
     """
 
     item_rejections: int = 0
@@ -57,6 +62,7 @@ class Faults:
     rejection_rounds: int = 1
     aliases_lost_answers: int = 0
     settings_forbidden: bool = False
+    flood_stage: bool = False
 
 
 @dataclass(frozen=True)
