@@ -122,6 +122,16 @@ class Settings(BaseSettings):
         None, description="comma-separated browser origins allowed to call the HTTP API (CORS off when empty)"
     )
     api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take")
+    api_hosts: str | None = Field(
+        None,
+        description="comma-separated host names the HTTP API answers without a key, beside 127.0.0.1, localhost and [::1]",
+    )
+    api_max_searches: int = Field(
+        64, ge=1, le=10_000, description="HTTP API searches running at once; more are answered 503 with Retry-After"
+    )
+    api_header_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds an HTTP API client may take to send a request's headers, or pause while sending its body"
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
