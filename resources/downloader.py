@@ -39,7 +39,7 @@ from publicsuffixlist import PublicSuffixList
 from resources import http_client
 
 from resources.config import Settings
-from resources.errors import ImageSearchError, TooLargeError
+from resources.errors import ImageSearchError, TooLargeError, UnsupportedTypeError
 from resources.files import write_bytes
 from resources.image_store import ImageStore
 from resources.pictures import MAX_PIXELS, is_upright, open_image, upright_rgb
@@ -204,8 +204,8 @@ def with_imgix_params(url: str, params: str) -> str:
 def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
     """Validate ``data`` as an image and return (RGB JPEG bytes, width, height, kept original).
 
-    Raises :class:`FetchFailure` with reason ``empty_body``, ``too_many_pixels`` or
-    ``undecodable``. The image is opened by :func:`resources.pictures.open_image`: JPEG, PNG
+    Raises :class:`FetchFailure` with reason ``empty_body``, ``too_many_pixels``,
+    ``unsupported_format`` (an image, but not JPEG, PNG or WebP) or ``undecodable``. The image is opened by :func:`resources.pictures.open_image`: JPEG, PNG
     or WebP only, the pixel cap checked on the header, before any pixel is decoded.
     """
     if not data:
@@ -214,6 +214,8 @@ def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes
         image = open_image(data, max_pixels=max_pixels)
     except TooLargeError as exc:
         raise FetchFailure("too_many_pixels", str(exc)) from None
+    except UnsupportedTypeError as exc:
+        raise FetchFailure("unsupported_format", str(exc)) from None
     except ImageSearchError as exc:
         raise FetchFailure("undecodable", str(exc)) from None
     width, height = image.size

@@ -27,21 +27,25 @@ class OneBuild:
 
     def __init__(self, backend: SearchBackend):
         self.engine = backend.engine
-        self._backend = backend.pinned()
+        self._backend = _servers_own(backend.pinned)()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._backend, name)
+        return _servers_own(getattr(self._backend, name))
 
-        @functools.wraps(method)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except (NotFoundError, UnavailableError, ServerSideError):
-                raise
-            except ImageSearchError as exc:
-                raise ServerSideError(str(exc)) from exc
 
-        return call
+def _servers_own(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, its plain :class:`ImageSearchError`\\ s turned into :class:`ServerSideError` (see :class:`OneBuild`)."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (NotFoundError, UnavailableError, ServerSideError):
+            raise
+        except ImageSearchError as exc:
+            raise ServerSideError(str(exc)) from exc
+
+    return call
 
 
 #: The service and its view of the backend for the request running in this context.
