@@ -316,7 +316,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         summary="Multilingual CLIP photo search: by words, by an image, or like an indexed photo.",
         version="1",
         lifespan=lifespan,
-        responses=responses(401, 403, 422, 500, 502, 503),
+        responses=responses(401, 403, 408, 422, 431, 500, 502, 503),
         exception_handlers={
             ImageSearchError: _search_error, RequestValidationError: _invalid, StarletteHTTPException: _http_error,
         },

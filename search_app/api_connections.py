@@ -4,7 +4,7 @@ uvicorn closes an idle keep-alive connection, but it has no deadline for a reque
 headers: a socket that connects and sends nothing, or one byte a second, is kept for ever,
 and hundreds of them would hold the server. :class:`BoundedH11Protocol` gives every
 connection ``header_timeout`` seconds from its start, or from its last response, to
-deliver a complete request line and headers; h11's own limit bounds their size. The
+deliver a complete request line and headers; h11's own limit bounds what it buffers meanwhile. The
 connection count itself is left unlimited (uvicorn's ``limit_concurrency`` counts idle
 connections too, so it would turn normal clients away with 503 while sockets idle);
 searches are bounded by the app instead (``IMAGE_SEARCH_API_MAX_SEARCHES``).
@@ -17,7 +17,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-#: The largest request line plus headers accepted, in bytes; a larger one is answered 400 and closed.
+#: The largest request headers accepted, in bytes: h11 answers 400 to a request still incomplete past
+#: it (so no more is ever buffered), and the API's guard 431 to a complete one that is larger.
 MAX_HEADER_BYTES = 16 * 1024
 
 

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from resources.config import Settings, env_variable
 from resources.errors import ImageSearchError
+from search_app.api_connections import MAX_HEADER_BYTES
 from search_app.api_models import API_KEY_HEADER, problem
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class Guard:
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name, value)
+        if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            return problem(431, f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} KB: send fewer")
         if self.key is not None:
             if scope["path"] in PUBLIC_PATHS:
                 return self._too_large(headers)
