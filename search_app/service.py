@@ -2,7 +2,9 @@
 
 The CLI and the Streamlit page share it; it imports no Dagster, so a query process loads
 only the encoder, the backend and what they need. Queries are encoded with the models the
-published build records, so a query vector always lives in the index's space.
+published build records, so a query vector always lives in the index's space; a refresh
+to other models loads them. Each search reads one build from start to end
+(:mod:`search_app.builds`), and decodes a query image once however often it re-runs.
 """
 
 from __future__ import annotations
@@ -305,7 +307,8 @@ class SearchService:
     def composed_vector(self, parts: list[QueryPart]) -> np.ndarray:
         """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors.
 
-        Photo ids and images are checked before any model loads, so a bad part fails fast.
+        Photo ids are checked before any model loads, so a bad one fails fast; images are
+        decoded at the scale the loaded image model needs.
         """
         parts = check_parts(parts)
         self.build_info()
