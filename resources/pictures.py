@@ -87,7 +87,7 @@ def open_image(source: bytes | str | os.PathLike, *, draft_to: int | None = None
         other = sniffed_format(data)
         if other is not None and other not in ACCEPTED_FORMATS:
             raise UnsupportedTypeError(f"{name} is a {other} image: only {ACCEPTED_NAMES} images are accepted") from None
-        raise ImageSearchError(f"{name} is not a readable {ACCEPTED_NAMES} image ({exc.__class__.__name__})") from None
+        raise ImageSearchError(f"{name} is not an image ({exc.__class__.__name__}): give a {ACCEPTED_NAMES} image") from None
     width, height = image.size
     if width * height > max_pixels:
         raise TooLargeError(

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from resources.errors import ImageSearchError, NotFoundError, TooLargeError
-from resources.pictures import decoded_rgb
+from resources.pictures import decoded_rgb, open_image
 
 #: The largest query image accepted from a file or an upload (the CLI, the HTTP API); the
 #: pixel cap is :data:`resources.pictures.MAX_PIXELS`, read from the header before decoding.
@@ -36,7 +36,7 @@ def check_photo_id(photo_id: str) -> str:
     if not isinstance(photo_id, str) or not PHOTO_ID.fullmatch(photo_id):
         shown = repr(photo_id) if len(repr(photo_id)) <= 80 else repr(photo_id)[:77] + "..."
         raise NotFoundError(
-            f"photo id {shown} is not a photo id (letters, digits, _ and - only): use a photo_id from a search result"
+            f"photo id {shown} is not in the index: ids are letters, digits, _ and - only; use a photo_id from a search result"
         )
     return photo_id
 
@@ -115,6 +115,29 @@ def load_query_image(image: Image.Image | bytes | str | os.PathLike, *, draft_to
     """
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    label, data = _query_bytes(image)
+    try:
+        return decoded_rgb(data, draft_to=draft_to)
+    except ImageSearchError as exc:
+        raise type(exc)(f"cannot use {label} as a query: {exc}") from None
+
+
+def check_query_image(image: Image.Image | bytes | str | os.PathLike) -> None:
+    """Refuse a bad query image before any model loads: what :func:`load_query_image` checks without decoding.
+
+    The file, the byte cap, the format and the pixel count its header declares.
+    """
+    if isinstance(image, Image.Image):
+        return
+    label, data = _query_bytes(image)
+    try:
+        open_image(data)
+    except ImageSearchError as exc:
+        raise type(exc)(f"cannot use {label} as a query: {exc}") from None
+
+
+def _query_bytes(image: bytes | str | os.PathLike) -> tuple[str, bytes]:
+    """How messages name the image, and its bytes, once the file is found and within the byte cap."""
     label = "the uploaded image"
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
@@ -126,7 +149,4 @@ def load_query_image(image: Image.Image | bytes | str | os.PathLike, *, draft_to
         image = path.read_bytes()
     if len(image) > MAX_QUERY_IMAGE_BYTES:
         raise TooLargeError(f"{label} is larger than 50 MB: give a smaller image")
-    try:
-        return decoded_rgb(bytes(image), draft_to=draft_to)
-    except ImageSearchError as exc:
-        raise type(exc)(f"cannot use {label} as a query: {exc}") from None
+    return label, bytes(image)

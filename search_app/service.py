@@ -34,6 +34,7 @@ from search_app.parts import (  # noqa: F401 - re-exported: the service is where
     QueryPart,
     check_parts,
     check_photo_id,
+    check_query_image,
     load_query_image,
 )
 
@@ -307,8 +308,8 @@ class SearchService:
     def composed_vector(self, parts: list[QueryPart]) -> np.ndarray:
         """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors.
 
-        Photo ids are checked before any model loads, so a bad one fails fast; images are
-        decoded at the scale the loaded image model needs.
+        Photo ids and images are checked before any model loads, so a bad part fails fast;
+        images are then decoded at the scale the loaded image model needs.
         """
         parts = check_parts(parts)
         self.build_info()
@@ -323,6 +324,9 @@ class SearchService:
                     )
                 vectors[i] = found[1]
             elif part.image is not None:
+                check_query_image(part.image)
+        for i, part in enumerate(parts):
+            if part.image is not None:
                 pictures[i] = load_query_image(part.image, draft_to=_draft_size(self.encoder()))
         texts = [(i, p.text) for i, p in enumerate(parts) if p.text is not None]
         if texts:
@@ -353,6 +357,7 @@ class SearchService:
     ) -> list[SearchResult]:
         """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
         k = check_k(k)
+        check_query_image(image)
         encoder = self.encoder()
         picture = load_query_image(image, draft_to=_draft_size(encoder))
         vector = np.asarray(encoder.encode_image(picture), dtype=np.float32)

@@ -116,6 +116,6 @@ def test_a_large_jpeg_decodes_at_the_dct_scale_the_model_needs():
 
 
 def test_bytes_that_are_no_image_say_which_formats_are_accepted():
-    with pytest.raises(ImageSearchError, match="not a readable JPEG, PNG or WebP image") as raised:
+    with pytest.raises(ImageSearchError, match="is not an image .*: give a JPEG, PNG or WebP image") as raised:
         open_image(b"this is not an image")
     assert not isinstance(raised.value, (UnsupportedTypeError, TooLargeError))

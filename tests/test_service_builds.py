@@ -96,7 +96,7 @@ def test_photo_ids_of_another_shape_never_reach_the_index(settings: Settings, ph
     backend = Watched(settings)
     service = SearchService(backend, settings)
     for search in (service.photo, service.more_like_this):
-        with pytest.raises(NotFoundError, match="is not a photo id"):
+        with pytest.raises(NotFoundError, match="is not in the index: ids are letters, digits, _ and - only"):
             search(photo_id)
     with pytest.raises(NotFoundError, match="part 2: photo id"):
         service.composed_vector([QueryPart(text="beach"), QueryPart(photo_id=photo_id)])
