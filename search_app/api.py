@@ -21,6 +21,7 @@ search ran past ``IMAGE_SEARCH_API_REQUEST_TIMEOUT``. Security: docs/api.md.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from contextlib import asynccontextmanager
 from functools import partial
@@ -78,6 +79,8 @@ log = logging.getLogger(__name__)
 _FORM_OVERHEAD_BYTES = 64 * 1024
 #: Seconds a caller refused for overload or a timeout is told to wait (``Retry-After``).
 RETRY_AFTER_S = 1
+#: An address in a message (a cluster's URL), which a caller is not told.
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 #: The status of each kind of the service's errors; any other is the caller's mistake (400).
 _STATUS = ((NotFoundError, 404), (TooLargeError, 413), (UnsupportedTypeError, 415), (ServerSideError, 502),
            (UnavailableError, 503))
@@ -285,10 +288,15 @@ def status_of(exc: ImageSearchError) -> int:
 
 
 async def _search_error(request: Request, exc: ImageSearchError) -> JSONResponse:
-    status = status_of(exc)
+    """The error as a problem; a server-side one is logged in full and told to the caller without addresses."""
+    status, detail = status_of(exc), str(exc)
     if status >= 500:
-        log.warning("request %s: %s", request.state.request_id, exc)
-    return problem(status, str(exc), {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
+        request_id = request.state.request_id
+        log.warning("request %s: %s", request_id, detail)
+        detail = _URL.sub("the search backend", detail)
+        if status == 502:
+            detail = f"the search backend failed on the server's side; its log names this request {request_id}"
+    return problem(status, detail, {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
 
 
 async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

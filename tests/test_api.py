@@ -447,3 +447,26 @@ def test_a_timed_out_search_holds_its_slot_until_its_work_stops_and_overload_is_
         assert busy.headers["retry-after"] == "1"
         gate.set()
         wait_until(lambda: client.get("/photos/x").status_code == 404, "the slot given back")
+
+
+def test_server_side_failures_are_5xx_that_name_no_address(search_home: Path, tmp_path: Path, service, settings, caplog):
+    import shutil
+
+    from resources.errors import UnavailableError
+
+    shutil.copytree(search_home / "index", tmp_path / "index")
+    (tmp_path / "index" / "CURRENT").write_text("a-build-that-is-gone")
+    damaged = Settings(home=tmp_path)
+    with TestClient(create_app(SearchService.from_settings(damaged), damaged, warm_up=False), base_url=LOCAL) as client:
+        failed = client.get("/search", params={"q": "dog"})
+    assert_problem(failed, 502, f"its log names this request {failed.headers['x-request-id']}")
+    assert str(tmp_path) not in failed.text and any("which is missing" in r.getMessage() for r in caplog.records)
+
+    class Unreachable(SearchService):
+        def search_text(self, *args, **kwargs):
+            raise UnavailableError("cannot reach https://***:***@10.1.2.3:9200 while searching: check the cluster")
+
+    with TestClient(create_app(Unreachable(service.backend, settings), settings, warm_up=False), base_url=LOCAL) as client:
+        down = client.get("/search", params={"q": "dog"})
+    assert_problem(down, 503, "cannot reach the search backend while searching")
+    assert "10.1.2.3" not in down.text and down.headers["retry-after"] == "1"
