@@ -13,8 +13,8 @@ from resources.config import SECRETS, Settings, env_variable
 if TYPE_CHECKING:
     from resources.clip import ClipEncoder
 
-#: Settings passed to runs as ``EnvVar`` references when set: the URL may hold a password.
-CREDENTIALS = ("es_url", *SECRETS)
+#: Settings passed to runs as ``EnvVar`` references when set: the URLs may hold a password or a token.
+CREDENTIALS = ("es_url", "notify_url", *SECRETS)
 
 
 def _config_type(annotation) -> type:

@@ -33,3 +33,7 @@ class ServerSideError(ImageSearchError):
 
 class UnavailableError(ImageSearchError):
     """The service cannot answer now: nothing published yet, a backend unreachable or overloaded."""
+
+
+class ClusterError(UnavailableError):
+    """The search cluster answered, but not as the project needs (scores, publishing, privileges): a server-side 5xx."""

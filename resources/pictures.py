@@ -61,7 +61,9 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def open_image(source: bytes | str | os.PathLike, *, draft_to: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: bytes | str | os.PathLike, *, draft_to: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """``source`` (the bytes or the path of an image) opened as JPEG, PNG or WebP, its pixels not yet decoded.
 
     Only the plugins of :data:`ACCEPTED_FORMATS` are asked to read it (``Image.open``'s
@@ -86,8 +88,12 @@ def open_image(source: bytes | str | os.PathLike, *, draft_to: int | None = None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         other = sniffed_format(data)
         if other is not None and other not in ACCEPTED_FORMATS:
-            raise UnsupportedTypeError(f"{name} is a {other} image: only {ACCEPTED_NAMES} images are accepted") from None
-        raise ImageSearchError(f"{name} is not an image ({exc.__class__.__name__}): give a {ACCEPTED_NAMES} image") from None
+            raise UnsupportedTypeError(
+                f"{name} is a {other} image: only {ACCEPTED_NAMES} images are accepted"
+            ) from None
+        raise ImageSearchError(
+            f"{name} is not an image ({exc.__class__.__name__}): give a {ACCEPTED_NAMES} image"
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
         raise TooLargeError(

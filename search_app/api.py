@@ -45,6 +45,7 @@ from resources.errors import (
     UnavailableError,
     UnsupportedTypeError,
 )
+from search_app import saved_api
 from search_app.api_connections import server_options
 from search_app.api_models import (
     API_KEY_HEADER,
@@ -82,8 +83,13 @@ RETRY_AFTER_S = 1
 #: An address in a message (a cluster's URL), which a caller is not told.
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 #: The status of each kind of the service's errors; any other is the caller's mistake (400).
-_STATUS = ((NotFoundError, 404), (TooLargeError, 413), (UnsupportedTypeError, 415), (ServerSideError, 502),
-           (UnavailableError, 503))
+_STATUS = (
+    (NotFoundError, 404),
+    (TooLargeError, 413),
+    (UnsupportedTypeError, 415),
+    (ServerSideError, 502),
+    (UnavailableError, 503),
+)
 
 
 class _Slot:
@@ -172,10 +178,14 @@ async def info(service: Service, searches: Run) -> Info:
     """The backend, the published build (models, build id, document count), the limits, the batching."""
     build = await searches.run(service.build_info)
     limits = {
-        "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS, "max_filter_chars": MAX_FILTER_CHARS,
+        "max_k": MAX_K,
+        "max_query_chars": MAX_QUERY_CHARS,
+        "max_filter_chars": MAX_FILTER_CHARS,
         "max_upload_bytes": MAX_QUERY_IMAGE_BYTES,
     }
-    return Info(backend=service.backend.engine, build=build, limits=limits, batching=await searches.run(_batching, service))
+    return Info(
+        backend=service.backend.engine, build=build, limits=limits, batching=await searches.run(_batching, service)
+    )
 
 
 @router.get("/search", response_model=SearchResponse, dependencies=_KEYED, responses=responses(400), tags=["search"])
@@ -191,13 +201,22 @@ async def search_text(
 ) -> SearchResponse:
     """Photos matching words in any language: by image vector, by keywords (BM25), or both fused."""
     results = await searches.run(
-        service.search_text, q, k=k, min_score=min_score, mode=mode, filters=filters, collapse_duplicates=hide_duplicates
+        service.search_text,
+        q,
+        k=k,
+        min_score=min_score,
+        mode=mode,
+        filters=filters,
+        collapse_duplicates=hide_duplicates,
     )
     return search_response({"text": q}, mode, filters, results)
 
 
 @router.post(
-    "/search/image", response_model=SearchResponse, dependencies=_KEYED, responses=responses(400, 413, 415),
+    "/search/image",
+    response_model=SearchResponse,
+    dependencies=_KEYED,
+    responses=responses(400, 413, 415),
     tags=["search"],
 )
 async def search_image(
@@ -218,22 +237,31 @@ async def search_image(
 
 
 @router.post(
-    "/search/composed", response_model=SearchResponse, dependencies=_KEYED, responses=responses(400, 404, 413, 415),
+    "/search/composed",
+    response_model=SearchResponse,
+    dependencies=_KEYED,
+    responses=responses(400, 404, 413, 415),
     tags=["search"],
 )
 async def search_composed(
     service: Service,
     searches: Run,
     filters: Annotated[Filters, Depends(form_filters)],
-    parts: Annotated[str | None, Form(
-        max_length=64 * 1024,
-        description='the parts as JSON, e.g. [{"photo_id": "abc"}, {"text": "at night"}, '
-        '{"text": "people", "weight": -1}, {"image": 0}]; an image part is an upload\'s number from 0',
-    )] = None,
-    expr: Annotated[str | None, Form(
-        max_length=MAX_QUERY_CHARS,
-        description='or the CLI\'s syntax, e.g. "beach" - people + 0.5*photo:abc + image:0 (image:N is an upload)',
-    )] = None,
+    parts: Annotated[
+        str | None,
+        Form(
+            max_length=64 * 1024,
+            description='the parts as JSON, e.g. [{"photo_id": "abc"}, {"text": "at night"}, '
+            '{"text": "people", "weight": -1}, {"image": 0}]; an image part is an upload\'s number from 0',
+        ),
+    ] = None,
+    expr: Annotated[
+        str | None,
+        Form(
+            max_length=MAX_QUERY_CHARS,
+            description='or the CLI\'s syntax, e.g. "beach" - people + 0.5*photo:abc + image:0 (image:N is an upload)',
+        ),
+    ] = None,
     images: Annotated[list[UploadFile], File(description="the images the parts name, numbered from 0")] = [],
     k: FormK = DEFAULT_K,
     min_score: FormMinScore = None,
@@ -250,14 +278,22 @@ async def search_composed(
     uploads = [await image.read() for image in images]
     query_parts, echo = composition(parts, expr, uploads)
     results = await searches.run(
-        service.search_composed, query_parts, k=k, min_score=min_score, mode=mode, filters=filters,
+        service.search_composed,
+        query_parts,
+        k=k,
+        min_score=min_score,
+        mode=mode,
+        filters=filters,
         collapse_duplicates=hide_duplicates,
     )
     return search_response({"parts": echo}, mode, filters, results)
 
 
 @router.get(
-    "/photos/{photo_id}/similar", response_model=SearchResponse, dependencies=_KEYED, responses=responses(400, 404),
+    "/photos/{photo_id}/similar",
+    response_model=SearchResponse,
+    dependencies=_KEYED,
+    responses=responses(400, 404),
     tags=["search"],
 )
 async def more_like_this(
@@ -326,17 +362,23 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         lifespan=lifespan,
         responses=responses(401, 403, 408, 422, 431, 500, 502, 503),
         exception_handlers={
-            ImageSearchError: _search_error, RequestValidationError: _invalid, StarletteHTTPException: _http_error,
+            ImageSearchError: _search_error,
+            RequestValidationError: _invalid,
+            StarletteHTTPException: _http_error,
         },
     )
     app.state.service = service
     app.state.searches = Searches(settings.api_max_searches, settings.api_request_timeout)
     app.include_router(router)
+    app.include_router(saved_api.router(service, settings), dependencies=_KEYED, responses=responses(400, 404))
     app.add_middleware(Guard, settings=settings, max_body=MAX_QUERY_IMAGE_BYTES + _FORM_OVERHEAD_BYTES)
     if settings.api_cors_origins:  # outside the guard, so a preflight (which carries no key) is answered
         app.add_middleware(
-            CORSMiddleware, allow_origins=listed(settings.api_cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=[API_KEY_HEADER, "Content-Type"], expose_headers=["X-Request-ID"],
+            CORSMiddleware,
+            allow_origins=listed(settings.api_cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Content-Type"],
+            expose_headers=["X-Request-ID"],
         )
     return app
 
@@ -358,8 +400,11 @@ def _batching(service: SearchService) -> dict[str, Any]:
     if text is None or image is None:
         return {"enabled": False}
     return {
-        "enabled": True, "max_batch": text.max_batch, "window_ms": text.window_s * 1000,
-        "text": text.stats(), "image": image.stats(),
+        "enabled": True,
+        "max_batch": text.max_batch,
+        "window_ms": text.window_s * 1000,
+        "text": text.stats(),
+        "image": image.stats(),
     }
 
 
@@ -370,5 +415,10 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8502, *, acce
     check_exposure(settings, host)
     app = create_app(SearchService.from_settings(settings), settings)
     uvicorn.run(
-        app, host=host, port=port, access_log=access_log, log_level="info", **server_options(settings.api_header_timeout)
+        app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info",
+        **server_options(settings.api_header_timeout),
     )

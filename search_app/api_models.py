@@ -60,8 +60,10 @@ def _public_fields(cls: type) -> dict[str, Any]:
 
 #: One photo found: the fields of ``image-search query --json`` but the server's file path.
 Result = create_model(
-    "Result", __doc__="One photo found: a search result of the query service.",
-    __config__=ConfigDict(from_attributes=True), **_public_fields(SearchResult),
+    "Result",
+    __doc__="One photo found: a search result of the query service.",
+    __config__=ConfigDict(from_attributes=True),
+    **_public_fields(SearchResult),
 )
 
 
@@ -171,8 +173,10 @@ def _option_types(param: Callable[..., Any]) -> tuple:
     """The options every search takes, as ``param`` (``Query`` for GET, ``Form`` for a multipart POST) fields."""
     return (
         Annotated[int, param(ge=1, le=MAX_K, description=f"how many results (1-{MAX_K})")],
-        Annotated[float | None, param(
-            ge=-1e6, le=1e6, description="drop results below this cosine (BM25 score in keyword mode)")],
+        Annotated[
+            float | None,
+            param(ge=-1e6, le=1e6, description="drop results below this cosine (BM25 score in keyword mode)"),
+        ],
         Annotated[bool, param(description="only the best photo of each near-duplicate group")],
         Annotated[Literal[ORIENTATIONS] | None, param(description="landscape, portrait or square")],  # type: ignore[valid-type]
         Annotated[str | None, param(max_length=MAX_FILTER_CHARS, description="a colour keyword, e.g. red")],
@@ -183,23 +187,37 @@ def _option_types(param: Callable[..., Any]) -> tuple:
 
 
 K, MinScore, HideDuplicates, Orientation, Color, Country, Since, Until = _option_types(Query)
-FormK, FormMinScore, FormHideDuplicates, FormOrientation, FormColor, FormCountry, FormSince, FormUntil = _option_types(Form)
-PhotoId = Annotated[str, PathParam(
-    min_length=1, max_length=MAX_PHOTO_ID_CHARS, pattern=PHOTO_ID_PATTERN,
-    description="an indexed photo's id (letters, digits, _ and -)",
-)]
+FormK, FormMinScore, FormHideDuplicates, FormOrientation, FormColor, FormCountry, FormSince, FormUntil = _option_types(
+    Form
+)
+PhotoId = Annotated[
+    str,
+    PathParam(
+        min_length=1,
+        max_length=MAX_PHOTO_ID_CHARS,
+        pattern=PHOTO_ID_PATTERN,
+        description="an indexed photo's id (letters, digits, _ and -)",
+    ),
+]
 
 
 def query_filters(
-    orientation: Orientation = None, color: Color = None, country: Country = None, since: Since = None, until: Until = None,
+    orientation: Orientation = None,
+    color: Color = None,
+    country: Country = None,
+    since: Since = None,
+    until: Until = None,
 ) -> Filters:
     """The filters of a GET search."""
     return _checked_filters(orientation, color, country, since, until)
 
 
 def form_filters(
-    orientation: FormOrientation = None, color: FormColor = None, country: FormCountry = None,
-    since: FormSince = None, until: FormUntil = None,
+    orientation: FormOrientation = None,
+    color: FormColor = None,
+    country: FormCountry = None,
+    since: FormSince = None,
+    until: FormUntil = None,
 ) -> Filters:
     """The filters of a multipart POST search."""
     return _checked_filters(orientation, color, country, since, until)
@@ -207,8 +225,11 @@ def form_filters(
 
 def _checked_filters(orientation, color, country, since, until) -> Filters:
     filters = Filters(
-        orientation=orientation, color=(color or "").strip() or None, country=(country or "").strip() or None,
-        since=since, until=until,
+        orientation=orientation,
+        color=(color or "").strip() or None,
+        country=(country or "").strip() or None,
+        since=since,
+        until=until,
     )
     if filters.since and filters.until and filters.since > filters.until:
         raise ImageSearchError(f"since {filters.since} is after until {filters.until}: swap them")

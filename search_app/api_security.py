@@ -102,7 +102,10 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                ]
             await send(message)
 
         refusal = self.refusal(scope)
@@ -131,7 +134,8 @@ class Guard:
             given = headers.get(API_KEY_HEADER.lower().encode())
             if given is None or not hmac.compare_digest(given, self.key):
                 return problem(
-                    401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
+                    401,
+                    f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
                     {"WWW-Authenticate": "ApiKey"},
                 )
             return self._too_large(headers)
@@ -142,14 +146,16 @@ class Guard:
         variable = env_variable("api_key")
         if any(name in _PROXY_HEADERS or name.startswith(b"x-forwarded-") for name in headers):
             return problem(
-                403, f"this request came through a proxy and the API has no key: set {variable} on the server "
+                403,
+                f"this request came through a proxy and the API has no key: set {variable} on the server "
                 f"and send it as {API_KEY_HEADER}",
             )
         authority = headers.get(b"host", b"").decode("latin-1").strip().lower()
         host = host_name(authority)
         if not (is_loopback(host) or host in self.hosts):
             return problem(
-                403, f"host {host or '(none)'!r} is not answered without a key: call 127.0.0.1 or localhost, list "
+                403,
+                f"host {host or '(none)'!r} is not answered without a key: call 127.0.0.1 or localhost, list "
                 f"the name in {env_variable('api_hosts')}, or set {variable}",
             )
         origin = headers.get(b"origin", b"").decode("latin-1")
@@ -158,7 +164,8 @@ class Guard:
             return None
         if site in ("cross-site", "same-site") or (origin and origin.split("://", 1)[-1].lower() != authority):
             return problem(
-                403, f"cross-site browser requests are refused: list the page's origin in "
+                403,
+                f"cross-site browser requests are refused: list the page's origin in "
                 f"{env_variable('api_cors_origins')}, or set {variable}",
             )
         return None
@@ -184,7 +191,8 @@ class Guard:
                 message = await receive()
             if waited.cancelled_caught:
                 raise HTTPException(
-                    408, f"the request body paused for more than {self.pause_s:g} s: send it without stopping",
+                    408,
+                    f"the request body paused for more than {self.pause_s:g} s: send it without stopping",
                     headers={"Connection": "close"},
                 )
             if message["type"] == "http.request":

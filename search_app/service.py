@@ -41,6 +41,8 @@ from search_app.parts import (  # noqa: F401 - re-exported: the service is where
 log = logging.getLogger(__name__)
 
 RRF_K = 60
+
+
 class ModelMismatchError(UnavailableError):
     """The query encoder's models or vector size are not the ones the index was built with."""
 
@@ -155,7 +157,9 @@ class SearchService:
         """The published build's info; raises when nothing is published yet."""
         info = self._index().info()
         if info is None:
-            raise UnavailableError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
+            raise UnavailableError(
+                f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}"
+            )
         return info
 
     @one_build
@@ -169,14 +173,20 @@ class SearchService:
         info = self.build_info()
         with self._lock:
             current = self._encoder
-            stale = current is None or (current.image_model_id, current.text_model_id) != (info.image_model, info.text_model)
+            stale = current is None or (current.image_model_id, current.text_model_id) != (
+                info.image_model,
+                info.text_model,
+            )
             if stale and not self._encoder_given:
                 if current is not None:
                     log.info("the published build uses %s and %s: loading them", info.image_model, info.text_model)
-                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
+                self._encoder = _open_encoder(
+                    self.settings.replace(image_model=info.image_model, text_model=info.text_model)
+                )
             encoder = self._encoder
         for kind, built, used in (
-            ("image", info.image_model, encoder.image_model_id), ("text", info.text_model, encoder.text_model_id),
+            ("image", info.image_model, encoder.image_model_id),
+            ("text", info.text_model, encoder.text_model_id),
         ):
             if used != built:
                 raise ModelMismatchError(

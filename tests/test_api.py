@@ -71,13 +71,20 @@ def test_every_mode_and_filter_of_the_cli(client, service, catalog, mode):
 
     row = catalog.dropna(subset=["orientation"]).iloc[0]
     word = str(row["describe"]).split()[0]
-    params = {"q": word, "mode": mode, "k": 20, "orientation": row["orientation"], "since": "2000-01-01",
-              "until": "2100-12-31"}
+    params = {
+        "q": word,
+        "mode": mode,
+        "k": 20,
+        "orientation": row["orientation"],
+        "since": "2000-01-01",
+        "until": "2100-12-31",
+    }
     response = client.get("/search", params=params)
     assert response.status_code == 200, response.text
     body = response.json()
-    filters = Filters(orientation=row["orientation"], since=pd.Timestamp("2000-01-01").date(),
-                      until=pd.Timestamp("2100-12-31").date())
+    filters = Filters(
+        orientation=row["orientation"], since=pd.Timestamp("2000-01-01").date(), until=pd.Timestamp("2100-12-31").date()
+    )
     expected = service.search_text(word, k=20, mode=mode, filters=filters, collapse_duplicates=True)
     assert [r["photo_id"] for r in body["results"]] == [r.photo_id for r in expected]
     assert body["filters"] == {"orientation": row["orientation"], "since": "2000-01-01", "until": "2100-12-31"}
@@ -89,8 +96,11 @@ def test_image_upload_finds_the_photo_first(client, catalog, settings):
 
     photo_id = catalog["photo_id"].iloc[3]
     data = jpeg_of(ImageStore(settings.images_dir).path_for(photo_id))
-    response = client.post("/search/image", files={"image": ("../../etc/passwd", data, "text/plain")},
-                           data={"k": "3", "hide_duplicates": "false"})
+    response = client.post(
+        "/search/image",
+        files={"image": ("../../etc/passwd", data, "text/plain")},
+        data={"k": "3", "hide_duplicates": "false"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["mode"] == "image" and body["query"] == {"image_bytes": len(data)}
@@ -120,22 +130,28 @@ def test_a_composed_query_of_one_part_gives_what_the_plain_search_gives(client):
 
 def test_composed_parts_as_json_with_an_upload_and_a_photo(client, catalog, settings, service):
     from resources.image_store import ImageStore
-
     from search_app.service import QueryPart
 
     first, second = catalog["photo_id"].iloc[1], catalog["photo_id"].iloc[2]
     data = jpeg_of(ImageStore(settings.images_dir).path_for(first))
     parts = '[{"image": 0}, {"photo_id": "%s", "weight": 0.5}, {"text": "people", "weight": -0.25}]' % second
-    response = client.post("/search/composed", data={"parts": parts, "k": "10", "mode": "hybrid", "hide_duplicates": "false"},
-                           files=[("images", ("a.jpg", data, "image/jpeg"))])
+    response = client.post(
+        "/search/composed",
+        data={"parts": parts, "k": "10", "mode": "hybrid", "hide_duplicates": "false"},
+        files=[("images", ("a.jpg", data, "image/jpeg"))],
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["mode"] == "hybrid"
-    assert body["query"]["parts"] == [{"image": 0, "weight": 1.0}, {"photo_id": second, "weight": 0.5},
-                                      {"text": "people", "weight": -0.25}]
+    assert body["query"]["parts"] == [
+        {"image": 0, "weight": 1.0},
+        {"photo_id": second, "weight": 0.5},
+        {"text": "people", "weight": -0.25},
+    ]
     expected = service.search_composed(
         [QueryPart(image=data), QueryPart(photo_id=second, weight=0.5), QueryPart(text="people", weight=-0.25)],
-        k=10, mode="hybrid",
+        k=10,
+        mode="hybrid",
     )
     assert [r["photo_id"] for r in body["results"]] == [r.photo_id for r in expected]
 
@@ -145,7 +161,9 @@ def test_composed_expression_in_the_cli_syntax(client, catalog):
     response = client.post("/search/composed", data={"expr": f'photo:{photo_id} + "at night" - 0.5*people', "k": "3"})
     assert response.status_code == 200, response.text
     assert response.json()["query"]["parts"] == [
-        {"photo_id": photo_id, "weight": 1.0}, {"text": "at night", "weight": 1.0}, {"text": "people", "weight": -0.5}
+        {"photo_id": photo_id, "weight": 1.0},
+        {"text": "at night", "weight": 1.0},
+        {"text": "people", "weight": -0.5},
     ]
 
 
@@ -227,9 +245,15 @@ def test_concurrent_text_searches_share_one_model_call(client, service):
 
 def test_openapi_is_served(client):
     schema = client.get("/openapi.json").json()
-    assert {"/search", "/search/image", "/search/composed", "/photos/{photo_id}/similar", "/photos/{photo_id}", "/health", "/info"} <= set(
-        schema["paths"]
-    )
+    assert {
+        "/search",
+        "/search/image",
+        "/search/composed",
+        "/photos/{photo_id}/similar",
+        "/photos/{photo_id}",
+        "/health",
+        "/info",
+    } <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
 
 
@@ -283,7 +307,9 @@ def test_an_image_over_the_pixel_cap_is_refused_before_decoding(client):
     out = io.BytesIO()
     Image.new("1", (side, side)).save(out, format="PNG")
     assert len(out.getvalue()) < MAX_QUERY_IMAGE_BYTES
-    assert_problem(client.post("/search/image", files={"image": ("big.png", out.getvalue(), "image/png")}), 413, "pixels")
+    assert_problem(
+        client.post("/search/image", files={"image": ("big.png", out.getvalue(), "image/png")}), 413, "pixels"
+    )
 
 
 def test_an_upload_over_the_size_cap_is_413_by_length_or_while_streaming(client):
@@ -294,14 +320,18 @@ def test_an_upload_over_the_size_cap_is_413_by_length_or_while_streaming(client)
         for start in range(0, len(too_big), 1 << 20):
             yield too_big[start : start + (1 << 20)]
 
-    streamed = client.post("/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    streamed = client.post(
+        "/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert_problem(streamed, 413, "larger than")
     assert client.get("/search", params={"q": "dog"}).status_code == 200
 
 
 def test_a_missing_upload_or_a_broken_form_is_a_problem(client):
     assert_problem(client.post("/search/image", data={"k": "3"}), 422, "image")
-    broken = client.post("/search/image", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=x"})
+    broken = client.post(
+        "/search/image", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert broken.status_code in (400, 422) and broken.headers["content-type"] == PROBLEM
 
 
@@ -321,7 +351,9 @@ def test_listening_beyond_loopback_needs_a_long_key(settings):
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         check_exposure(settings, host)
     for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
-        with pytest.raises(ImageSearchError, match=f"refusing to serve the API on {host} without a key: set IMAGE_SEARCH_API_KEY"):
+        with pytest.raises(
+            ImageSearchError, match=f"refusing to serve the API on {host} without a key: set IMAGE_SEARCH_API_KEY"
+        ):
             check_exposure(settings, host)
         check_exposure(settings.replace(api_key=KEY), host)
     with pytest.raises(ImageSearchError, match="IMAGE_SEARCH_API_KEY is shorter than 16 characters"):
@@ -353,13 +385,15 @@ def test_a_search_past_the_timeout_is_a_503_and_the_server_keeps_serving(service
             return super().search_text(*args, **kwargs)
 
     held = Held(service.backend, settings, encoder=service.encoder())
-    with TestClient(create_app(held, settings.replace(api_request_timeout=0.5), warm_up=False), base_url=LOCAL) as client:
+    with TestClient(
+        create_app(held, settings.replace(api_request_timeout=0.5), warm_up=False), base_url=LOCAL
+    ) as client:
         assert_problem(client.get("/search", params={"q": "dog"}), 503, "took longer than 0.5 s")
         gate.set()
         assert client.get("/search", params={"q": "dog"}).status_code == 200
 
 
-def test_schemathesis_finds_no_server_error(service, settings):
+def test_schemathesis_finds_no_server_error(service, settings, tmp_path):
     """Property-based fuzzing of every operation in the served schema, on a server with a key.
 
     Every default check: no input gives a 5xx, every answer matches the schema (status codes,
@@ -369,7 +403,8 @@ def test_schemathesis_finds_no_server_error(service, settings):
     directly, since schemathesis's pytest plugin does not load under this pytest; examples
     are bounded and derandomized, so the run is repeatable and short.
     """
-    app = create_app(service, settings.replace(api_key=KEY), warm_up=False)
+    # Saved searches go to tmp_path, so the shared index's home stays read-only.
+    app = create_app(service, settings.replace(api_key=KEY, home=tmp_path), warm_up=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 7
@@ -377,7 +412,10 @@ def test_schemathesis_finds_no_server_error(service, settings):
 
         @hypothesis.given(case=operation.as_strategy())
         @hypothesis.settings(
-            max_examples=30, deadline=None, derandomize=True, database=None,
+            max_examples=30,
+            deadline=None,
+            derandomize=True,
+            database=None,
             suppress_health_check=list(hypothesis.HealthCheck),
         )
         def fuzz(case):
@@ -398,13 +436,21 @@ def test_images_other_than_jpeg_png_webp_are_415_naming_the_accepted_types(clien
 
 def test_results_leave_out_the_servers_file_paths(client, catalog):
     photo_id = catalog["photo_id"].iloc[0]
-    for answer in (client.get("/search", params={"q": "dog"}).json()["results"][0], client.get(f"/photos/{photo_id}").json()):
+    for answer in (
+        client.get("/search", params={"q": "dog"}).json()["results"][0],
+        client.get(f"/photos/{photo_id}").json(),
+    ):
         assert "local_path" not in answer and answer["photo_id"]
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/photos/..%2F..%2Fetc%2Fpasswd", 404), ("/photos/a%00b", 422), ("/photos/a..b", 422), ("/photos/a%20b/similar", 422)],
+    [
+        ("/photos/..%2F..%2Fetc%2Fpasswd", 404),
+        ("/photos/a%00b", 422),
+        ("/photos/a..b", 422),
+        ("/photos/a%20b/similar", 422),
+    ],
 )
 def test_photo_ids_of_another_shape_are_refused(client, path, status):
     assert_problem(client.get(path), status, "")
@@ -418,7 +464,9 @@ def test_an_unexpected_exception_is_a_500_problem_with_a_request_id_in_the_log(s
             raise RuntimeError("a bug")
 
     broken = Broken(service.backend, settings, encoder=service.encoder())
-    with TestClient(create_app(broken, settings, warm_up=False), base_url=LOCAL, raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(broken, settings, warm_up=False), base_url=LOCAL, raise_server_exceptions=False
+    ) as client:
         response = client.get("/search", params={"q": "dog"})
     request_id = response.headers["x-request-id"]
     assert_problem(response, 500, f"its log names this request {request_id}")
@@ -449,7 +497,9 @@ def test_a_timed_out_search_holds_its_slot_until_its_work_stops_and_overload_is_
         wait_until(lambda: client.get("/photos/x").status_code == 404, "the slot given back")
 
 
-def test_server_side_failures_are_5xx_that_name_no_address(search_home: Path, tmp_path: Path, service, settings, caplog):
+def test_server_side_failures_are_5xx_that_name_no_address(
+    search_home: Path, tmp_path: Path, service, settings, caplog
+):
     import shutil
 
     from resources.errors import UnavailableError
@@ -466,7 +516,9 @@ def test_server_side_failures_are_5xx_that_name_no_address(search_home: Path, tm
         def search_text(self, *args, **kwargs):
             raise UnavailableError("cannot reach https://***:***@10.1.2.3:9200 while searching: check the cluster")
 
-    with TestClient(create_app(Unreachable(service.backend, settings), settings, warm_up=False), base_url=LOCAL) as client:
+    with TestClient(
+        create_app(Unreachable(service.backend, settings), settings, warm_up=False), base_url=LOCAL
+    ) as client:
         down = client.get("/search", params={"q": "dog"})
     assert_problem(down, 503, "cannot reach the search backend while searching")
     assert "10.1.2.3" not in down.text and down.headers["retry-after"] == "1"

@@ -94,7 +94,9 @@ def request(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
 
 
 def assert_normal_client_served(port: int, headers: dict[str, str] | None = None) -> None:
-    answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "a red car", "k": 2}, headers=headers, timeout=ANSWER_S)
+    answer = httpx.get(
+        f"http://127.0.0.1:{port}/search", params={"q": "a red car", "k": 2}, headers=headers, timeout=ANSWER_S
+    )
     assert answer.status_code == 200 and len(answer.json()["results"]) == 2
 
 
@@ -106,7 +108,10 @@ def assert_normal_client_served(port: int, headers: dict[str, str] | None = None
         (["Host: 127.0.0.1", "Origin: https://evil.example"], b"cross-site browser requests are refused"),
         (["Host: 127.0.0.1", "Origin: null"], b"cross-site browser requests are refused"),
         (["Host: 127.0.0.1", "Sec-Fetch-Site: cross-site"], b"cross-site browser requests are refused"),
-        (["Host: 127.0.0.1", "X-Forwarded-For: 203.0.113.9"], b"came through a proxy and the API has no key: set IMAGE_SEARCH_API_KEY"),
+        (
+            ["Host: 127.0.0.1", "X-Forwarded-For: 203.0.113.9"],
+            b"came through a proxy and the API has no key: set IMAGE_SEARCH_API_KEY",
+        ),
         (["Host: 127.0.0.1", "Forwarded: for=203.0.113.9"], b"set IMAGE_SEARCH_API_KEY"),
     ],
 )
@@ -119,10 +124,18 @@ def test_without_a_key_only_local_programs_are_answered(port: int, headers: list
 
 def test_a_blind_cross_site_multipart_post_is_refused_before_its_body(port: int):
     form = b'--b\r\nContent-Disposition: form-data; name="expr"\r\n\r\nbeach\r\n--b--\r\n'
-    status, answer = exchange(port, request(
-        "POST", "/search/composed", "Host: 127.0.0.1", "Origin: https://evil.example", "Sec-Fetch-Site: cross-site",
-        "Content-Type: multipart/form-data; boundary=b", body=form,
-    ))
+    status, answer = exchange(
+        port,
+        request(
+            "POST",
+            "/search/composed",
+            "Host: 127.0.0.1",
+            "Origin: https://evil.example",
+            "Sec-Fetch-Site: cross-site",
+            "Content-Type: multipart/form-data; boundary=b",
+            body=form,
+        ),
+    )
     assert status == 403 and b"cross-site" in answer
     configured = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": "search.lan"}, timeout=ANSWER_S)
     assert configured.status_code == 200 and configured.json() == {"status": "ok"}
@@ -131,10 +144,17 @@ def test_a_blind_cross_site_multipart_post_is_refused_before_its_body(port: int)
 def test_an_unauthenticated_50_mb_upload_is_answered_401_from_its_headers(keyed_port: int):
     """The headers announce 50 MB and the body never comes: the 401 must arrive without it."""
     for key in ([], ["X-API-Key: " + "wrong" * 8]):
-        head = "\r\n".join([
-            "POST /search/image HTTP/1.1", "Host: api.example", *key, f"Content-Length: {50 * 1024 * 1024}",
-            "Content-Type: multipart/form-data; boundary=b", "", "",
-        ]).encode()
+        head = "\r\n".join(
+            [
+                "POST /search/image HTTP/1.1",
+                "Host: api.example",
+                *key,
+                f"Content-Length: {50 * 1024 * 1024}",
+                "Content-Type: multipart/form-data; boundary=b",
+                "",
+                "",
+            ]
+        ).encode()
         with socket.create_connection(("127.0.0.1", keyed_port), timeout=ANSWER_S) as sock:
             sock.sendall(head)
             status, answer = read_answer(sock)
@@ -188,8 +208,13 @@ def test_images_and_ids_that_must_not_be_decoded_or_looked_up(port: int):
     for data, status, detail in ((eps.getvalue(), 415, "EPS image"), (bomb_png(6400, 6400), 413, "declares 6400x6400")):
         answer = httpx.post(f"http://127.0.0.1:{port}/search/image", files={"image": ("a.jpg", data)}, timeout=ANSWER_S)
         assert answer.status_code == status and detail in answer.json()["detail"]
-    for path, expected in (("/photos/../../etc/passwd", 404), ("/photos/..", 422), ("/photos/%2e%2e", 422),
-                           ("/photos/a%01b/similar", 422), ("/photos/a%2Fb", 404)):
+    for path, expected in (
+        ("/photos/../../etc/passwd", 404),
+        ("/photos/..", 422),
+        ("/photos/%2e%2e", 422),
+        ("/photos/a%01b/similar", 422),
+        ("/photos/a%2Fb", 404),
+    ):
         status, _ = exchange(port, request("GET", path, "Host: 127.0.0.1"))
         assert status == expected, path
     assert_normal_client_served(port)

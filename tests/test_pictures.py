@@ -72,6 +72,7 @@ def decoders_spied(monkeypatch):
     reached: list[str] = []
     for fmt, (factory, accept) in list(Image.OPEN.items()):
         if fmt not in ACCEPTED_FORMATS:
+
             def spy(*args, _fmt=fmt, _factory=factory):
                 reached.append(_fmt)
                 return _factory(*args)
@@ -83,9 +84,7 @@ def decoders_spied(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["EPS", "TIFF", "PSD", "ICO"])
 def test_formats_outside_jpeg_png_webp_are_refused_without_reaching_their_decoder(decoders_spied, fmt):
-    data = (
-        b"8BPS\x00\x01" + b"\x00" * 64 if fmt == "PSD" else _encoded(Image.new("RGB", (32, 32), "red"), fmt)
-    )
+    data = b"8BPS\x00\x01" + b"\x00" * 64 if fmt == "PSD" else _encoded(Image.new("RGB", (32, 32), "red"), fmt)
     with pytest.raises(UnsupportedTypeError, match=f"is a {fmt} image: only JPEG, PNG or WebP images are accepted"):
         open_image(data)
     assert decoders_spied == []
