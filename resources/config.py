@@ -127,6 +127,17 @@ class Settings(BaseSettings):
         None, repr=False,
         description="where each refresh POSTs a saved search's new matches as JSON, retried, never failing a run (see [saved searches](docs/saved-searches.md)); credentials masked",
     )
+    api_hosts: str | None = Field(
+        None,
+        description="host names the HTTP API answers without a key, beside 127.0.0.1, localhost and [::1], comma-separated",
+    )
+    api_max_searches: int = Field(
+        64, ge=1, le=10_000, description="HTTP API searches running at once; more are answered 503 with `Retry-After`"
+    )
+    api_header_timeout: float = Field(
+        10.0, gt=0, le=600,
+        description="seconds an HTTP API client may take to send a request's headers, or pause while sending its body",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
