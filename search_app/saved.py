@@ -15,6 +15,7 @@ from resources.backends.base import Filters
 from resources.errors import ImageSearchError
 from resources.saved.refresh import dropped_good, new_matches, next_results, unseen
 from resources.saved.store import SavedSearch, SavedStore
+from search_app.parts import check_photo_id
 from search_app.service import QueryPart, SearchResult, SearchService, load_query_image
 
 FILTER_NAMES = ("orientation", "color", "country", "since", "until")
@@ -97,6 +98,7 @@ def refresh(service: SearchService, store: SavedStore, name: str) -> dict[str, A
 
 def mark(service: SearchService, store: SavedStore, name: str, photo_id: str, value: str | None) -> dict[str, str]:
     """Mark ``photo_id`` good or bad (``None``: unmark) for ``name``; the photo must be indexed."""
+    check_photo_id(photo_id)
     store.get(name)
     if value is not None:
         service.photo(photo_id)

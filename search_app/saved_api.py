@@ -25,10 +25,10 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.saved.store import SavedSearch, SavedStore
 from search_app import saved
+from search_app.api_models import PhotoId
 from search_app.service import MAX_PARTS, SearchService
 
 Name = Annotated[str, PathParam(min_length=1, max_length=64, description="the saved search's name")]
-PhotoId = Annotated[str, PathParam(min_length=1, max_length=200, description="an indexed photo's id")]
 
 
 class SavedPart(BaseModel):
