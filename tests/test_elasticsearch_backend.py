@@ -230,6 +230,18 @@ def test_rebuild_keeps_count_swaps_alias_and_keeps_only_the_previous_build(clust
     assert third.details["removed"] == [first.name] and third.details["previous"] == [second.name]
 
 
+def test_a_pinned_view_reads_the_build_it_was_pinned_at_after_a_new_one_is_published(cluster: Cluster) -> None:
+    docs, vectors = corpus()
+    backend = cluster.backend()
+    backend.build(docs.iloc[:10], vectors[:10], build_info("first"))
+    view = backend.pinned()
+    backend.build(docs, vectors, build_info("second"))
+    assert view.count() == 10 and view.info().name.startswith(cluster.settings.index_name)
+    assert view.get(docs["photo_id"].iloc[20]) is None
+    assert {h.photo_id for h in view.knn(vectors[20], 5)} <= set(docs["photo_id"].iloc[:10])
+    assert backend.count() == N and backend.pinned().count() == N
+
+
 def test_refused_documents_are_counted_and_too_many_fail_the_build_leaving_the_old_one(cluster: Cluster) -> None:
     docs, vectors = corpus()
     backend = cluster.backend(es_max_error_share=0.06)
