@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="the models' number format")
     text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries")
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="what runs the image model in the pipeline (a faster one only where its vectors agree)"
+    )
+    runtime_calibration_images: int = Field(
+        300, ge=1, description="stored photos the faster image runtime is calibrated on when it is built"
+    )
+    runtime_gate_images: int = Field(
+        200, ge=2, description="held-out stored photos on which the faster image runtime must agree with fp32"
+    )
     backend: Literal["local", "elasticsearch"] = Field("local", description="where the search index lives")
     es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL (credentials masked)")
     es_username: str | None = Field(None, repr=False, description="Elasticsearch user name")
@@ -209,8 +218,13 @@ class Settings(BaseSettings):
 
     @property
     def onnx_dir(self) -> Path:
-        """ONNX exports of the text model (``resources/onnx_text.py``), one file per model fingerprint."""
+        """ONNX exports of the text model (``resources/encoder/onnx_text.py``), one file per model fingerprint."""
         return self.home / "models" / "onnx"
+
+    @property
+    def runtimes_dir(self) -> Path:
+        """Faster image runtimes built from the image model (``resources/encoder/selection.py``), by its content hash."""
+        return self.home / "models" / "image-runtimes"
 
     @property
     def duplicates_path(self) -> Path:

@@ -42,7 +42,7 @@ class ModelMismatchError(UnavailableError):
 
 
 class Encoder(Protocol):
-    """What the service needs of :mod:`resources.clip`'s encoder."""
+    """What the service needs of :mod:`resources.encoder.clip`'s encoder."""
 
     image_model_id: str
     text_model_id: str
@@ -196,7 +196,7 @@ def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Im
 
 
 def _open_encoder(settings: Settings) -> Encoder:
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
     return ClipEncoder.from_settings(settings)
 
