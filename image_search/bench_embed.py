@@ -295,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
                 baseline_limit=args.baseline_limit,
                 gpu_decode=settings.gpu_decode,
                 runtime=args.runtime or settings.runtime,
-                runtimes_dir=settings.runtimes_dir,
+                # Built anew each run, as a user's first run builds it (its time is not in the figures).
+                runtimes_dir=Path(tmp) / "runtimes",
                 gate_images=settings.runtime_gate_images,
                 calibration_images=settings.runtime_calibration_images,
             )
