@@ -171,7 +171,7 @@ def run_bench(
 
 
 def _model_only(runtime, pixels: np.ndarray, batch: int = 32, rounds: int = 3) -> float:
-    """Images per second of ``runtime`` alone on prepared pixels, whole batches of ``batch``, after one warm-up batch."""
+    """Images per second of ``runtime`` alone on prepared pixels in whole batches of ``batch``, after a warm-up."""
     batches = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)] or [pixels]
     runtime(batches[0])
     started = time.perf_counter()

@@ -77,11 +77,15 @@ def _present(part: Path, columns: list[str] | None) -> list[str] | None:
 
 
 def _in_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``; runtime columns missing or null (old chunks) filled as :data:`OLD_CHUNK_RUNTIME`."""
+    """``table`` cast to ``schema``, missing or null runtime columns (old chunks) as :data:`OLD_CHUNK_RUNTIME`."""
     for name, old in zip(("runtime", "precision"), OLD_CHUNK_RUNTIME):
-        column = table.column(name) if name in table.column_names else pa.nulls(len(table), pa.string())
-        filled = pc.fill_null(column.cast(pa.string()), old)
-        table = table.set_column(table.column_names.index(name), name, filled) if name in table.column_names else table.append_column(name, filled)
+        present = name in table.column_names
+        column = table.column(name).cast(pa.string()) if present else pa.nulls(len(table), pa.string())
+        filled = pc.fill_null(column, old)
+        if present:
+            table = table.set_column(table.column_names.index(name), name, filled)
+        else:
+            table = table.append_column(name, filled)
     return table.select(schema.names).cast(schema)
 
 
@@ -150,7 +154,11 @@ class VectorStore:
         return final
 
     def plan_encoding(
-        self, bucket: str, images: ImageStore, photo_ids: list[str], accepts: Callable[[tuple[str, str]], bool] | None = None
+        self,
+        bucket: str,
+        images: ImageStore,
+        photo_ids: list[str],
+        accepts: Callable[[tuple[str, str]], bool] | None = None,
     ) -> EncodingPlan:
         """Which of ``photo_ids`` have a stored image, and which of those need a (new) vector.
 

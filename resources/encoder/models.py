@@ -56,7 +56,8 @@ def content_hash(clip, extra: str = "") -> str:
     Any changed weight changes it, wherever the model was loaded from, so a runtime built
     from the model is rebuilt when the model changes. About a second for ViT-B/32.
     """
-    digest = hashlib.sha256(f"{extra}|{clip.config.vision_config.to_json_string()}|{clip.config.projection_dim}".encode())
+    config = f"{extra}|{clip.config.vision_config.to_json_string()}|{clip.config.projection_dim}"
+    digest = hashlib.sha256(config.encode())
     for part in (clip.vision_model, clip.visual_projection):
         for name, tensor in part.state_dict().items():
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())

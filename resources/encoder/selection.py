@@ -48,7 +48,9 @@ def resolve_runtime(setting: str, device: str) -> str:
     if setting == "openvino" and device != "cpu":
         raise ImageSearchError(f"IMAGE_SEARCH_RUNTIME=openvino runs on the CPU, not {device}: set it to torch or auto")
     if setting == "openvino" and not openvino_available():
-        raise ImageSearchError("IMAGE_SEARCH_RUNTIME=openvino but openvino or nncf is not installed: reinstall the project")
+        raise ImageSearchError(
+            "IMAGE_SEARCH_RUNTIME=openvino but openvino or nncf is not installed: reinstall the project, or set it to torch"
+        )
     return setting
 
 
