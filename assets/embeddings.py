@@ -117,22 +117,7 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
     model_id = encoder.image_model_id
     store = VectorStore(settings.embeddings_dir, model_id)
     images = ImageStore(settings.images_dir)
-    try:
-        report = encoder.select_image_runtime(
-            _runtime_sample(settings, images), settings.runtime_gate_images, settings.runtime_calibration_images
-        )
-        accepted = encoder.agreeing_runtimes()
-    except ImageSearchError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    plans = {
-        bucket: store.plan_encoding(
-            bucket,
-            images,
-            catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist(),
-            accepts=lambda made_by: made_by[0] == "torch" or made_by in accepted,
-        )
-        for bucket in buckets
-    }
+    report, plans = _plan(settings, encoder, store, images, catalog, buckets)
     total_stored = sum(len(plan.stored) for plan in plans.values())
     total_todo = sum(len(plan.todo) for plan in plans.values())
     context.log.info(
@@ -181,6 +166,27 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
         },
         check_results=[_gate_check(report, encoder.runtime_label)],
     )
+
+
+def _plan(settings: Settings, encoder, store: VectorStore, images: ImageStore, catalog: pd.DataFrame, buckets: list):
+    """Pick the image runtime (the gate's report, if one ran) and plan each bucket: what lacks an accepted vector."""
+    try:
+        report = encoder.select_image_runtime(
+            _runtime_sample(settings, images), settings.runtime_gate_images, settings.runtime_calibration_images
+        )
+        accepted = encoder.agreeing_runtimes()
+    except ImageSearchError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    plans = {
+        bucket: store.plan_encoding(
+            bucket,
+            images,
+            catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist(),
+            accepts=lambda made_by: made_by[0] == "torch" or made_by in accepted,
+        )
+        for bucket in buckets
+    }
+    return report, plans
 
 
 def _runtime_sample(settings: Settings, images: ImageStore) -> list[str]:

@@ -143,16 +143,7 @@ def run_bench(
         "baseline_img_per_s": baseline_rate,
         "project_img_per_s": project_rate,
         "speedup": round(project_rate / baseline_rate, 2),
-        "model_only_img_per_s": stages["model_only_img_per_s"],
-        "speedup_vs_model_only": round(project_rate / stages["model_only_img_per_s"], 2),
-        "decode_only_img_per_s": stages["decode_only_img_per_s"],
-        "runtime_model_only_img_per_s": stages["runtime_model_only_img_per_s"],
-        "runtime": encoder.runtime_label[0],
-        "runtime_precision": encoder.runtime_label[1],
-        "gate_verdict": "not run" if report is None else ("passed" if report.passed else "failed"),
-        "gate_cosine_min": None if report is None else report.cosine_min,
-        "gate_top10_overlap": None if report is None else report.top10_overlap,
-        "gate_sample": 0 if report is None else report.sample,
+        **_runtime_figures(encoder, report, stages, project_rate),
         "project_failures": failed,
         "cosine_mean": round(float(cosines.mean()), 5),
         "cosine_min": round(float(cosines.min()), 5),
@@ -168,6 +159,22 @@ def run_bench(
         figures["gpu"] = torch.cuda.get_device_name()
         figures["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return figures
+
+
+def _runtime_figures(encoder, report, stages: dict, project_rate: float) -> dict:
+    """The stages apart, the runtime chosen and its gate, and the speed-up over the PyTorch model alone."""
+    return {
+        "model_only_img_per_s": stages["model_only_img_per_s"],
+        "speedup_vs_model_only": round(project_rate / stages["model_only_img_per_s"], 2),
+        "decode_only_img_per_s": stages["decode_only_img_per_s"],
+        "runtime_model_only_img_per_s": stages["runtime_model_only_img_per_s"],
+        "runtime": encoder.runtime_label[0],
+        "runtime_precision": encoder.runtime_label[1],
+        "gate_verdict": "not run" if report is None else ("passed" if report.passed else "failed"),
+        "gate_cosine_min": None if report is None else report.cosine_min,
+        "gate_top10_overlap": None if report is None else report.top10_overlap,
+        "gate_sample": 0 if report is None else report.sample,
+    }
 
 
 def _model_only(runtime, pixels: np.ndarray, batch: int = 32, rounds: int = 3) -> float:

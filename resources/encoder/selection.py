@@ -104,7 +104,9 @@ def select(encoder, sample_paths: Sequence[str], held_out: int, calibration: int
         return None
     folder = encoder.runtimes_dir / encoder.model_hash / f"{FAST[0]}-{FAST[1]}"
     report, runtime = GateReport.read(folder / GATE_FILE), None
-    if report is not None and report.passed and (folder / MODEL_FILE).is_file():
+    if report is not None and report.passed and not (folder / MODEL_FILE).is_file():
+        report = None  # the build was deleted: build and judge again
+    if report is not None and report.passed:
         runtime = OpenVinoRuntime(folder / MODEL_FILE, FAST[1])
     elif report is None:
         pre = encoder.preprocess
