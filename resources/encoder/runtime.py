@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+import sys
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,11 @@ def quantize_openvino(model, calibration: np.ndarray):
 
     data = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     keep_float = nncf.IgnoredScope(patterns=FLOAT_LAYERS, validate=False)
-    return nncf.quantize(
-        model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=keep_float
-    )
+    # NNCF draws its progress bars on stdout, which belongs to the command's own output (--json).
+    with redirect_stdout(sys.stderr):
+        return nncf.quantize(
+            model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=keep_float
+        )
 
 
 def build_openvino(clip, pre: Preprocess, calibration: np.ndarray, target: Path) -> None:
