@@ -324,8 +324,8 @@ def _lines(f: dict) -> list[str]:
         f"on {f['gate_sample']} held-out images)"
     )
     return [
-        f"CPU: {f['cpu_model']}, flags {f['cpu_flags'] or 'none of note'}, {f['cpu_count']} CPUs, "
-        f"load average {' '.join(map(str, f['load_average']))}",
+        f"CPU flags that pick precision and runtime: {f['cpu_flags'] or 'none'}; {f['cpu_count']} CPUs, "
+        f"load average {' '.join(map(str, f['load_average']))} (the CPU's model is on the last line)",
         f"images: {f['images']} ({f['baseline_images']} for the baseline); model {f['model']} "
         f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}",
         f"(a) original loop, one image per model.encode call, fp32: {f['baseline_img_per_s']} img/s",
