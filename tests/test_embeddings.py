@@ -220,6 +220,8 @@ def test_vectors_valid_takes_the_dimension_from_the_store_and_needs_no_model(hom
             "model_id": pa.array([store.model_id] * len(rows)),
             "image_bytes": rows["image_bytes"],
             "image_mtime_ns": rows["image_mtime_ns"],
+            "runtime": pa.array(["torch"] * len(rows)),
+            "precision": pa.array(["fp32"] * len(rows)),
         },
         schema=chunk_schema(8),
     )
