@@ -150,3 +150,10 @@ def test_a_2021_layout_model_loads_and_shares_the_built_runtime(tiny_models, pho
     a = next(_encoder(tiny_models[0], tmp_path, "torch").encode_image_files(photos[:3])).vectors
     b = next(_encoder(old, tmp_path, "torch").encode_image_files(photos[:3])).vectors
     assert np.allclose(a, b, atol=1e-6)
+
+
+def test_too_few_photos_leave_pytorch_and_are_judged_again_next_time(tiny_models, photos, tmp_path):
+    encoder = _encoder(tiny_models[0], tmp_path)
+    report = encoder.select_image_runtime(photos[:2], 20, 20)
+    assert not report.passed and "fewer than 2" in report.reason and encoder.runtime_label[0] == "torch"
+    assert encoder.select_image_runtime(photos, 20, 20).passed and encoder.runtime_label == ("openvino", "int8")

@@ -74,7 +74,8 @@ def _encode(runtime, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
 def build_and_judge(clip, pre: Preprocess, folder: Path, model_hash: str, gate: np.ndarray, calibration: np.ndarray):
     """Build the faster runtime into ``folder`` from ``calibration``, judge it on ``gate`` and save the verdict.
 
-    Returns the runtime (``None`` when it could not be built) and the report.
+    Returns the runtime (``None`` when it could not be built) and the report. The verdict
+    is cached only when the runtime was built and judged on at least two photos.
     """
     runtime, reference = None, _encode(TorchRuntime(clip, pre, "cpu", "fp32"), gate) if len(gate) else gate
     try:
@@ -87,7 +88,9 @@ def build_and_judge(clip, pre: Preprocess, folder: Path, model_hash: str, gate: 
         log.warning("could not build the %s image runtime: %s", FAST[0], exc)
         reason = f"could not be built: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         report = GateReport(*FAST, model_hash, len(gate), 0.0, 0.0, 0.0, False, reason)
-    report.save(folder / GATE_FILE)
+    if runtime is not None and len(gate) >= 2:
+        # Only a verdict on enough photos is kept; a failed build or too few photos try again next run.
+        report.save(folder / GATE_FILE)
     return runtime, report
 
 
