@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`cpu`, `cuda` or `auto`")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="`fp32`, `bf16`, `fp16` or `auto` (bf16 on CPUs with bf16 support, fp16 on GPU, else fp32)")
     text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries: `onnx` (ONNX Runtime, float32 on the CPU), `torch`, or `auto` (`onnx` on a CPU in fp32, else `torch`; see [searching](docs/searching.md#text-queries-on-a-cpu))")
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="what runs the image model in the pipeline: `openvino` (int8, built from the model and used only where its vectors agree with fp32 on the user's photos), `torch`, or `auto` (`openvino` on a CPU where it is installed, else `torch`; see [images and embeddings](docs/images-and-embeddings.md))"
+    )
+    runtime_calibration_images: int = Field(
+        300, ge=1, description="stored photos the faster image runtime is calibrated on when it is built"
+    )
+    runtime_gate_images: int = Field(
+        200, ge=2, description="held-out stored photos on which the faster image runtime must agree with fp32"
+    )
     backend: Literal["local", "elasticsearch"] = Field("local", description="`local` (embedded, no server) or `elasticsearch`")
     es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL; credentials in it are never printed")
     es_username: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch user name, if not in the URL")
@@ -233,8 +242,13 @@ class Settings(BaseSettings):
 
     @property
     def onnx_dir(self) -> Path:
-        """ONNX exports of the text model (``resources/onnx_text.py``), one file per model fingerprint."""
+        """ONNX exports of the text model (``resources/encoder/onnx_text.py``), one file per model fingerprint."""
         return self.home / "models" / "onnx"
+
+    @property
+    def runtimes_dir(self) -> Path:
+        """Faster image runtimes built from the image model (``resources/encoder/selection.py``), by its content hash."""
+        return self.home / "models" / "image-runtimes"
 
     @property
     def duplicates_path(self) -> Path:

@@ -48,7 +48,7 @@ class ModelMismatchError(UnavailableError):
 
 
 class Encoder(Protocol):
-    """What the service needs of :mod:`resources.clip`'s encoder."""
+    """What the service needs of :mod:`resources.encoder.clip`'s encoder."""
 
     image_model_id: str
     text_model_id: str
@@ -122,7 +122,7 @@ def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[S
 
 
 def _open_encoder(settings: Settings) -> Encoder:
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
     return ClipEncoder.from_settings(settings)
 
