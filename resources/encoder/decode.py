@@ -1,13 +1,12 @@
 """Image files to the model's input on the CPU: open, decode (JPEGs at a reduced DCT scale), resize, crop.
 
-Every file the encoder reads is opened by :func:`open_picture`, one place to put a safer
-opener. A file that cannot be decoded is a per-file failure with a short reason, never
+Every file the encoder reads is opened by :func:`resources.pictures.open_image`, the one safe
+opener (JPEG, PNG or WebP only, the pixel cap read from the header). A file that cannot be decoded is a per-file failure with a short reason, never
 fatal to its batch.
 """
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resources.pictures import is_upright, upright_rgb
+from resources.pictures import is_upright, open_image, upright_rgb
 
 
 @dataclass(frozen=True)
@@ -28,9 +27,6 @@ class Preprocess:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
-def open_picture(source: str | Path | io.BytesIO) -> Image.Image:
-    """Open an image file or buffer lazily (header only); the encoder's one way in to Pillow."""
-    return Image.open(source)
 
 
 def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
@@ -46,9 +42,7 @@ def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:
 
 def load_prepared(path: str, pre: Preprocess) -> np.ndarray:
     """Decode and preprocess one image file; JPEGs are decoded at the smallest DCT scale that still fits."""
-    with open_picture(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (pre.size, pre.size))
+    with open_image(path, draft_to=pre.size) as image:
         image.load()
         return prepare_image(image, pre)
 
@@ -62,7 +56,7 @@ def read_for_gpu(path: str) -> bytes | None:
     """
     try:
         data = Path(path).read_bytes()
-        with open_picture(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             upright = is_upright(image)
             if image.format == "JPEG" and image.mode in ("RGB", "L") and upright:
                 return data
