@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,16 @@ class Faults:
       flood-stage watermark, index has read-only-allow-delete block]" (``IndexMetadata.
       INDEX_READ_ONLY_ALLOW_DELETE_BLOCK``, ``RestStatus.TOO_MANY_REQUESTS`` in Elasticsearch 7.x and
       OpenSearch; Elasticsearch 6.x answered 403). Only bulk items here: the lock document is written first.
+    - ``search_rejections``: the first n searches (each ``_msearch`` item counts) are refused on every
+      shard, answered 429 ``search_phase_execution_exception`` "all shards failed" whose root cause is
+      the shard's refusal (``SearchPhaseExecutionException.status()``: with no shard answering, the
+      status of the shard failures' cause; ``MultiSearchResponse.Item`` writes it with its ``status``).
+      The cause is ``search_breaker``'s: ``None``, a full search thread-pool queue
+      (``EsRejectedExecutionException``, 429; OpenSearch's ``OpenSearchRejectedExecutionException`` is
+      named ``rejected_execution_exception`` on the wire, ``OpenSearchException.getExceptionName`` drops
+      its prefix); ``"TRANSIENT"`` or ``"PERMANENT"``, the parent circuit breaker with that durability
+      (``CircuitBreakingException.metadataToXContent``; ``HierarchyCircuitBreakerService.checkParentLimit``
+      says PERMANENT when most of the memory is held by permanent breakers such as fielddata).
     """
 
     item_rejections: int = 0
@@ -63,6 +73,8 @@ class Faults:
     aliases_lost_answers: int = 0
     settings_forbidden: bool = False
     flood_stage: bool = False
+    search_rejections: int = 0
+    search_breaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,12 @@ class ServerProfile:
     compatibility_mode: bool = False
     default_shards: int = 1
     faults: Faults = Faults()
+    #: During a rolling upgrade, the version the elected cluster manager still runs (``None``: the same as
+    #: ``number``). It validates a new index's settings (``MetadataCreateIndexService.validateIndexSettings``
+    #: -> ``IndexScopedSettings.validate`` against the settings its own plugins register) and stamps
+    #: ``index.version.created`` as the oldest node's version (``Version.min(Version.CURRENT,
+    #: nodes.getSmallestNonClientNodeVersion())``), while ``GET /`` and searches answer from the node asked.
+    manager_number: str | None = None
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -94,6 +112,11 @@ class ServerProfile:
     @property
     def dense_vector(self) -> bool:
         return not self.opensearch and self.build_flavor == "default"
+
+    @property
+    def manager(self) -> "ServerProfile":
+        """The profile of the elected cluster manager (itself unless a rolling upgrade is under way)."""
+        return self if self.manager_number is None else replace(self, number=self.manager_number, manager_number=None)
 
     @property
     def approximate_threshold(self) -> int | None:
@@ -211,6 +234,8 @@ PROFILES = {
         ),
         _opensearch("opensearch-2.11-alias-504", "2.11.1", faults=Faults(aliases_lost_answers=1)),
         _opensearch("opensearch-2.19-no-settings", "2.19.1", faults=Faults(settings_forbidden=True)),
+        # A rolling upgrade to 2.18 with the cluster manager upgraded last (OpenSearch docs, "Rolling upgrade").
+        _opensearch("opensearch-2.18-manager-2.17", "2.18.0", manager_number="2.17.1"),
     )
 }
 
