@@ -282,7 +282,8 @@ class ElasticsearchBackend(SearchBackend):
             if exc.error == "resource_already_exists_exception":
                 self._check_resent(index, meta)
                 return
-            if exc.status_code != 400 or f"unknown setting [index.{THRESHOLD}]" not in reason(exc) or THRESHOLD not in settings:
+            unknown = exc.status_code == 400 and f"unknown setting [index.{THRESHOLD}]" in reason(exc)
+            if not unknown or THRESHOLD not in settings:
                 raise
             logger.warning(
                 "%s refused index.%s as an unknown setting (its cluster manager runs OpenSearch before 2.18, as in a"

@@ -119,7 +119,7 @@ def _check_hits(hits, photo_id, unit, row_of, formula: ScoreFormula, where: str)
 def search_many(
     client: Elasticsearch, url: str, index: str, bodies: list[dict[str, Any]], backoff: Backoff
 ) -> list[list[dict[str, Any]]]:
-    """The self-check's searches: ``bodies`` on ``index`` in one ``_msearch`` request; any failed search fails all, in one line.
+    """The self-check's searches: ``bodies`` on ``index`` in one ``_msearch``; any failed search fails all, in one line.
 
     A search refused for overload (429: a full search queue, a TRANSIENT breaker) is not
     bad data: it goes again, alone with the others refused, under ``backoff`` until the

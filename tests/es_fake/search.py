@@ -67,9 +67,9 @@ class SearchMixin:
         if durability is None:
             pool = "OpenSearch" if self.profile.opensearch else "Es"
             cause: dict[str, Any] = {
-                "type": "rejected_execution_exception" if self.profile.opensearch else "es_rejected_execution_exception",
-                "reason": f"rejected execution of TimedRunnable@5e1d2c3b on QueueResizing{pool}ThreadPoolExecutor[name ="
-                " fake-node/search, queue capacity = 1000, min queue capacity = 1000, max queue capacity = 1000]",
+                "type": f"{'' if self.profile.opensearch else 'es_'}rejected_execution_exception",
+                "reason": f"rejected execution of TimedRunnable@5e1d2c3b on QueueResizing{pool}ThreadPoolExecutor"
+                "[name = fake-node/search, queue capacity = 1000, min queue capacity = 1000, max queue capacity = 1000]",
             }
         else:
             cause = {
@@ -90,7 +90,8 @@ class SearchMixin:
             "failed_shards": failed,
             "caused_by": cause,
         }
-        raise ApiError(429, "search_phase_execution_exception", "all shards failed", answer={"error": error, "status": 429})
+        answer = {"error": error, "status": 429}
+        raise ApiError(429, "search_phase_execution_exception", "all shards failed", answer=answer)
 
     def _count(self, names: list[str]) -> dict[str, Any]:
         answering, shards = self._shard_docs(names)

@@ -179,7 +179,8 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
             plugins = [{"name": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins]
             nodes = {"fAkEnOdE": {"name": "fake-node", "version": self.profile.number, "plugins": plugins}}
             if self.profile.manager_number is not None:
-                nodes["fAkEmAnAgEr"] = {"name": "fake-manager", "version": self.profile.manager_number, "plugins": plugins}
+                manager = {"name": "fake-manager", "version": self.profile.manager_number, "plugins": plugins}
+                nodes["fAkEmAnAgEr"] = manager
             return {
                 "_nodes": {"total": len(nodes), "successful": len(nodes), "failed": 0},
                 "cluster_name": "fake-cluster",
