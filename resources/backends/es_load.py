@@ -1,9 +1,9 @@
 """Bulk-loading a build into a cluster: documents as JSON, overload backed off, bad documents counted.
 
 Two kinds of refusal look alike on the wire and mean opposite things. A 429
-(``es_rejected_execution_exception``: a full write queue, or indexing pressure) says the
-cluster is busy: the documents are good and are sent again, after a backoff with full jitter,
-for as long as the build's own deadline allows; they never count as errors. A 400
+(``es_rejected_execution_exception``, on OpenSearch ``rejected_execution_exception``: a full
+write queue, or indexing pressure) says the cluster is busy: the documents are good and are
+sent again, after a backoff with full jitter, for as long as the build's own deadline allows; they never count as errors. A 400
 (``mapper_parsing_exception`` and the like) says the document is bad: it is counted by type
 toward ``IMAGE_SEARCH_ES_MAX_ERROR_SHARE``. A 429 ``circuit_breaking_exception`` whose
 durability is ``PERMANENT`` will not clear by waiting (Elasticsearch

@@ -345,7 +345,7 @@ class IndicesMixin:
             ):
                 self._rejections[(index.name, doc_id)] = refused + 1
                 error = {
-                    "type": "es_rejected_execution_exception",
+                    "type": self.profile.rejected_execution,
                     "reason": "rejected execution of primary operation [shard_detail=[fake][0][P], shard_queue=200]"
                     " on EsThreadPoolExecutor[name = fake-node/write, queue capacity = 200]",
                 }

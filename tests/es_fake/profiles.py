@@ -20,11 +20,11 @@ class Faults:
     """Failures a real cluster answers with, each in that engine's own shape.
 
     - ``item_rejections``: every n-th document of a bulk request is refused once with an
-      item-level 429 ``es_rejected_execution_exception`` (a full write thread-pool queue;
-      Elasticsearch docs, "Rejected requests"); it is accepted when sent again.
+      item-level 429 ``es_rejected_execution_exception`` (a full write thread-pool queue; Elasticsearch
+      docs, "Rejected requests"; named by ``ServerProfile.rejected_execution``); accepted when sent again.
     - ``bulk_rejections``: the first n bulk requests are refused as a whole with 429
-      ``es_rejected_execution_exception`` "rejected execution of coordinating operation"
-      (Elasticsearch 7.9+ indexing pressure; OpenSearch shard indexing pressure).
+      ``es_rejected_execution_exception`` "rejected execution of coordinating operation" (named likewise;
+      Elasticsearch 7.9+ indexing pressure; OpenSearch shard indexing pressure).
     - ``max_content_length``: a request body above this many bytes gets 413 with an empty
       body and a closed connection (Netty's ``HttpObjectAggregator`` behind
       ``http.max_content_length``, and proxies in front of managed clusters).
@@ -56,9 +56,8 @@ class Faults:
       the shard's refusal (``SearchPhaseExecutionException.status()``: with no shard answering, the
       status of the shard failures' cause; ``MultiSearchResponse.Item`` writes it with its ``status``).
       The cause is ``search_breaker``'s: ``None``, a full search thread-pool queue
-      (``EsRejectedExecutionException``, 429; OpenSearch's ``OpenSearchRejectedExecutionException`` is
-      named ``rejected_execution_exception`` on the wire, ``OpenSearchException.getExceptionName`` drops
-      its prefix); ``"TRANSIENT"`` or ``"PERMANENT"``, the parent circuit breaker with that durability
+      (``EsRejectedExecutionException``, 429, named by ``ServerProfile.rejected_execution``);
+      ``"TRANSIENT"`` or ``"PERMANENT"``, the parent circuit breaker with that durability
       (``CircuitBreakingException.metadataToXContent``; ``HierarchyCircuitBreakerService.checkParentLimit``
       says PERMANENT when most of the memory is held by permanent breakers such as fielddata).
     """
@@ -112,6 +111,17 @@ class ServerProfile:
     @property
     def dense_vector(self) -> bool:
         return not self.opensearch and self.build_flavor == "default"
+
+    @property
+    def rejected_execution(self) -> str:
+        """The wire name of a refusal for a full queue or indexing pressure.
+
+        Elasticsearch: ``EsRejectedExecutionException`` -> ``es_rejected_execution_exception``.
+        OpenSearch renamed it ``OpenSearchRejectedExecutionException`` and ``OpenSearchException.getExceptionName``
+        drops the ``OpenSearch`` prefix: ``rejected_execution_exception`` (as OpenSearch users quote it for
+        "rejected execution of coordinating operation").
+        """
+        return "rejected_execution_exception" if self.opensearch else "es_rejected_execution_exception"
 
     @property
     def manager(self) -> "ServerProfile":

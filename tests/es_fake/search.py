@@ -67,7 +67,7 @@ class SearchMixin:
         if durability is None:
             pool = "OpenSearch" if self.profile.opensearch else "Es"
             cause: dict[str, Any] = {
-                "type": f"{'' if self.profile.opensearch else 'es_'}rejected_execution_exception",
+                "type": self.profile.rejected_execution,
                 "reason": f"rejected execution of TimedRunnable@5e1d2c3b on QueueResizing{pool}ThreadPoolExecutor"
                 "[name = fake-node/search, queue capacity = 1000, min queue capacity = 1000, max queue capacity = 1000]",
             }

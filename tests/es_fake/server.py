@@ -158,7 +158,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
             self._bulk_rejections_left -= 1
             raise ApiError(
                 429,
-                "es_rejected_execution_exception",
+                self.profile.rejected_execution,
                 f"rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0,"
                 f" all_bytes=0, coordinating_operation_bytes={size}, max_coordinating_and_primary_bytes=0]",
             )
