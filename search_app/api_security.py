@@ -10,6 +10,8 @@ id, then, from the headers alone:
   request (``Origin``, ``Sec-Fetch-Site``), and nothing relayed by a proxy (``Forwarded``,
   ``X-Forwarded-*``), which would make every caller look local (403 each). Loopback is not
   authentication: a web page can make a browser send requests to 127.0.0.1;
+- refuses (400) a request framed by both Content-Length and Transfer-Encoding (RFC 9112
+  §6.1, request smuggling) and closes its connection;
 - bounds the body (413 over the cap) and how long it may pause while sending it (408);
 - turns any unexpected exception into a problem+json 500 naming the request id, which the
   server's log names too.
@@ -128,6 +130,8 @@ class Guard:
             headers.setdefault(name, value)
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return problem(431, f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} KB: send fewer")
+        if b"transfer-encoding" in headers and b"content-length" in headers:  # RFC 9112 §6.1: a smuggling shape
+            return problem(400, "the request has both Content-Length and Transfer-Encoding: send only one")
         if self.key is not None:
             if scope["path"] in PUBLIC_PATHS:
                 return self._too_large(headers)
