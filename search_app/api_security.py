@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -40,6 +41,8 @@ MIN_API_KEY_CHARS = 16
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 REQUEST_ID_HEADER = "X-Request-ID"
 _PROXY_HEADERS = (b"forwarded", b"x-real-ip")
+#: A ``Host`` value: a bracketed IPv6 address or a name without colons, then an optional port of digits.
+_HOST_AND_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 
 
 def is_loopback(host: str) -> bool:
@@ -69,11 +72,14 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 
 def host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``."""
+    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``.
+
+    Only digits may follow the name (RFC 9110 §7.2, ``uri-host [ ":" port ]``): anything else,
+    ``[::1]evil`` or ``127.0.0.1:80@evil``, is kept whole, so it names no loopback address.
+    """
     host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    match = _HOST_AND_PORT.fullmatch(host)
+    return match.group(1) if match else host
 
 
 def listed(value: str | None) -> list[str]:

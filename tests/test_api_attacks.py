@@ -90,6 +90,9 @@ def upload(port: int, data: bytes, name: str = "a.jpg", content_type: str = "ima
         ("127.1", 403),  # inet_aton's short form: not an address ipaddress accepts, so refused
         ("2130706433", 403),  # 127.0.0.1 as one decimal number
         ("evil.example:127.0.0.1", 403),
+        ("[::1]evil.example", 403),  # RFC 9110 §7.2: only a port may follow the name
+        ("127.0.0.1:80@evil.example", 403),
+        ("localhost:evil.example", 403),
         ("127.0.0.1.nip.io", 403),  # a public name that resolves to 127.0.0.1
         ("evil.example, 127.0.0.1", 403),
         ("", 403),
@@ -416,6 +419,9 @@ def test_composed_uploads_are_bounded(port: int):
         files=files, timeout=ANSWER_S,
     )
     assert answer.status_code == 200, answer.text
+    for form in ({"expr": "photo:../../etc/passwd"}, {"parts": '[{"photo_id": "a/../b"}]'}, {"expr": "photo:ａｂｃ"}):
+        answer = httpx.post(f"http://127.0.0.1:{port}/search/composed", data=form, timeout=ANSWER_S)
+        assert answer.status_code in (400, 422) and "photo" in answer.json()["detail"], answer.text
     deep = "[" * 50_000 + "]" * 50_000
     answer = httpx.post(f"http://127.0.0.1:{port}/search/composed", data={"parts": deep[: 60 * 1024]}, timeout=ANSWER_S)
     assert answer.status_code in (400, 422) and answer.headers["content-type"] == "application/problem+json"
