@@ -474,3 +474,15 @@ def test_error_bodies_name_no_path_host_or_trace(port: int, service: SearchServi
     assert status == 422 and b"pydantic.dev" not in answer and b"application/problem+json" in answer
     health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=ANSWER_S)
     assert health.json() == {"status": "ok"} and "server" not in health.headers
+
+
+def test_a_cross_site_websocket_upgrade_is_not_switched(port: int):
+    """Cross-site WebSocket hijacking: browsers send no preflight for an upgrade. The API has no WebSocket route."""
+    upgrade = request(
+        "GET", "/search?q=dog", "Host: 127.0.0.1", "Origin: https://evil.example", "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ).replace(b"Connection: close", b"Connection: Upgrade")
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_S) as sock:
+        sock.sendall(upgrade)
+        answer = sock.recv(65536)
+    assert not answer.startswith(b"HTTP/1.1 101") and answer.split(b" ")[1] in (b"403", b"404"), answer
