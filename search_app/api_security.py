@@ -10,6 +10,8 @@ id, then, from the headers alone:
   request (``Origin``, ``Sec-Fetch-Site``), and nothing relayed by a proxy (``Forwarded``,
   ``X-Forwarded-*``), which would make every caller look local (403 each). Loopback is not
   authentication: a web page can make a browser send requests to 127.0.0.1;
+- refuses (400) a request framed by both Content-Length and Transfer-Encoding (RFC 9112
+  §6.1, request smuggling) and closes its connection;
 - bounds the body (413 over the cap) and how long it may pause while sending it (408);
 - turns any unexpected exception into a problem+json 500 naming the request id, which the
   server's log names too.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -38,6 +41,8 @@ MIN_API_KEY_CHARS = 16
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 REQUEST_ID_HEADER = "X-Request-ID"
 _PROXY_HEADERS = (b"forwarded", b"x-real-ip")
+#: A ``Host`` value: a bracketed IPv6 address or a name without colons, then an optional port of digits.
+_HOST_AND_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 
 
 def is_loopback(host: str) -> bool:
@@ -67,11 +72,14 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 
 def host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``."""
+    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``.
+
+    Only digits may follow the name (RFC 9110 §7.2, ``uri-host [ ":" port ]``): anything else,
+    ``[::1]evil`` or ``127.0.0.1:80@evil``, is kept whole, so it names no loopback address.
+    """
     host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    match = _HOST_AND_PORT.fullmatch(host)
+    return match.group(1) if match else host
 
 
 def listed(value: str | None) -> list[str]:
@@ -128,6 +136,8 @@ class Guard:
             headers.setdefault(name, value)
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return problem(431, f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} KB: send fewer")
+        if b"transfer-encoding" in headers and b"content-length" in headers:  # RFC 9112 §6.1: a smuggling shape
+            return problem(400, "the request has both Content-Length and Transfer-Encoding: send only one")
         if self.key is not None:
             if scope["path"] in PUBLIC_PATHS:
                 return self._too_large(headers)
