@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -33,6 +34,9 @@ from resources.config import Settings, env_variable
 from resources.errors import ImageSearchError
 from search_app.api_connections import MAX_HEADER_BYTES
 from search_app.api_models import API_KEY_HEADER, problem
+
+#: The slowest average a request body may come at once the pause limit has passed (bytes per second).
+MIN_BODY_RATE = 16 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,9 @@ class Guard:
         self.pause_s = settings.api_header_timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and self.refusal(scope) is not None:
+            await send({"type": "websocket.close", "code": 1008})  # RFC 6455 §7.4.1: policy violation
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -190,8 +197,13 @@ class Guard:
         return f"the request body is larger than {self.max_body // (1024 * 1024)} MB: send a smaller image"
 
     def _bounded(self, receive: Any) -> Any:
-        """``receive`` that refuses a body over the cap (413) and one that pauses too long (408) while it comes in."""
-        received, complete = 0, False
+        """``receive`` that refuses a body over the cap (413), one that pauses too long, and one that trickles (408).
+
+        Past a grace of the pause limit, the body must keep coming at :data:`MIN_BODY_RATE` on
+        average, as Kestrel's ``MinRequestBodyDataRate`` does, so a client sending a byte now
+        and then cannot hold a connection for as long as the size cap allows (slowloris).
+        """
+        received, complete, started = 0, False, time.monotonic()
 
         async def bounded() -> dict:
             nonlocal received, complete
@@ -210,6 +222,13 @@ class Guard:
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise HTTPException(413, self._too_large_detail(), headers={"Connection": "close"})
+                elapsed = time.monotonic() - started
+                if not complete and elapsed > self.pause_s and received < MIN_BODY_RATE * elapsed:
+                    raise HTTPException(
+                        408,
+                        f"the request body came slower than {MIN_BODY_RATE // 1024} KB/s: send it at full speed",
+                        headers={"Connection": "close"},
+                    )
             return message
 
         return bounded
