@@ -25,7 +25,7 @@ from resources.config import Settings
 from search_app.api import create_app
 from search_app.api_connections import server_options
 from search_app.service import SearchService
-from tests.test_batching import wait_until
+from tests.pause import wait_until
 
 pytestmark = pytest.mark.integration
 

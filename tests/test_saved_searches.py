@@ -16,7 +16,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, AssetMaterialization, DagsterInstance, DeleteDynamicPartitionsRequest, build_sensor_context, materialize
+from dagster import (
+    AssetCheckSeverity,
+    AssetMaterialization,
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    build_sensor_context,
+    materialize,
+)
 from fastapi.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
@@ -32,7 +39,7 @@ from search_app.api import create_app
 from search_app.service import SearchService
 from sensors import saved_searches_sensor
 from tests.cli import image_search, tiny_env
-from tests.test_saved_notify import PostServer
+from tests.http_fixtures import PostServer
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from image_search import scale_harness as harness
 from image_search.sample import write_release
 from resources.vector_store import load_embeddings
 from tests.pause import PausePoint, kill_group
-from tests.test_recovery import photo_ids, settings
+from tests.pipeline import photo_ids, settings
 
 pytestmark = pytest.mark.e2e
 
@@ -211,14 +211,6 @@ def backfill_runs(env: dict[str, str]) -> list:
 
 
 # -- the tests --------------------------------------------------------------------------
-
-
-def test_the_instance_profiles_agree_on_everything_but_storage():
-    """deploy/postgres/dagster.yaml keeps the default's monitoring, retries, launcher and pools."""
-    default = yaml.safe_load((ROOT / ".dagster" / "dagster.yaml").read_text())
-    postgres = yaml.safe_load((ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())
-    assert postgres.pop("storage") == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
-    assert postgres == default
 
 
 def test_a_backfill_of_the_vectors_runs_its_steps_on_two_celery_workers(tmp_path, cluster_env):
