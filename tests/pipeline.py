@@ -19,9 +19,13 @@ import yaml
 from image_search.sample import write_release
 from resources import duplicates
 from resources.backends import open_backend
+from resources.backends.base import BuildInfo
+from resources.backends.local import LocalBackend
+from resources.catalog import index_inputs
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.vector_store import load_embeddings
+from search_app.service import SearchService
 
 
 def settings(env: dict[str, str] | None = None) -> Settings:
@@ -220,3 +224,42 @@ def zip_release(folder: Path, zip_path: Path) -> bytes:
             if path.is_file():
                 archive.write(path, path.relative_to(folder).as_posix())
     return zip_path.read_bytes()
+
+
+def settings_resource(settings: Settings, **extra):
+    """The Dagster resource for ``settings``' home and models, with ``extra`` fields."""
+    from resources.dagster_resources import SettingsResource
+
+    return SettingsResource(
+        home=str(settings.home), image_model=settings.image_model, text_model=settings.text_model, **extra
+    )
+
+
+#: The words of the saved search the saved-search tests follow, and how many answers it keeps.
+SAVED_WORDS, SAVED_K = "a red circle", 5
+
+
+def saved_world(search_home: Path, tmp_path_factory) -> dict:
+    """A copy of ``search_home`` whose published index lacks the ``SAVED_K`` photos that best match
+    ``SAVED_WORDS`` (``entering``), as if they were not in the release yet; the release and the vectors hold them."""
+    home = tmp_path_factory.mktemp("saved") / "home"
+    shutil.copytree(search_home, home)
+    info = LocalBackend(Settings(home=search_home)).info()
+    settings = Settings(home=home, image_model=info.image_model, text_model=info.text_model)
+    entering = [
+        r.photo_id
+        for r in SearchService.from_settings(settings).search_text(SAVED_WORDS, k=SAVED_K, collapse_duplicates=True)
+    ]
+    documents, vectors = index_inputs(settings)
+    keep = ~documents["photo_id"].isin(entering).to_numpy()
+    kept = vectors[keep]
+    LocalBackend(settings).build(
+        documents[keep].reset_index(drop=True), kept, BuildInfo.for_vectors(info.image_model, info.text_model, kept)
+    )
+    return {"home": home, "settings": settings, "entering": entering}
+
+
+def indexed_but_entering(world: dict) -> list[str]:
+    """The photo ids of ``world``'s published index (the entering photos are not in it)."""
+    documents, _ = index_inputs(world["settings"])
+    return [pid for pid in documents["photo_id"] if pid not in world["entering"]]
