@@ -1,8 +1,8 @@
 """Shared pipeline helpers for the tests: writing releases and catalogs, running the assets and jobs in-process,
 reading back what a run wrote, quickening the Dagster daemons.
 
-Tests import them from here, never from another test file. Dagster and the assets are imported inside the helpers that run them, so the unit tests that import this
-module load neither.
+Tests import them from here, never from another test file. Dagster and the assets are imported inside the
+helpers that run them, so the unit tests that import this module load neither.
 """
 
 from __future__ import annotations
