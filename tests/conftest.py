@@ -135,3 +135,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, tiny_models, monkeypatch):
+    """The environment a user would set: a fresh IMAGE_SEARCH_HOME and the tiny models."""
+    image_model, text_model = tiny_models
+    home = tmp_path / "home"
+    monkeypatch.setenv("IMAGE_SEARCH_HOME", str(home))
+    monkeypatch.setenv("IMAGE_SEARCH_IMAGE_MODEL", str(image_model))
+    monkeypatch.setenv("IMAGE_SEARCH_TEXT_MODEL", str(text_model))
+    monkeypatch.setenv("IMAGE_SEARCH_DOWNLOAD_TIMEOUT", "2")
+    return home
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    """A small fresh release this test may change (no images: ingestion never opens them)."""
+    from image_search.sample import write_release
+
+    out = tmp_path / "release"
+    write_release(out, photos=30, images=False, seed=11)
+    return out

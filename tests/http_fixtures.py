@@ -16,6 +16,7 @@ Everything is generated here; nothing comes from the Unsplash data set.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import sys
 import threading
@@ -390,3 +391,114 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ZipServer:
+    """Serves one body at /release.zip with Range and If-Range (RFC 9110 13.1.5); can cut the first N responses short.
+
+    ``etag`` and ``last_modified`` are the validators it sends (None: that header is left
+    out); ``head_length=False`` leaves Content-Length out of HEAD answers, as a server that
+    streams its files does.
+    """
+
+    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200,
+                 etag: str | None = '"v1"', last_modified: str | None = None, head_length: bool = True):
+        self.body, self.cut_at, self.cuts, self.status = body, cut_at, cuts, status
+        self.etag, self.last_modified, self.head_length = etag, last_modified, head_length
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def validators(self):
+                if server.etag is not None:
+                    self.send_header("ETag", server.etag)
+                if server.last_modified is not None:
+                    self.send_header("Last-Modified", server.last_modified)
+
+            def do_HEAD(self):
+                self.send_response(server.status)
+                if server.head_length:
+                    self.send_header("Content-Length", str(len(server.body)))
+                self.validators()
+                self.end_headers()
+
+            def do_GET(self):
+                server.requests.append(self.headers.get("Range"))
+                if server.status != 200:
+                    self.send_response(server.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+                if self.headers.get("If-Range") not in (None, server.etag, server.last_modified):
+                    start = 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(server.body) - 1}/{len(server.body)}")
+                self.send_header("Content-Length", str(len(server.body) - start))
+                self.validators()
+                self.end_headers()
+                end = len(server.body)
+                if server.cut_at is not None and server.cuts > 0:
+                    server.cuts -= 1
+                    end = server.cut_at
+                self.wfile.write(server.body[start:end])
+                self.wfile.flush()
+                if end < len(server.body):
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/release.zip"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+#: Without a key the API answers only a Host of this machine (TestClient's default is "testserver").
+#: The base URL the API tests' TestClient talks to (the port the service listens on by default).
+LOCAL = "http://127.0.0.1:8502"
+
+
+def assert_problem(response, status: int, detail_part: str) -> None:
+    """The API answered ``status`` as an RFC 9457 problem whose one-line detail holds ``detail_part``."""
+    from search_app.api import PROBLEM
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and detail_part in body["detail"], body
+    assert "\n" not in body["detail"]
+
+
+class PostServer(FaultServer):
+    """:class:`FaultServer` that also takes POSTs: each route's failures first, then 200; bodies kept in ``posted``."""
+
+    def __init__(self):
+        super().__init__()
+        self.posted: list[dict] = []
+
+    def _handler_class(self):
+        server, base = self, super()._handler_class()
+
+        class Handler(base):
+            def do_POST(self):  # noqa: N802 - the base class's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                path = self.path.split("?", 1)[0]
+                route = server.routes.get(path)
+                if route is None:
+                    return self._answer(404, b"not found", "text/plain")
+                failure = server._next_failure(path, route)
+                if failure is not None:
+                    return self._answer(failure[0], b"try again", "text/plain", failure[1])
+                server.posted.append({"type": self.headers["Content-Type"], **json.loads(body)})
+                return self._answer(route.status, b"{}", "application/json")
+
+        return Handler

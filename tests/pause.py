@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HOOK_DIR = Path(__file__).resolve().parent / "pause_hook"
@@ -106,3 +107,11 @@ def hold_lock(lock: Path, what: str = "images bucket b05", run_id: str | None = 
     )
     assert child.stdout.readline().strip() == "held"
     return child
+
+
+def wait_until(condition, what: str) -> None:
+    """Poll ``condition`` until it holds (a state the threads reach), failing after a minute."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.001)

@@ -21,12 +21,11 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from resources.config import Settings
 from search_app.api import MAX_QUERY_CHARS, PROBLEM, check_exposure, create_app
 from search_app.service import MAX_QUERY_IMAGE_BYTES, SearchService
+from tests.http_fixtures import LOCAL, assert_problem
 
 pytestmark = pytest.mark.integration
 
 KEY = "k" * 8 + "-test-key-0123456789"
-#: Without a key the API answers only a Host of this machine (TestClient's default is "testserver").
-LOCAL = "http://127.0.0.1:8502"
 
 
 def api_json(result) -> dict:
@@ -47,14 +46,6 @@ def client(service: SearchService, settings: Settings):
 
 def jpeg_of(path: Path) -> bytes:
     return Path(path).read_bytes()
-
-
-def assert_problem(response, status: int, detail_part: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status and body["title"] and detail_part in body["detail"], body
-    assert "\n" not in body["detail"]
 
 
 def test_text_search_gives_the_fields_and_shape_of_the_cli_json(client, service):
@@ -208,7 +199,7 @@ def test_concurrent_text_searches_share_one_model_call(client, service):
     """
     import threading
 
-    from tests.test_batching import wait_until
+    from tests.pause import wait_until
 
     batcher = service.encoder().text_batcher
     real, gate = batcher._run, threading.Event()

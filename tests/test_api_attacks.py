@@ -23,7 +23,7 @@ from PIL import Image
 
 from resources.config import Settings
 from search_app.service import MAX_PARTS, MAX_QUERY_IMAGE_BYTES, SearchService
-from tests.test_api_hostile import (
+from tests.api_server import (
     ANSWER_S,
     HEADER_TIMEOUT_S,
     KEY,
@@ -34,7 +34,7 @@ from tests.test_api_hostile import (
     serving,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.integration
 
 APP_ORIGIN = "http://app.example"
 

@@ -18,7 +18,7 @@ from resources.config import Settings
 from search_app.api import create_app
 from search_app.service import SearchService
 from tests import test_api
-from tests.test_api import LOCAL, assert_problem
+from tests.http_fixtures import LOCAL, assert_problem
 
 pytestmark = pytest.mark.integration
 #: tests/test_api.py's fixtures: one service and one app over the sample index for both modules' cases.
@@ -78,7 +78,7 @@ def test_a_timed_out_search_holds_its_slot_until_its_work_stops_and_overload_is_
     """One slot; a search held at a gate the test opens times out, and its slot stays taken until the gate opens."""
     import threading
 
-    from tests.test_batching import wait_until
+    from tests.pause import wait_until
 
     gate = threading.Event()
 

@@ -11,12 +11,12 @@ its batchers: test_encoder_batching.py.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from resources.encoder.batching import MicroBatcher
+from tests.pause import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -38,14 +38,6 @@ class GatedModel:
         if self.fail:
             raise ValueError("the model failed")
         return np.array([[2 * i] for i in items], dtype=np.float32)
-
-
-def wait_until(condition, what: str) -> None:
-    """Poll ``condition`` until it holds (a state the threads reach), failing after a minute."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"never reached: {what}"
-        time.sleep(0.001)
 
 
 def run_in_threads(batcher: MicroBatcher, inputs: list[list[int]]) -> tuple[list[threading.Thread], dict]:

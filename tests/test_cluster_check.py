@@ -3,16 +3,13 @@
 No real cluster can run here, so each profile stands for one real answer (its comment in
 the fake names the source). The check must pass where a build works, and fail with one line
 naming the problem where it does not; either way it leaves the cluster's other indices as
-they were. One test runs it as the user does, as a subprocess, and shows it loads no Dagster.
+they were. The command run as a user does, in a subprocess: test_cluster_check_cli.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +17,12 @@ from image_search.cli import main
 from resources.backends.elasticsearch import ElasticsearchBackend
 from resources.config import Settings
 from tests.es_fake import PROFILES, FakeSearchServer
-from tests.test_elasticsearch_backend import build_info, corpus
+from tests.es_fake.helpers import build_info, corpus
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[1]
 SECRET = "s3cr3t-Pa55"
+
 
 #: (profile, IMAGE_SEARCH_ES_ENGINE) where a build works, so the check passes.
 PASSING = [
@@ -185,17 +182,3 @@ def test_cluster_check_never_advises_a_rebuild_over_a_strangers_index(monkeypatc
         assert set(fake.indices) == {"image_search"} and set(fake.indices["image_search"].docs) == {"theirs"}
 
 
-def test_cluster_check_as_a_command_loads_no_dagster() -> None:
-    """What a user runs, in a fresh process: the exit status and output, and no Dagster import."""
-    with FakeSearchServer("opensearch-2.11") as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-        env.update(IMAGE_SEARCH_BACKEND="elasticsearch", IMAGE_SEARCH_ES_URL=fake.url)
-        script = (
-            "import sys; from image_search.cli import main; code = main(['cluster', 'check']);"
-            " assert 'dagster' not in sys.modules, 'dagster imported'; sys.exit(code)"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "all checks passed on OpenSearch 2.11.1" in done.stdout

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from resources import http_client
 from resources.config import Settings
 from resources.downloader import (
     MAX_ATTEMPTS,
@@ -22,7 +23,6 @@ from resources.downloader import (
     normalise_image,
     with_imgix_params,
 )
-from resources import http_client
 from resources.http_client import parse_retry_after
 from resources.image_store import ImageStore
 from tests.http_fixtures import (

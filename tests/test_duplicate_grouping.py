@@ -9,23 +9,13 @@ from scipy.sparse.csgraph import connected_components
 
 from resources import duplicates
 from resources.duplicates import component_roots, group_table, select_vectors
+from tests.pipeline import catalog_frame
 
 pytestmark = pytest.mark.unit
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
-def catalog_frame(ids, width=1000, height=800, submitted="2020-01-01") -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "photo_id": list(ids),
-            "photo_width": width,
-            "photo_height": height,
-            "photo_submitted_at": pd.Timestamp(submitted, tz="UTC"),
-        }
-    )
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -100,7 +90,3 @@ def test_group_table_with_no_duplicates_is_empty_but_typed():
     assert list(table.columns) == list(duplicates.GROUP_COLUMNS)
 
 
-
-#: Above the closest pair of distinct pictures the tiny random model produces on the sample
-#: release (0.9998), below the 1.0 of byte-identical images.
-EXACT_THRESHOLD = "0.99999"

@@ -6,12 +6,16 @@ import pandas as pd
 import pytest
 
 from assets.duplicates import near_duplicates, near_duplicates_no_giant_group
-from resources import duplicates
 from resources.dagster_resources import ClipResource, SettingsResource
-from tests.cli import clean_env, image_search
-from tests.test_duplicate_grouping import catalog_frame
+from tests.pipeline import catalog_frame, copy_home, write_groups
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.integration
+
+
+#: Above the closest pair of distinct pictures the tiny random model produces on the sample
+#: release (0.9998), below the 1.0 of byte-identical images.
+EXACT_THRESHOLD = "0.99999"
+
 
 @pytest.fixture(scope="module")
 def duplicates_home(tmp_path_factory, search_home, tiny_models, sample_release_info):
@@ -32,9 +36,7 @@ def duplicates_home(tmp_path_factory, search_home, tiny_models, sample_release_i
     from assets.embeddings import image_embeddings
     from resources.image_store import ImageStore
 
-    home = tmp_path_factory.mktemp("dup_home")
-    for part in ("tables", "catalog", "images"):
-        shutil.copytree(search_home / part, home / part)
+    home = copy_home(tmp_path_factory, search_home, "dup_home", ("tables", "catalog", "images"))
     planted = {pid for pair in sample_release_info["duplicates"] for pid in pair}
     ids = [p for p in sample_release_info["photo_ids"] if p not in planted][:5]
     store = ImageStore(home / "images")
@@ -120,25 +122,7 @@ def test_missing_inputs_fail_with_one_line_that_says_what_to_run(tmp_path, tiny_
 @pytest.fixture(scope="module")
 def collapse_home(tmp_path_factory, search_home):
     """A copy of the session's published index (no duplicate groups yet); the tests write the groups."""
-    import shutil
-
-    home = tmp_path_factory.mktemp("collapse_home")
-    for part in ("catalog", "index"):
-        shutil.copytree(search_home / part, home / part)
-    return home
-
-
-def _write_groups(home, groups: list[list[str]]) -> None:
-    """Store ``groups`` the way the asset does (first photo the representative)."""
-    from resources.config import Settings
-
-    rows = [
-        {"photo_id": pid, "group_id": gid, "group_size": len(g), "representative": g[0], "similarity": 1.0}
-        for gid, g in enumerate(groups, start=1)
-        for pid in g
-    ]
-    table = pd.DataFrame(rows).astype({name: kind for name, (kind, _) in duplicates.GROUP_COLUMNS.items()})
-    duplicates.write_groups(table, Settings(home=home).duplicates_path, 0.94, "test")
+    return copy_home(tmp_path_factory, search_home, "collapse_home", ("catalog", "index"))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +144,7 @@ def test_collapsing_keeps_the_best_of_each_group_and_still_returns_k(service, co
     assert len(full) >= 12
     # Group the 2nd with the 4th and 9th, the 3rd with the 5th; the 7th with a photo outside the list.
     outside = next(p for p in pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"] if p not in full)
-    _write_groups(collapse_home, [[full[3], full[1], full[8]], [full[2], full[4]], [full[6], outside]])
+    write_groups(collapse_home, [[full[3], full[1], full[8]], [full[2], full[4]], [full[6], outside]])
     hidden = {full[3], full[8], full[4]}
     expected = [p for p in full if p not in hidden][:8]
 
@@ -175,14 +159,14 @@ def test_collapsing_more_like_this_and_with_filters(service, collapse_home):
 
     seed = pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"][0]
     full = _ids(service.more_like_this(seed, k=20))
-    _write_groups(collapse_home, [full[0:3], full[5:8]])
+    write_groups(collapse_home, [full[0:3], full[5:8]])
     collapsed = _ids(service.more_like_this(seed, k=10, collapse_duplicates=True))
     assert collapsed == [p for p in full if p not in {full[1], full[2], full[6], full[7]}][:10]
     assert collapsed[0] == seed
 
     only = Filters(orientation="landscape")
     filtered = _ids(service.more_like_this(seed, k=20, filters=only))
-    _write_groups(collapse_home, [filtered[0:4]])
+    write_groups(collapse_home, [filtered[0:4]])
     results = service.more_like_this(seed, k=5, filters=only, collapse_duplicates=True)
     assert _ids(results) == [filtered[0]] + filtered[4:8]
     assert all(r.orientation == "landscape" for r in results)
@@ -200,19 +184,3 @@ def test_no_or_damaged_groups_change_nothing(service, collapse_home, caplog):
     assert "ignoring the near-duplicate groups" in caplog.text
 
 
-def test_cli_hides_duplicates_by_default_and_shows_them_on_request(collapse_home):
-    import json
-
-    seed = pd.read_parquet(collapse_home / "catalog" / "catalog.parquet")["photo_id"][0]
-    env = clean_env(IMAGE_SEARCH_HOME=collapse_home)
-
-    def query(*flags: str) -> list[str]:
-        out = image_search("query", f"--like={seed}", "-k", "6", "--json", *flags, env=env)
-        assert out.returncode == 0, out.stderr
-        return [r["photo_id"] for r in json.loads(out.stdout)["results"]]
-
-    shown = query("--show-duplicates")
-    _write_groups(collapse_home, [shown[0:3]])
-    assert query() == query("--hide-duplicates") != shown
-    assert query()[:4] == [shown[0], *shown[3:6]]
-    assert query("--show-duplicates") == shown

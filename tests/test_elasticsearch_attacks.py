@@ -15,8 +15,7 @@ from resources.backends.es_publish import BuildLock, clean_up
 from resources.backends.es_transport import CheckedTransport
 from resources.errors import ImageSearchError, UnavailableError
 from tests.es_fake import FakeSearchServer, Faults, ServerProfile
-from tests.test_elasticsearch_backend import build_info, builds, corpus
-from tests.test_elasticsearch_safety import FakeTime, backend_for
+from tests.es_fake.helpers import FakeTime, backend_for, build_info, builds, corpus
 
 pytestmark = pytest.mark.integration
 

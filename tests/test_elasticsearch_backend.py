@@ -26,20 +26,16 @@ import pytest
 from elasticsearch7 import Elasticsearch
 
 from resources.backends import open_backend
-from resources.backends.base import STORED_FIELDS, BuildInfo, Filters
+from resources.backends.base import STORED_FIELDS, Filters
 from resources.backends.elasticsearch import ElasticsearchBackend
 from resources.backends.es_transport import CheckedTransport
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import FakeSearchServer
+from tests.es_fake.helpers import DIM, N, build_info, corpus, probe_at
 
 pytestmark = pytest.mark.integration
 
-DIM = 16
-N = 60
-WORDS = ["mountain", "lake", "forest", "city", "street", "beach", "dog", "cat", "snow", "night"]
-COUNTRIES = ["France", "Japan", "Brazil", None]
-COLORS = ["red", "blue", "green", "black", "white"]
 
 #: (fake server profile, IMAGE_SEARCH_ES_ENGINE, the engine the backend must end up using)
 CASES = [
@@ -63,34 +59,6 @@ CASES = [
 CASE_IDS = [f"{p}-{e}" for p, e, _ in CASES]
 
 
-def corpus(n: int = N, dim: int = DIM, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
-    """``n`` catalog rows with the stored fields and unit vectors; every filter value occurs often."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = []
-    for i in range(n):
-        words = [WORDS[i % len(WORDS)], WORDS[(i * 3 + 1) % len(WORDS)]]
-        rows.append(
-            {
-                "photo_id": f"p{i:05d}",
-                "describe": " ".join(sorted(set(words))),
-                "photo_description": f"A photo of a {WORDS[(i * 7) % len(WORDS)]}" if i % 4 else None,
-                "ai_description": f"{WORDS[(i * 5 + 2) % len(WORDS)]} in daylight",
-                "photo_image_url": f"https://images.example/{i}",
-                "photo_url": f"https://unsplash.example/photos/{i}",
-                "photographer_name": f"Photographer {i % 7}",
-                "photographer_username": f"user{i % 7}",
-                "orientation": ("landscape", "portrait", "square")[i % 3],
-                "dominant_color": COLORS[i % 5],
-                "colors": [COLORS[i % 5], COLORS[(i + 2) % 5]],
-                "photo_location_country": COUNTRIES[i % 4],
-                "photo_submitted_at": pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(days=11 * i, hours=i % 24),
-            }
-        )
-    return pd.DataFrame(rows), vectors
-
-
 def assert_found(got: list[str], expected: list[str], exact: bool, what: str = "") -> None:
     """Exact searches return ``expected`` in order; approximate (HNSW) ones at least 3 in 4 of them, any order.
 
@@ -101,17 +69,6 @@ def assert_found(got: list[str], expected: list[str], exact: bool, what: str = "
         assert got == expected, what
     else:
         assert len(got) == len(expected) and len(set(got) & set(expected)) >= 0.75 * len(expected), what
-
-
-def builds(fake: FakeSearchServer) -> set[str]:
-    """The fake's indices but the builds' lock index (resources/backends/es_publish.py), which stays for the next build."""
-    return {name for name in fake.indices if not name.endswith("_build_lock")}
-
-
-def build_info(name: str = "test") -> BuildInfo:
-    return BuildInfo(
-        image_model="tiny-clip", text_model="tiny-text", dim=DIM, count=0, built_at="2026-11-26T00:00:00Z", name=name
-    )
 
 
 @dataclass
@@ -279,22 +236,12 @@ def test_self_retrieval_returns_the_photo_first_with_cosine_one(cluster: Cluster
         assert hits[0].fields["describe"] == docs["describe"][i]
 
 
-def _probe(vectors: np.ndarray, target: int, cos: float) -> np.ndarray:
-    """A unit vector at cosine ``cos`` to ``vectors[target]``."""
-    rng = np.random.default_rng(1)
-    v = vectors[target].astype(np.float64)
-    u = rng.normal(size=v.shape)
-    u -= (u @ v) * v
-    u /= np.linalg.norm(u)
-    return cos * v + np.sqrt(1 - cos**2) * u
-
-
 @pytest.mark.parametrize("filtered", [False, True], ids=["plain", "filtered"])
 def test_scores_are_cosine_similarity_on_every_engine(cluster: Cluster, filtered: bool) -> None:
     docs, vectors = corpus()
     backend = cluster.backend()
     backend.build(docs, vectors, build_info())
-    probe = _probe(vectors, 5, 0.5)
+    probe = probe_at(vectors, 5, 0.5)
     filters = Filters(orientation=docs.orientation[5]) if filtered else None
     hits = backend.knn(probe, N, filters)
     by_id = {h.photo_id: h.score for h in hits}

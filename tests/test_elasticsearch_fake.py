@@ -27,7 +27,7 @@ from resources.backends.es_transport import CheckedTransport
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from tests.es_fake import PROFILES, FakeSearchServer, ServerProfile
-from tests.test_elasticsearch_backend import DIM, N, _probe, build_info, builds, corpus
+from tests.es_fake.helpers import DIM, N, build_info, builds, corpus, probe_at
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +241,7 @@ def test_fake_escloud_on_opensearch_declares_cosine_on_the_field(profile: str, e
             "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": engine},
         }
         assert "knn.space_type" not in created["settings"]["index"]
-        probe = _probe(vectors, 5, 0.5)
+        probe = probe_at(vectors, 5, 0.5)
         for filters in (None, Filters(orientation=docs.orientation[5])):
             assert {h.photo_id: h.score for h in backend.knn(probe, N, filters)}["p00005"] == pytest.approx(
                 0.5, abs=1e-4
@@ -334,7 +334,7 @@ def test_fake_scores_follow_each_index_created_version_after_an_upgrade() -> Non
         docs, vectors = corpus()
         before.build(docs, vectors, build_info())
         fake.switch_to("opensearch-2.19")
-        probe = _probe(vectors, 5, 0.5)
+        probe = probe_at(vectors, 5, 0.5)
         filtered = Filters(orientation=docs.orientation[5])
 
         def cosine(backend: ElasticsearchBackend, filters: Filters | None) -> float:

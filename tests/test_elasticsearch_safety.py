@@ -26,33 +26,9 @@ from resources.backends.es_transport import CheckedTransport
 from resources.config import Settings
 from resources.errors import ImageSearchError, UnavailableError
 from tests.es_fake import FakeSearchServer, Faults, ServerProfile
-from tests.test_elasticsearch_backend import N, _probe, build_info, builds, corpus
+from tests.es_fake.helpers import FakeTime, N, backend_for, build_info, builds, corpus, probe_at
 
 pytestmark = pytest.mark.integration
-
-
-class FakeTime:
-    """A clock that moves only when the build sleeps: backoff is measured, never waited for."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-
-
-def backend_for(fake: FakeSearchServer, time: FakeTime | None = None, **settings) -> ElasticsearchBackend:
-    backend = ElasticsearchBackend(Settings(es_url=fake.url, **settings))
-    if time is not None:
-        backend.clock, backend.sleep = time.clock, time.sleep
-    else:
-        backend.bulk_backoff_s = 0.0
-    return backend
 
 
 def raw(fake: FakeSearchServer) -> Elasticsearch:
@@ -295,7 +271,7 @@ def test_opensearch_2_18_builds_graphs_for_every_segment_and_scores_true_cosines
         report = backend.build(docs, vectors, build_info())
         (created,) = fake.bodies("PUT", f"/{report.name}")
         assert created["settings"]["index"]["knn.advanced.approximate_threshold"] == "0"
-        hits = {h.photo_id: h.score for h in backend.knn(_probe(vectors, 5, 0.5), N)}
+        hits = {h.photo_id: h.score for h in backend.knn(probe_at(vectors, 5, 0.5), N)}
         assert hits["p00005"] == pytest.approx(0.5, abs=1e-4)
 
 
@@ -324,7 +300,7 @@ def test_read_only_credentials_that_cannot_read_settings_still_get_true_cosines(
         backend_for(fake, es_engine="escloud").build(docs, vectors, build_info())
         fake.switch_to("opensearch-2.19-no-settings")
         reader = ElasticsearchBackend(Settings(es_url=fake.url, es_engine="escloud"))
-        probe = _probe(vectors, 5, 0.5)
+        probe = probe_at(vectors, 5, 0.5)
         for filters in (Filters(orientation=docs.orientation[5]), None):
             assert {h.photo_id: h.score for h in reader.knn(probe, N, filters)}["p00005"] == pytest.approx(
                 0.5, abs=1e-4

@@ -28,8 +28,8 @@ from resources.dagster_resources import ClipResource, SettingsResource
 from resources.encoder.clip import ClipEncoder
 from resources.image_store import ImageStore
 from resources.vector_store import VectorStore, chunk_schema, load_embeddings, model_key
-from tests.pause import PausePoint
 from tests.http_fixtures import cmyk_jpeg, exif_rotated_jpeg, jpeg_bytes, palette_png_transparent, png16, webp_bytes
+from tests.pause import PausePoint
 
 ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
 INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog]
@@ -135,7 +135,7 @@ def test_switching_runtime_re_encodes_nothing_when_the_gate_agrees(home, tiny_mo
 
 def test_a_broken_quantization_falls_back_to_pytorch_and_says_so(home, tiny_models, monkeypatch):
     """The quantization is broken on purpose (one-bit weights, tests/test_image_runtime.py): the gate must catch it."""
-    from tests.test_image_runtime import broken_quantization
+    from tests.pipeline import broken_quantization
 
     broken_quantization(monkeypatch)
     stored = _stored_ids(home)

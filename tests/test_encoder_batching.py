@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resources.encoder.clip import ClipEncoder
-from tests.test_batching import wait_until
+from tests.pause import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,12 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from resources.files import Staged, is_temporary, scratch_folder, sweep, write_bytes, write_parquet, write_text
-from tests.pause import PausePoint, kill_group
+from resources.files import Staged, scratch_folder, sweep, write_bytes, write_parquet
 
-pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.unit
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -87,17 +82,3 @@ def test_a_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extracted", "model.onnx"]
 
 
-def test_a_writer_killed_before_its_rename_leaves_the_old_file_and_a_temporary_the_sweep_knows(tmp_path):
-    target = tmp_path / "CURRENT"
-    write_text(target, "old\n")
-    script = f"from pathlib import Path; from resources.files import write_text; write_text(Path({str(target)!r}), 'new\\n', durable=True)"
-    with PausePoint("resources.files:Staged.commit") as pause:
-        child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=pause.env(), start_new_session=True)
-        try:
-            pause.wait(child)
-        finally:
-            kill_group(child)
-    left = [p for p in tmp_path.iterdir() if p != target]
-    assert target.read_text() == "old\n"
-    assert len(left) == 1 and is_temporary(left[0].name) and left[0].read_text() == "new\n"
-    assert sweep(tmp_path, exclusive=True) == 1 and [p.name for p in tmp_path.iterdir()] == ["CURRENT"]

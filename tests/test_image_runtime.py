@@ -7,7 +7,6 @@ real build to see when it runs.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -17,29 +16,14 @@ import pytest
 import torch
 
 import resources.encoder.models as models_module
-import resources.encoder.runtime as runtime_module
 import resources.encoder.selection as selection
 from image_search.bench_embed import write_bench_images
 from image_search.tiny_models import write_tiny_models
 from resources.encoder.clip import ClipEncoder
 from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
+from tests.pipeline import broken_quantization
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
-
-
-def broken_quantization(monkeypatch) -> None:
-    """Make every build quantize the image tower's weight matrices to one bit (sign times mean magnitude)."""
-    real = runtime_module.pixel_tower
-
-    def one_bit(clip, pre):
-        broken = copy.deepcopy(clip)
-        with torch.no_grad():
-            for parameter in broken.vision_model.parameters():
-                if parameter.dim() == 2:
-                    parameter.copy_(parameter.sign() * parameter.abs().mean())
-        return real(broken, pre)
-
-    monkeypatch.setattr(runtime_module, "pixel_tower", one_bit)
 
 
 def count_builds(monkeypatch) -> list[Path]:

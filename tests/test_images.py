@@ -2,52 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 from PIL import Image
 
-from assets.images import FAILURE_SHARE_CHECK, images
+from assets.images import FAILURE_SHARE_CHECK
 from assets.partitions import photo_bucket
-from resources.dagster_resources import SettingsResource
 from resources.image_store import ImageStore
 from tests.http_fixtures import FaultServer, jpeg_bytes, standard_faults
+from tests.pipeline import run_images, write_catalog
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.integration
 
-ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}
 TIMEOUT_S = 0.5
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_catalog(home: Path, rows: list[tuple[str, str]]) -> None:
-    """A catalog Parquet with the contract's key columns (the rest are not read by ``images``)."""
-    path = home / "catalog" / "catalog.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows, columns=["photo_id", "photo_image_url"])
-    frame["photo_url"] = "https://unsplash.com/photos/" + frame["photo_id"]
-    frame["bucket"] = frame["photo_id"].map(photo_bucket)
-    frame.to_parquet(path, index=False)
-
-
-def run_images(home: Path, tags=ALL_BUCKETS, partition_key=None, raise_on_error=True, instance=None):
-    return materialize(
-        [images],
-        resources={"settings": SettingsResource(home=str(home))},
-        instance=instance or DagsterInstance.ephemeral(),
-        tags=None if partition_key else tags,
-        partition_key=partition_key,
-        raise_on_error=raise_on_error,
-    )
 
 
 @pytest.fixture
@@ -204,65 +174,3 @@ def test_missing_catalog_is_one_clear_error(tmp_path):
     assert "materialize photo_catalog first" in str(result.all_events)
 
 
-_KILLED_RUN = textwrap.dedent(
-    """
-    import sys
-    from dagster import DagsterInstance, materialize
-    from assets.images import images
-    from resources.dagster_resources import SettingsResource
-    materialize([images], resources={"settings": SettingsResource(home=sys.argv[1])},
-                instance=DagsterInstance.ephemeral(),
-                tags={"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"})
-    """
-)
-
-
-def test_a_killed_run_resumes_without_fetching_stored_photos_again(tmp_path):
-    count, served = 160, 30
-    with FaultServer() as server:
-        body = jpeg_bytes(64, 48)
-        rows = [(f"k{i:03d}", server.add(f"/k/{i}.jpg", body)) for i in range(count)]
-        write_catalog(tmp_path, rows)
-        # The server answers 30 requests and holds the rest: the run cannot finish before the kill.
-        server.hold(after=served)
-        # A timeout longer than the test: the held requests wait for the kill, never time out and retry.
-        env = {**os.environ, "IMAGE_SEARCH_DOWNLOAD_CONCURRENCY": "4", "IMAGE_SEARCH_DOWNLOAD_TIMEOUT": "3600",
-               "PYTHONPATH": str(REPO)}
-        child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], cwd=REPO, env=env)
-        journals = tmp_path / "images" / "manifest"
-        try:
-            server.wait_held(4)
-            # Each answered photo is journaled as it lands; the wait is for that, the guard only for a hung test.
-            for _ in range(1200):
-                if _journal_lines(journals) >= served:
-                    break
-                assert child.poll() is None, "the run ended before it could be killed"
-                time.sleep(0.05)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            # The requests held at the kill are closed unanswered and never counted.
-            server.release(drop=True)
-
-        store = ImageStore(tmp_path / "images")
-        journaled = {p for b in {photo_bucket(p) for p, _ in rows} for p in store.read_manifest(b)["photo_id"]}
-        assert 30 <= len(journaled) < count
-        hits_at_kill = sum(server.hits.values())
-
-        result = run_images(tmp_path)
-
-        metadata = result.asset_materializations_for_node("images")[0].metadata
-        assert metadata["stored"].value == count and metadata["failed"].value == 0
-        assert metadata["skipped_already_stored"].value >= len(journaled)
-        assert all(server.hits[f"/k/{int(p[1:])}.jpg"] == 1 for p in journaled)
-        # Photos in flight at the kill may have been fetched twice; no more than that.
-        assert sum(server.hits.values()) - hits_at_kill <= count - len(journaled)
-        assert sum(server.hits.values()) <= count + 8
-        assert not list(journals.glob("*.jsonl"))
-        assert not list((tmp_path / "images").rglob("*.tmp"))
-        stored = {path.stem for path in (tmp_path / "images").glob("b*/*.jpg")}
-        assert stored == {p for p, _ in rows}
-
-
-def _journal_lines(folder: Path) -> int:
-    return sum(len(path.read_bytes().splitlines()) for path in folder.glob("*.jsonl")) if folder.is_dir() else 0

@@ -14,64 +14,23 @@ import csv
 import hashlib
 import io
 import shutil
-import subprocess
-import sys
-import threading
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance, materialize
 
 import sensors
-from assets.catalog import PHOTO_IDS_UNIQUE_CHECK, photo_catalog, photo_ids_unique
+from assets.catalog import PHOTO_IDS_UNIQUE_CHECK
 from assets.partitions import photo_bucket
-from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
+from assets.raw import colors, keywords, photos, unsplash_release
 from image_search.sample import TRICKY_TEXTS, write_release
-from resources.dagster_resources import SettingsResource
 from resources.errors import ImageSearchError
 from resources.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
 from resources.release import download
-from tests.http_fixtures import CollectingLog
+from tests.http_fixtures import CollectingLog, ZipServer
+from tests.pipeline import ingested_metadata, ingestion_error, materialize_ingestion, release_rows, zip_release
 
-pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[1]
-INGESTION = [unsplash_release, photos, keywords, collections, conversions, colors, photo_catalog, photo_ids_unique]
-
-
-def _materialize(home: Path, dataset, selection=INGESTION):
-    return materialize(
-        selection,
-        resources={"settings": SettingsResource(home=str(home), dataset=str(dataset))},
-        instance=DagsterInstance.ephemeral(),
-    )
-
-
-def _metadata(result, key: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        if event.materialization.asset_key.to_user_string() == key:
-            return {k: v.value for k, v in event.materialization.metadata.items()}
-    raise AssertionError(f"{key} was not materialized")
-
-
-def _error(home: Path, dataset, selection=INGESTION) -> str:
-    """The message of the ImageSearchError a materialization fails with."""
-    with pytest.raises(Exception) as failure:
-        _materialize(home, dataset, selection)
-    error = getattr(failure.value, "user_exception", None) or failure.value
-    assert isinstance(error, ImageSearchError), repr(failure.value)
-    message = str(error)
-    assert "\n" not in message
-    return message
-
-
-def _rows(path: Path) -> list[list[str]]:
-    """The records of a document file read with Python's csv module: the official loaders' rules."""
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.reader(f, delimiter="\t"))
+pytestmark = pytest.mark.integration
 
 
 def _write_rows(path: Path, rows: list[list[str]], *, line_end: str = "\n", prefix: bytes = b"") -> None:
@@ -89,26 +48,18 @@ def _catalog(home: Path) -> dict[str, dict]:
     return {r["photo_id"]: r for r in pq.read_table(home / "catalog" / "catalog.parquet").to_pylist()}
 
 
-@pytest.fixture
-def release(tmp_path: Path) -> Path:
-    """A small fresh release this test may change (no images: ingestion never opens them)."""
-    out = tmp_path / "release"
-    write_release(out, photos=30, images=False, seed=11)
-    return out
-
-
 def test_sample_release_ingests_completely(sample_release: Path, sample_release_info: dict, tmp_path: Path):
-    result = _materialize(tmp_path / "home", sample_release)
+    result = materialize_ingestion(tmp_path / "home", sample_release)
     assert result.success
     for doc in DOCUMENTS:
-        meta = _metadata(result, doc)
+        meta = ingested_metadata(result, doc)
         assert meta["dagster/row_count"] == sample_release_info[doc]
         assert meta["skipped_rows"] == 0 and meta["non_utf8_values"] == 0 and meta["unparsed_values"] == {}
         assert meta["absent_columns"] == {}
         assert pq.read_metadata(tmp_path / "home" / "tables" / f"{doc}.parquet").num_rows == sample_release_info[doc]
-    assert _metadata(result, "unsplash_release")["release"] == "1.4.x"
-    assert _metadata(result, "photos")["multiline_records"] >= 3, "three of the tricky texts hold line breaks"
-    preview = _metadata(result, "photos")["preview"]
+    assert ingested_metadata(result, "unsplash_release")["release"] == "1.4.x"
+    assert ingested_metadata(result, "photos")["multiline_records"] >= 3, "three of the tricky texts hold line breaks"
+    preview = ingested_metadata(result, "photos")["preview"]
     assert [c.name for c in preview.schema.columns][:2] == ["photo_id", "photo_url"] and len(preview.records) == 5
     assert all(len(v) <= 40 for r in preview.records for v in r.data.values() if isinstance(v, str)), "long values cut"
     schema = pq.read_schema(tmp_path / "home" / "tables" / "photos.parquet")
@@ -120,7 +71,7 @@ def test_sample_release_ingests_completely(sample_release: Path, sample_release_
     assert str(pq.read_schema(tmp_path / "home" / "tables" / "collections.parquet").field("collection_id").type) == "string"
 
     expected_describe: dict[str, set[str]] = {}
-    for row in _rows(sample_release / "keywords.tsv000")[1:]:
+    for row in release_rows(sample_release / "keywords.tsv000")[1:]:
         if row[4] == "t":
             expected_describe.setdefault(row[0], set()).add(row[1].strip())
     catalog = pq.read_table(tmp_path / "home" / "catalog" / "catalog.parquet").to_pylist()
@@ -134,7 +85,7 @@ def test_sample_release_ingests_completely(sample_release: Path, sample_release_
         aspect = row["photo_width"] / row["photo_height"]
         assert row["orientation"] == ("square" if abs(aspect - 1) <= 0.02 else "landscape" if aspect > 1 else "portrait")
         assert row["photo_image_url"].startswith("file://") and row["photographer_name"]
-    meta = _metadata(result, "photo_catalog")
+    meta = ingested_metadata(result, "photo_catalog")
     assert meta["dagster/row_count"] == len(catalog)
     assert meta["skipped_repeated_photo_ids"] == 0 and meta["skipped_keywords_unknown_photo"] == 0
     assert "photos_added" not in meta, "no previous catalog to compare with"
@@ -155,10 +106,10 @@ def test_every_release_version_ingests_with_its_text_as_written(tmp_path: Path, 
     release = tmp_path / "release"
     info = write_release(release, photos=24, images=False, seed=13, release_version=version, parts=2)
     home = tmp_path / "home"
-    result = _materialize(home, release)
-    assert _metadata(result, "unsplash_release")["release"] == version.rsplit(".", 1)[0] + ".x"
+    result = materialize_ingestion(home, release)
+    assert ingested_metadata(result, "unsplash_release")["release"] == version.rsplit(".", 1)[0] + ".x"
 
-    photos = [dict(zip(rows[0], row)) for name in info["files"]["photos"] for rows in [_rows(release / name)] for row in rows[1:]]
+    photos = [dict(zip(rows[0], row)) for name in info["files"]["photos"] for rows in [release_rows(release / name)] for row in rows[1:]]
     catalog = _catalog(home)
     assert sorted(catalog) == sorted(r["photo_id"] for r in photos) == sorted(info["photo_ids"])
     for row in photos:
@@ -168,7 +119,7 @@ def test_every_release_version_ingests_with_its_text_as_written(tmp_path: Path, 
 
     user_keywords: dict[str, set[str]] = {}
     for name in info["files"]["keywords"]:
-        for row in _rows(release / name)[1:]:
+        for row in release_rows(release / name)[1:]:
             if row[4] == "t":
                 user_keywords.setdefault(row[0], set()).add(row[1].strip())
     for photo_id, words in user_keywords.items():
@@ -176,15 +127,15 @@ def test_every_release_version_ingests_with_its_text_as_written(tmp_path: Path, 
     assert "night\nsky" in catalog[info["photo_ids"][0]]["describe"], "a keyword with a line break reaches describe"
 
     for doc in DOCUMENTS:
-        meta = _metadata(result, doc)
+        meta = ingested_metadata(result, doc)
         assert meta["skipped_rows"] == 0 and meta["unparsed_values"] == {}, doc
         assert meta["dagster/row_count"] == info[doc]
         assert set(meta["absent_columns"]) == set(COLUMNS.get(doc, {})) - set(columns_of(version).get(doc, COLUMNS[doc])), doc
     if version < "1.1.0":
-        assert _metadata(result, "colors")["absent_document"].startswith("Unsplash Lite 1.0.x has no colors document")
+        assert ingested_metadata(result, "colors")["absent_document"].startswith("Unsplash Lite 1.0.x has no colors document")
         assert _table(home, "colors") == []
         assert all(r["orientation"] is None and r["photo_width"] is None and r["colors"] == [] for r in catalog.values())
-        assert {"photo_width", "orientation", "dominant_color"} <= set(_metadata(result, "photo_catalog")["empty_columns"])
+        assert {"photo_width", "orientation", "dominant_color"} <= set(ingested_metadata(result, "photo_catalog")["empty_columns"])
     else:
         assert all(r["orientation"] in ("landscape", "portrait", "square") and r["dominant_color"] for r in catalog.values())
 
@@ -194,16 +145,16 @@ def test_skipped_records_report_the_line_they_start_on(release: Path, tmp_path: 
     path = release / "keywords.tsv000"
     text = path.read_text(encoding="utf-8")
     first_bad = text.count("\n") + 1
-    assert first_bad > len(_rows(path)), "quoted line breaks before the bad records"
-    photo_id = _rows(path)[1][0]
+    assert first_bad > len(release_rows(path)), "quoted line breaks before the bad records"
+    photo_id = release_rows(path)[1][0]
     with open(path, "a", encoding="utf-8", newline="") as f:
         f.write(f"{photo_id}\tonly two fields\n")
         f.write(f'{photo_id}\t"a bad record\r\nover two lines"\n')
         f.write(f"{photo_id}\tfine\t\t\tt\tphotographer\tf\tf\n")
         f.write(f"{photo_id}\ta\tb\tc\td\te\tf\tg\th\ti\n")
         f.write(f"{photo_id}\tfour\tfields\tonly\n")
-    result = _materialize(tmp_path / "home", release, [unsplash_release, keywords])
-    meta = _metadata(result, "keywords")
+    result = materialize_ingestion(tmp_path / "home", release, [unsplash_release, keywords])
+    meta = ingested_metadata(result, "keywords")
     assert meta["skipped_rows"] == 4
     assert meta["skipped_examples"] == [
         f"keywords.tsv000 line {first_bad}: 2 fields, expected 8",
@@ -219,7 +170,7 @@ def test_a_quote_left_open_fails_naming_the_file_and_line(release: Path, tmp_pat
     start = path.read_text(encoding="utf-8").count("\n") + 1
     with open(path, "a", encoding="utf-8", newline="") as f:
         f.write('NEWPHOTO123\thttps://unsplash.com/photos/NEWPHOTO123\t"a value cut short\nand never closed\n')
-    error = _error(home, release, [unsplash_release, photos])
+    error = ingestion_error(home, release, [unsplash_release, photos])
     assert str(path) in error and f"line {start}" in error and "quoted value" in error
     assert not (home / "tables" / "photos.parquet").exists() and not list((home / "tables").glob("*.tmp"))
 
@@ -227,13 +178,13 @@ def test_a_quote_left_open_fails_naming_the_file_and_line(release: Path, tmp_pat
 def test_byte_order_mark_and_crlf_line_ends(release: Path, tmp_path: Path):
     """A file written on Windows: a BOM before the header and CR LF after every record."""
     for doc in ("photos", "keywords"):
-        _write_rows(release / f"{doc}.tsv000", _rows(release / f"{doc}.tsv000"), line_end="\r\n", prefix=codecs.BOM_UTF8)
+        _write_rows(release / f"{doc}.tsv000", release_rows(release / f"{doc}.tsv000"), line_end="\r\n", prefix=codecs.BOM_UTF8)
     home = tmp_path / "home"
-    result = _materialize(home, release)
-    photos_rows = _rows(release / "photos.tsv000")
+    result = materialize_ingestion(home, release)
+    photos_rows = release_rows(release / "photos.tsv000")
     header = [photos_rows[0][0].removeprefix("\ufeff"), *photos_rows[0][1:]]
     catalog = _catalog(home)
-    assert len(catalog) == 30 and _metadata(result, "keywords")["skipped_rows"] == 0
+    assert len(catalog) == 30 and ingested_metadata(result, "keywords")["skipped_rows"] == 0
     for row in photos_rows[1:]:
         record = dict(zip(header, row))
         assert catalog[record["photo_id"]]["photo_description"] == (record["photo_description"] or None)
@@ -242,23 +193,23 @@ def test_byte_order_mark_and_crlf_line_ends(release: Path, tmp_path: Path):
 
 def test_second_catalog_reports_what_changed(release: Path, tmp_path: Path):
     home = tmp_path / "home"
-    _materialize(home, release)
-    rows = _rows(release / "photos.tsv000")
+    materialize_ingestion(home, release)
+    rows = release_rows(release / "photos.tsv000")
     header, body = rows[0], rows[1:]
     removed, changed = body[0][0], body[1][0]
     body[1][header.index("photo_description")] = "a new description"
     added = list(body[2])
     added[0] = "NEWPHOTO123"
     _write_rows(release / "photos.tsv000", [header, *body[1:], added])
-    result = _materialize(home, release)
-    meta = _metadata(result, "photo_catalog")
+    result = materialize_ingestion(home, release)
+    meta = ingested_metadata(result, "photo_catalog")
     assert (meta["photos_added"], meta["photos_updated"], meta["photos_removed"]) == (1, 1, 1)
     ids = set(pq.read_table(home / "catalog" / "catalog.parquet", columns=["photo_id"])["photo_id"].to_pylist())
     assert removed not in ids and {changed, "NEWPHOTO123"} <= ids
 
 
 def test_bad_rows_are_counted_and_skipped(release: Path, tmp_path: Path):
-    photo_rows = _rows(release / "photos.tsv000")
+    photo_rows = release_rows(release / "photos.tsv000")
     header = photo_rows[0]
     first_id = photo_rows[1][0]
     repeat = list(photo_rows[1])
@@ -278,15 +229,15 @@ def test_bad_rows_are_counted_and_skipped(release: Path, tmp_path: Path):
     with open(release / "colors.tsv000", "a", encoding="utf-8") as f:
         f.write("UNKNOWNPHOT\t000000\t0\t0\t0\tblack\t90\t0.5\n")
 
-    result = _materialize(tmp_path / "home", release)
-    photo_meta = _metadata(result, "photos")
+    result = materialize_ingestion(tmp_path / "home", release)
+    photo_meta = ingested_metadata(result, "photos")
     assert photo_meta["dagster/row_count"] == 33
     assert photo_meta["non_utf8_values"] == 1
     assert photo_meta["unparsed_values"] == {"photo_width": 1}
-    keyword_meta = _metadata(result, "keywords")
+    keyword_meta = ingested_metadata(result, "keywords")
     assert keyword_meta["skipped_rows"] == 2 and len(keyword_meta["skipped_examples"]) == 2
     assert keyword_meta["dagster/row_count"] == 30 * 20 + 1
-    meta = _metadata(result, "photo_catalog")
+    meta = ingested_metadata(result, "photo_catalog")
     assert meta["skipped_repeated_photo_ids"] == 1
     assert meta["skipped_empty_photo_ids"] == 1
     assert meta["skipped_keywords_unknown_photo"] == 1
@@ -305,11 +256,11 @@ def test_csv_names_and_coverage_header(release: Path, tmp_path: Path):
     """1.3.0 named the files *.csv000; DOCS.md calls the colour columns coverage and score."""
     for doc in DOCUMENTS:
         (release / f"{doc}.tsv000").rename(release / f"{doc}.csv000")
-    rows = _rows(release / "colors.csv000")
+    rows = release_rows(release / "colors.csv000")
     rows[0] = [{"ai_coverage": "coverage", "ai_score": "score"}.get(c, c) for c in rows[0]]
     _write_rows(release / "colors.csv000", rows)
-    result = _materialize(tmp_path / "home", release)
-    assert _metadata(result, "colors")["dagster/row_count"] == 90
+    result = materialize_ingestion(tmp_path / "home", release)
+    assert ingested_metadata(result, "colors")["dagster/row_count"] == 90
     assert pq.read_schema(tmp_path / "home" / "tables" / "colors.parquet").names[-2:] == ["ai_coverage", "ai_score"]
     assert all(r["dominant_color"] for r in pq.read_table(tmp_path / "home" / "catalog" / "catalog.parquet").to_pylist()[:5])
 
@@ -319,131 +270,54 @@ def test_csv_names_and_coverage_header(release: Path, tmp_path: Path):
     [
         (lambda d: (d / "colors.tsv000").unlink(), "colors", "has no colors document"),
         (lambda d: (d / "keywords.tsv000").write_bytes(b""), "keywords", "is empty"),
-        (lambda d: _write_rows(d / "keywords.tsv000", _rows(d / "keywords.tsv000")[:1]), "keywords", "header but no rows"),
-        (lambda d: _write_rows(d / "photos.tsv000", [r[:2] + r[3:] for r in _rows(d / "photos.tsv000")]), "photos", "no column photo_image_url"),
-        (lambda d: _write_rows(d / "colors.tsv000", [r[:6] for r in _rows(d / "colors.tsv000")]), "colors", "no column ai_coverage"),
+        (lambda d: _write_rows(d / "keywords.tsv000", release_rows(d / "keywords.tsv000")[:1]), "keywords", "header but no rows"),
+        (lambda d: _write_rows(d / "photos.tsv000", [r[:2] + r[3:] for r in release_rows(d / "photos.tsv000")]), "photos", "no column photo_image_url"),
+        (lambda d: _write_rows(d / "colors.tsv000", [r[:6] for r in release_rows(d / "colors.tsv000")]), "colors", "no column ai_coverage"),
     ],
     ids=["missing", "empty", "header-only", "missing-column", "no-coverage"],
 )
 def test_unusable_documents_fail_with_one_line(release: Path, tmp_path: Path, damage, asset_key, message):
     damage(release)
     selection = [unsplash_release, {"photos": photos, "keywords": keywords, "colors": colors}[asset_key]]
-    error = _error(tmp_path / "home", release, selection)
+    error = ingestion_error(tmp_path / "home", release, selection)
     assert message in error and asset_key in error
 
 
 def test_failed_ingestion_keeps_the_previous_table(release: Path, tmp_path: Path):
     home = tmp_path / "home"
-    _materialize(home, release, [unsplash_release, photos])
+    materialize_ingestion(home, release, [unsplash_release, photos])
     table = home / "tables" / "photos.parquet"
     before = table.read_bytes()
-    rows = _rows(release / "photos.tsv000")
+    rows = release_rows(release / "photos.tsv000")
     _write_rows(release / "photos.tsv001", [rows[0][:-1], *[r[:-1] for r in rows[1:]]])
-    error = _error(home, release, [unsplash_release, photos])
+    error = ingestion_error(home, release, [unsplash_release, photos])
     assert f"{release / 'photos.tsv001'} has columns" in error and f"unlike {release / 'photos.tsv000'}" in error
     assert table.read_bytes() == before
     assert not list((home / "tables").glob("*.tmp"))
 
 
 def test_missing_dataset_path(tmp_path: Path):
-    error = _error(tmp_path / "home", tmp_path / "nowhere", [unsplash_release])
+    error = ingestion_error(tmp_path / "home", tmp_path / "nowhere", [unsplash_release])
     assert "IMAGE_SEARCH_DATASET" in error and "nowhere" in error
 
 
 # --------------------------------------------------------------------------- zips and downloads
 
 
-def _zip(folder: Path, zip_path: Path) -> bytes:
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return zip_path.read_bytes()
-
-
-class ZipServer:
-    """Serves one body at /release.zip with Range and If-Range (RFC 9110 13.1.5); can cut the first N responses short.
-
-    ``etag`` and ``last_modified`` are the validators it sends (None: that header is left
-    out); ``head_length=False`` leaves Content-Length out of HEAD answers, as a server that
-    streams its files does.
-    """
-
-    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200,
-                 etag: str | None = '"v1"', last_modified: str | None = None, head_length: bool = True):
-        self.body, self.cut_at, self.cuts, self.status = body, cut_at, cuts, status
-        self.etag, self.last_modified, self.head_length = etag, last_modified, head_length
-        self.requests: list[str | None] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def validators(self):
-                if server.etag is not None:
-                    self.send_header("ETag", server.etag)
-                if server.last_modified is not None:
-                    self.send_header("Last-Modified", server.last_modified)
-
-            def do_HEAD(self):
-                self.send_response(server.status)
-                if server.head_length:
-                    self.send_header("Content-Length", str(len(server.body)))
-                self.validators()
-                self.end_headers()
-
-            def do_GET(self):
-                server.requests.append(self.headers.get("Range"))
-                if server.status != 200:
-                    self.send_response(server.status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
-                if self.headers.get("If-Range") not in (None, server.etag, server.last_modified):
-                    start = 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(server.body) - 1}/{len(server.body)}")
-                self.send_header("Content-Length", str(len(server.body) - start))
-                self.validators()
-                self.end_headers()
-                end = len(server.body)
-                if server.cut_at is not None and server.cuts > 0:
-                    server.cuts -= 1
-                    end = server.cut_at
-                self.wfile.write(server.body[start:end])
-                self.wfile.flush()
-                if end < len(server.body):
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/release.zip"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_download_resumes_after_a_cut_connection(release: Path, tmp_path: Path):
-    body = _zip(release, tmp_path / "release.zip")
+    body = zip_release(release, tmp_path / "release.zip")
     with ZipServer(body, cut_at=len(body) // 2) as server:
-        result = _materialize(tmp_path / "home", server.url)
+        result = materialize_ingestion(tmp_path / "home", server.url)
     assert server.requests == [None, f"bytes={len(body) // 2}-"], "the second request resumes where the cut happened"
-    meta = _metadata(result, "unsplash_release")
+    meta = ingested_metadata(result, "unsplash_release")
     assert meta["size_bytes"] == len(body)
     assert meta["sha256"] == hashlib.sha256(body).hexdigest()
     assert meta["kind"] == "download"
-    assert _metadata(result, "photos")["dagster/row_count"] == 30
+    assert ingested_metadata(result, "photos")["dagster/row_count"] == 30
 
 
 def test_download_resumes_in_the_next_run(release: Path, tmp_path: Path):
-    body = _zip(release, tmp_path / "release.zip")
+    body = zip_release(release, tmp_path / "release.zip")
     dest = tmp_path / "downloads"
     logs = CollectingLog()
     with ZipServer(body, cut_at=1000) as server:
@@ -460,64 +334,63 @@ def test_download_resumes_in_the_next_run(release: Path, tmp_path: Path):
 
 def test_download_http_error_is_one_line(tmp_path: Path):
     with ZipServer(b"", status=404) as server:
-        error = _error(tmp_path / "home", server.url, [unsplash_release])
+        error = ingestion_error(tmp_path / "home", server.url, [unsplash_release])
     assert "HTTP 404" in error and "127.0.0.1" in error
 
 
 def test_corrupt_zip(release: Path, tmp_path: Path):
-    body = bytearray(_zip(release, tmp_path / "release.zip"))
+    body = bytearray(zip_release(release, tmp_path / "release.zip"))
     middle = len(body) // 3
     body[middle:middle + 200] = bytes(200)
     bad = tmp_path / "bad.zip"
     bad.write_bytes(bytes(body))
-    assert "is corrupt" in _error(tmp_path / "home", bad, [unsplash_release])
+    assert "is corrupt" in ingestion_error(tmp_path / "home", bad, [unsplash_release])
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(bytes(body[:100]))
-    assert "is corrupt" in _error(tmp_path / "home", truncated, [unsplash_release])
+    assert "is corrupt" in ingestion_error(tmp_path / "home", truncated, [unsplash_release])
     assert not (tmp_path / "home" / "release" / "extracted").exists()
 
     with ZipServer(bytes(body)) as server:
-        error = _error(tmp_path / "home2", server.url, [unsplash_release])
+        error = ingestion_error(tmp_path / "home2", server.url, [unsplash_release])
     assert "is corrupt" in error and "download it afresh" in error
     assert not list((tmp_path / "home2" / "release" / "downloads").glob("*.zip"))
 
 
 def test_local_zip_is_extracted_once(release: Path, tmp_path: Path):
     zip_path = tmp_path / "release.zip"
-    _zip(release, zip_path)
+    zip_release(release, zip_path)
     home = tmp_path / "home"
-    result = _materialize(home, zip_path)
-    assert _metadata(result, "unsplash_release")["kind"] == "zip"
+    result = materialize_ingestion(home, zip_path)
+    assert ingested_metadata(result, "unsplash_release")["kind"] == "zip"
     marker = home / "release" / "extracted" / ".source.json"
     stamp = marker.stat().st_mtime_ns
     shutil.copy(zip_path, tmp_path / "same.zip")
-    _materialize(home, tmp_path / "same.zip", [unsplash_release])
+    materialize_ingestion(home, tmp_path / "same.zip", [unsplash_release])
     assert marker.stat().st_mtime_ns == stamp
-
 
 
 def test_a_server_without_etag_a_new_release_is_noticed_and_downloaded(release: Path, tmp_path: Path):
     """The sensor and the download share one meaning of "changed": here the date alone tells the versions apart."""
-    first, second = _zip(release, tmp_path / "v1.zip"), None
+    first, second = zip_release(release, tmp_path / "v1.zip"), None
     (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
-    second = _zip(release, tmp_path / "v2.zip")
+    second = zip_release(release, tmp_path / "v2.zip")
     home = tmp_path / "home"
     with ZipServer(first, etag=None, last_modified="Tue, 01 Sep 2026 00:00:00 GMT", head_length=False) as server:
-        assert _metadata(_materialize(home, server.url, [unsplash_release]), "unsplash_release")["sha256"] == hashlib.sha256(first).hexdigest()
+        assert ingested_metadata(materialize_ingestion(home, server.url, [unsplash_release]), "unsplash_release")["sha256"] == hashlib.sha256(first).hexdigest()
         seen = sensors.release_fingerprint(server.url, timeout=5)
-        _materialize(home, server.url, [unsplash_release])
+        materialize_ingestion(home, server.url, [unsplash_release])
         assert len(server.requests) == 1 and sensors.release_fingerprint(server.url, timeout=5) == seen, "unchanged: kept"
         server.body, server.last_modified = second, "Thu, 01 Oct 2026 00:00:00 GMT"
         assert sensors.release_fingerprint(server.url, timeout=5) != seen
-        result = _materialize(home, server.url, [unsplash_release])
+        result = materialize_ingestion(home, server.url, [unsplash_release])
     assert len(server.requests) == 2, "the new release is downloaded, not the old zip reused"
-    assert _metadata(result, "unsplash_release")["sha256"] == hashlib.sha256(second).hexdigest()
+    assert ingested_metadata(result, "unsplash_release")["sha256"] == hashlib.sha256(second).hexdigest()
 
 
 def test_a_release_replaced_between_a_cut_and_the_resume_is_downloaded_afresh(release: Path, tmp_path: Path):
-    first = _zip(release, tmp_path / "v1.zip")
+    first = zip_release(release, tmp_path / "v1.zip")
     (release / "photos.tsv000").write_bytes((release / "photos.tsv000").read_bytes().rsplit(b"\n", 2)[0] + b"\n")
-    second = _zip(release, tmp_path / "v2.zip")
+    second = zip_release(release, tmp_path / "v2.zip")
     dest = tmp_path / "downloads"
     with ZipServer(first, cut_at=1000) as server:
         with pytest.raises(ImageSearchError, match="materialize again to resume"):
@@ -528,66 +401,3 @@ def test_a_release_replaced_between_a_cut_and_the_resume_is_downloaded_afresh(re
     assert done.read_bytes() == second
 
 
-def _mount_tmpfs(path: Path, size: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a small disk needs root's mount (mount said: {mounted.stderr.strip()})")
-
-
-def test_a_full_disk_while_extracting_keeps_the_download_and_says_what_to_do(release: Path, tmp_path: Path):
-    """A real full disk: release/ is a tmpfs that holds the zip but not what it extracts to."""
-    body = _zip(release, tmp_path / "release.zip")
-    extracted = sum(f.stat().st_size for f in release.rglob("*") if f.is_file())
-    home = tmp_path / "home"
-    disk = home / "release"
-    size = (len(body) // 4096 + 8) * 4096
-    assert extracted > size - len(body), "the extracted files must not fit beside the zip"
-    _mount_tmpfs(disk, size)
-    try:
-        with ZipServer(body) as server:
-            error = _error(home, server.url, [unsplash_release])
-            assert "the disk is full" in error and "the zip is kept" in error, error
-            assert [p.read_bytes() for p in (disk / "downloads").glob("*.zip")] == [body]
-            assert not [p for p in disk.iterdir() if p.name not in ("downloads",)], "no half-extracted folder is left"
-            subprocess.run(["mount", "-o", f"remount,size={size + 2 * extracted + (1 << 20)}", str(disk)], check=True)
-            result = _materialize(home, server.url)
-        assert len(server.requests) == 1, "the kept zip is extracted without downloading it again"
-        assert _metadata(result, "photos")["dagster/row_count"] == 30
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
-
-
-def test_a_folder_it_may_not_write_keeps_the_download_and_says_what_to_do(release: Path, tmp_path: Path):
-    """A real permission error: the release runs without root's right to write anywhere, in a folder it may only read."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("dropping root's override of file permissions needs setpriv (util-linux)")
-    body = _zip(release, tmp_path / "release.zip")
-    home = tmp_path / "home"
-    downloads = home / "release" / "downloads"
-    downloads.mkdir(parents=True)
-    (home / "release").chmod(0o555)
-    script = (
-        "import logging, sys\n"
-        "from resources.config import Settings\n"
-        "from resources.errors import ImageSearchError\n"
-        "from resources.release import fetch_release\n"
-        "try:\n"
-        "    fetch_release(Settings(home=sys.argv[1], dataset=sys.argv[2]), logging.getLogger())\n"
-        "except ImageSearchError as exc:\n"
-        "    sys.exit(str(exc))\n"
-    )
-    try:
-        with ZipServer(body) as server:
-            child = subprocess.run(
-                [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
-                 sys.executable, "-c", script, str(home), server.url],
-                cwd=REPO, capture_output=True, text=True, timeout=120,
-            )
-    finally:
-        (home / "release").chmod(0o755)
-    error = child.stderr.strip()
-    assert child.returncode == 1 and len(error.splitlines()) == 1, child.stderr
-    assert "permission denied: make the folder writable by this user" in error and "the zip is kept" in error
-    assert [p.read_bytes() for p in downloads.glob("*.zip")] == [body]

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import resources.encoder.models as models_module
+from resources.config import ConfigError, Settings
 from resources.encoder.clip import ClipEncoder
 from resources.encoder.devices import resolve_text_runtime
-from resources.config import ConfigError, Settings
-from resources.errors import ImageSearchError
 from resources.encoder.onnx_text import OnnxTextError, OnnxTextModel, fingerprint
+from resources.errors import ImageSearchError
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
-"""``image-search query`` against a published index of the sample release: a real subprocess, except for
-the bad-input cases, which run through the CLI's ``main`` in-process (one of them stays a subprocess)."""
+"""``image-search query`` against a published index of the sample release, as a real subprocess (its bad-input
+cases, in-process: test_query_cli_errors)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import pandas as pd
 import pytest
 
 from resources.image_store import ImageStore
-from tests.cli import clean_env, image_search, image_search_in_process
+from tests.cli import clean_env, image_search
 
 pytestmark = pytest.mark.e2e
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return image_search("query", *args, env=clean_env(IMAGE_SEARCH_HOME=home))
-
-
-def _cli_in_process(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return image_search_in_process("query", *args, env=clean_env(IMAGE_SEARCH_HOME=home))
 
 
 def test_text_query_json_with_filters(search_home: Path, catalog: pd.DataFrame):
@@ -66,24 +62,6 @@ def test_keyword_mode_prints_a_table(search_home: Path, catalog: pd.DataFrame):
     assert lines[0].split()[:3] == ["#", "bm25", "photo_id"]
     assert 1 <= len(lines) - 1 <= 3
     assert lines[1].split()[0] == "1" and float(lines[1].split()[1]) > 0
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--image", "/no/such/picture.jpg"], "not found"),
-        (["--like", "no-such-photo"], "not in the index"),
-        (["cat", "-k", "0"], "out of range"),
-        (["cat", "-k", "5000"], "out of range"),
-        (["cat", "--since", "2020-13-45"], "not a date"),
-        (["cat", "--since", "2021-01-01", "--until", "2020-01-01"], "after"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
-    out = _cli_in_process(search_home, *args)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")
 
 
 def test_no_index_yet_names_the_command_that_builds_it(tmp_path: Path):
@@ -140,20 +118,3 @@ def test_an_expression_with_an_image_file_in_hybrid_mode_prints_a_table(search_h
     assert lines[0].split()[:4] == ["#", "rrf", "cosine", "photo_id"] and len(lines) == 5
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--expr", '"beach" -'], "cannot read '-' at position 9 of the query: the query ends after this sign"),
-        (["--expr", "beach + 0*people"], "cannot read '0*people' at position 9"),
-        (["beach", "--plus", "photo:"], "give a photo id after photo:"),
-        (["beach", "--plus", "photo:no-such-photo"], "part 2: photo id 'no-such-photo' is not in the index"),
-        (["--minus", "people"], "only negative parts"),
-        (["--mode", "keyword", "beach", "--plus", "image:/no/such.jpg"], "not found"),
-        (["-k", "3"], "nothing to search for"),
-    ],
-)
-def test_bad_compositions_are_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
-    out = _cli_in_process(search_home, *args)
-    assert out.returncode == 2, out.stdout
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")

@@ -9,7 +9,6 @@ a log line appears.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -22,20 +21,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, asset
-from dagster import materialize as materialize_in_process
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from resources.vector_store import load_embeddings
 from image_search import scale_harness as harness
 from image_search.sample import write_release
 from resources.backends import open_backend
-from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.locks import REPORT_EVERY_S, Wait, store_lock
+from resources.locks import store_lock
 from resources.processes import ProcessRef, pid_running
-from resources.run_recovery import IN_PROGRESS, dead_reason
+from resources.run_recovery import IN_PROGRESS
 from tests.pause import PausePoint, hold_lock, kill_group
+from tests.pipeline import QUICK_DAEMON_ENV, photo_ids, quicken_daemons, settings, vector_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -60,18 +56,6 @@ def test_a_process_counts_as_alive_only_while_its_pid_names_the_same_process():
     assert pid_running(os.getpid(), alive_at=started) is True
     assert pid_running(os.getpid(), alive_at=started - 60) is False, "a pid reused by a process started later"
     assert ProcessRef("another-host", os.getpid(), started).is_alive() is None, "cannot be seen from here"
-
-
-def test_a_wait_reports_at_once_then_every_interval_and_gives_up_after_the_timeout():
-    now = [100.0]
-    wait = Wait(timeout=3 * REPORT_EVERY_S, since=90.0, clock=lambda: now[0])
-    assert wait.report_due() and wait.waited == 10.0
-    now[0] += REPORT_EVERY_S - 1
-    assert not wait.report_due() and not wait.expired()
-    now[0] += 1
-    assert wait.report_due() and not wait.report_due()
-    now[0] = 90.0 + 3 * REPORT_EVERY_S
-    assert wait.expired()
 
 
 def test_a_wait_for_a_live_lock_holder_names_it_and_gives_up_with_what_to_do(tmp_path):
@@ -102,22 +86,6 @@ def test_a_lock_whose_holder_was_killed_is_taken_over_naming_it(tmp_path):
         assert left_by == f"run run-a, pid {holder.pid} on {socket.gethostname()}"
     with store_lock(lock, "search_index", timeout=5) as left_by:
         assert left_by is None
-
-
-def test_on_a_shared_instance_a_run_counts_as_dead_once_it_has_logged_nothing_for_too_long(monkeypatch):
-    """Where the instance's storage is not this machine's SQLite (here Dagster's in-memory one, standing
-    in for a Postgres instance shared by several machines), no pid is checked: the run's events are its heartbeat."""
-
-    @asset
-    def one() -> None:
-        pass
-
-    with DagsterInstance.ephemeral() as instance:
-        run_id = materialize_in_process([one], instance=instance).run_id
-        monkeypatch.setenv("IMAGE_SEARCH_STALE_RUN_SECONDS", "3600")
-        assert dead_reason(instance, run_id) is None
-        monkeypatch.setenv("IMAGE_SEARCH_STALE_RUN_SECONDS", "0")
-        assert dead_reason(instance, run_id).startswith("it has logged nothing for ")
 
 
 # -- the command-line path, end to end --------------------------------------------------
@@ -189,24 +157,6 @@ def instance_of(env: dict[str, str]) -> DagsterInstance:
 def slot_holders(env: dict[str, str], pool: str = "clip_model") -> list[str]:
     with instance_of(env) as instance:
         return [slot.run_id for slot in instance.event_log_storage.get_concurrency_info(pool).claimed_slots]
-
-
-def settings(env: dict[str, str]) -> Settings:
-    keys = ("IMAGE_SEARCH_HOME", "IMAGE_SEARCH_IMAGE_MODEL", "IMAGE_SEARCH_TEXT_MODEL")
-    return Settings(home=Path(env[keys[0]]), image_model=env[keys[1]], text_model=env[keys[2]])
-
-
-def vector_ids(env: dict[str, str]) -> list[str]:
-    ids, _ = load_embeddings(settings(env), env["IMAGE_SEARCH_IMAGE_MODEL"])
-    return list(ids)
-
-
-def photo_ids(env: dict[str, str]) -> list[str]:
-    # The file is CSV with a tab delimiter: quoted values may hold tabs and line breaks.
-    with open(Path(env["IMAGE_SEARCH_DATASET"]) / "photos.tsv000", encoding="utf-8", newline="") as f:
-        header, *rows = csv.reader(f, delimiter="\t")
-    column = header.index("photo_id")
-    return sorted(row[column] for row in rows)
 
 
 def test_runs_killed_holding_bucket_locks_the_encoder_slot_and_the_index_lock_do_not_block_the_next(tmp_path, instance_env):
@@ -290,21 +240,6 @@ def until(condition, what: str, process: subprocess.Popen, log: Path):
         assert process.poll() is None, f"{process.args[0]} ended (rc {process.returncode}) before {what}\n{log.read_text()[-4000:]}"
         time.sleep(0.5)
     raise AssertionError(f"no {what} within {GIVE_UP_S} s")
-
-
-#: Dagster's own setting for how often the run-retry daemon reads new run failures (default 5 s;
-#: dagster/_daemon/auto_run_reexecution/event_log_consumer.py, ``_INTERVAL_SECONDS``).
-QUICK_DAEMON_ENV = {"DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1"}
-
-
-def quicken_daemons(dagster_home: Path) -> None:
-    """Have run monitoring in the instance profile of ``dagster_home`` look every second (the project's
-    profile: every 30 s) and free a finished run's pool slots after 1 s (there: 10 s). The daemons do the
-    same things in the same order; the test only waits less for their next look."""
-    path = dagster_home / "dagster.yaml"
-    profile = yaml.safe_load(path.read_text())
-    profile["run_monitoring"].update(poll_interval_seconds=1, free_slots_after_run_end_seconds=1)
-    path.write_text(yaml.safe_dump(profile))
 
 
 def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""The synthetic release generator: the Unsplash Lite format as published, its options and its CLI.
+"""The synthetic release generator: the Unsplash Lite format as published and its options (its CLI: test_sample_cli).
 
 The files are read back with Python's ``csv`` module (tab delimiter, default quoting), as
 the official pandas loader reads them, so these tests check the format independently of
@@ -7,10 +7,7 @@ the project's own reader.
 
 from __future__ import annotations
 
-import csv
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +17,18 @@ from PIL import Image
 from image_search.sample import PALETTE, PLANTED_DUPLICATES, TRICKY_KEYWORDS, TRICKY_TEXTS, write_release
 from resources.errors import ImageSearchError
 from resources.lite_format import DOCUMENTS, RELEASES, columns_of
+from tests.pipeline import release_rows
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.unit
 
 BASE83 = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~")
-
-
-def _rows(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.reader(f, delimiter="\t"))
 
 
 def _records(release: Path, info: dict, document: str) -> list[dict[str, str]]:
     """Every record of ``document`` over its parts, as dicts; each part's header is checked."""
     records = []
     for name in info["files"][document]:
-        header, *rows = _rows(release / name)
+        header, *rows = release_rows(release / name)
         assert header == columns_of(info["release_version"])[document], name
         records += [dict(zip(header, row, strict=True)) for row in rows]
     return records
@@ -118,7 +111,7 @@ def test_each_release_version_has_its_documents_columns_and_names(tmp_path: Path
 
 def test_parts_split_rows_evenly_and_each_has_a_header(tmp_path: Path):
     info = write_release(tmp_path, photos=10, keywords=100, images=False, seed=5, parts=4)
-    sizes = [len(_rows(tmp_path / name)) - 1 for name in info["files"]["keywords"]]
+    sizes = [len(release_rows(tmp_path / name)) - 1 for name in info["files"]["keywords"]]
     assert sizes == [25, 25, 25, 25]
     assert [name for name in info["files"]["keywords"]] == [f"keywords.tsv00{k}" for k in range(4)]
 
@@ -140,7 +133,7 @@ def test_images_match_designs_and_keywords(sample_release: Path, sample_release_
 
 
 def test_planted_duplicates_are_near_copies(sample_release: Path, sample_release_info: dict):
-    pairs = _rows(sample_release / PLANTED_DUPLICATES)[1:]
+    pairs = release_rows(sample_release / PLANTED_DUPLICATES)[1:]
     assert len(pairs) == 3 and [tuple(p) for p in pairs] == [tuple(p) for p in sample_release_info["duplicates"]]
 
     def pixels(pid):
@@ -179,22 +172,6 @@ def test_impossible_counts_are_refused(tmp_path: Path):
         write_release(tmp_path, photos=1, images=False, release_version="2.0.0")
     with pytest.raises(ImageSearchError, match="--parts 0"):
         write_release(tmp_path, photos=1, images=False, parts=0)
-
-
-def test_cli_writes_a_release(tmp_path: Path):
-    out = tmp_path / "rel"
-    done = subprocess.run(
-        [sys.executable, "-m", "image_search.cli", "sample", str(out), "--photos", "12", "--keywords", "100",
-         "--conversions", "30", "--collections", "7", "--colors", "20", "--duplicates", "2", "--seed", "5",
-         "--release-version", "1.3.0", "--parts", "2"],
-        capture_output=True, text=True, check=True,
-    )
-    assert '"photos": 12' in done.stdout and '"release_version": "1.3.0"' in done.stdout
-    assert sum(len(_rows(out / f"keywords.csv00{k}")) - 1 for k in range(2)) == 100
-    assert sum(len(_rows(out / f"collections.csv00{k}")) - 1 for k in range(2)) == 7
-    assert len(list((out / "images").glob("*.jpg"))) == 12
-    bad = subprocess.run([sys.executable, "-m", "image_search.cli", "sample", str(out), "--photos", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--photos" in bad.stderr
 
 
 def test_models_flag_writes_both_tiny_models(tmp_path: Path):

@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 
 from resources.saved import notify
-from tests.http_fixtures import FaultServer
+from tests.http_fixtures import PostServer
 
 pytestmark = pytest.mark.integration
-
-
-class PostServer(FaultServer):
-    """:class:`FaultServer` that also takes POSTs: each route's failures first, then 200; bodies kept in ``posted``."""
-
-    def __init__(self):
-        super().__init__()
-        self.posted: list[dict] = []
-
-    def _handler_class(self):
-        server, base = self, super()._handler_class()
-
-        class Handler(base):
-            def do_POST(self):  # noqa: N802 - the base class's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                path = self.path.split("?", 1)[0]
-                route = server.routes.get(path)
-                if route is None:
-                    return self._answer(404, b"not found", "text/plain")
-                failure = server._next_failure(path, route)
-                if failure is not None:
-                    return self._answer(failure[0], b"try again", "text/plain", failure[1])
-                server.posted.append({"type": self.headers["Content-Type"], **json.loads(body)})
-                return self._answer(route.status, b"{}", "application/json")
-
-        return Handler
 
 
 NEW = [{"photo_id": "p1", "score": 0.91, "photo_url": "https://unsplash.com/photos/p1", "image_url": "https://i/p1.jpg"}]

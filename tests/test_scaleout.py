@@ -32,7 +32,7 @@ from image_search import scale_harness as harness
 from image_search.sample import write_release
 from resources.vector_store import load_embeddings
 from tests.pause import PausePoint, kill_group
-from tests.test_recovery import photo_ids, settings
+from tests.pipeline import photo_ids, settings
 
 pytestmark = pytest.mark.e2e
 
@@ -211,14 +211,6 @@ def backfill_runs(env: dict[str, str]) -> list:
 
 
 # -- the tests --------------------------------------------------------------------------
-
-
-def test_the_instance_profiles_agree_on_everything_but_storage():
-    """deploy/postgres/dagster.yaml keeps the default's monitoring, retries, launcher and pools."""
-    default = yaml.safe_load((ROOT / ".dagster" / "dagster.yaml").read_text())
-    postgres = yaml.safe_load((ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())
-    assert postgres.pop("storage") == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
-    assert postgres == default
 
 
 def test_a_backfill_of_the_vectors_runs_its_steps_on_two_celery_workers(tmp_path, cluster_env):
@@ -402,27 +394,3 @@ def test_image_search_materialize_rides_out_a_database_outage_and_keeps_what_was
     assert sorted(vectors(env)) == photos, "every photo encoded once, the vectors written before the outage kept"
 
 
-def test_buckets_per_run_cuts_a_backfill_into_runs_and_64_keeps_one():
-    from dagster._core.definitions.backfill_policy import BackfillPolicyType
-
-    from assets.partitions import buckets_backfill_policy
-
-    assert buckets_backfill_policy(64).policy_type == BackfillPolicyType.SINGLE_RUN
-    eight = buckets_backfill_policy(8)
-    assert eight.policy_type == BackfillPolicyType.MULTI_RUN and eight.max_partitions_per_run == 8
-
-
-@pytest.mark.parametrize("given", ["b10", "b10...b05", "b00...b64", "x...y"])
-def test_a_bad_partition_range_for_a_backfill_is_one_line_naming_it(given):
-    from image_search.backfill import partition_names
-    from resources.errors import ImageSearchError
-
-    with pytest.raises(ImageSearchError) as error:
-        partition_names(given)
-    assert str(error.value).startswith(f"--partition-range {given!r} is not a range of buckets: use e.g. b00...b63")
-
-
-def test_a_backfill_range_names_every_bucket_in_it():
-    from image_search.backfill import partition_names
-
-    assert partition_names("b62...b63") == ["b62", "b63"] and len(partition_names("b00...b63")) == 64

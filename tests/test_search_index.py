@@ -12,8 +12,8 @@ from dagster import DagsterInstance, materialize
 
 from assets.checks import index_matches_catalog, index_self_retrieval
 from assets.search_index import search_index
-from resources.catalog import index_inputs
 from resources.backends.local import LocalBackend
+from resources.catalog import index_inputs
 from resources.config import Settings
 from resources.dagster_resources import ClipResource, SettingsResource
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from resources.backends.base import Filters
 from resources.backends.local import LocalBackend
-from resources.encoder.clip import ClipEncoder
 from resources.config import Settings
+from resources.encoder.clip import ClipEncoder
 from resources.errors import ImageSearchError
 from resources.image_store import ImageStore
 from search_app.service import MAX_K, ModelMismatchError, SearchService, rrf_fuse

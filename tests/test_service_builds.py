@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from resources.backends.local import LocalBackend
-from resources.clip import ClipEncoder
 from resources.config import Settings
+from resources.encoder.clip import ClipEncoder
 from resources.errors import NotFoundError, ServerSideError
 from search_app.service import MAX_K, ModelMismatchError, QueryPart, SearchService
 
