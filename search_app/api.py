@@ -96,6 +96,7 @@ class SearchResponse(BaseModel):
     mode: str
     filters: dict[str, str]
     results: list[Result]
+    model: dict[str, Any] = {}
 
 
 class Build(BaseModel):
@@ -299,8 +300,11 @@ def _shown(filters: Filters) -> dict[str, str]:
     return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in vars(filters).items() if v}
 
 
-def _response(query: dict[str, Any], mode: str, filters: Filters, results: list[SearchResult]) -> dict[str, Any]:
-    return {"query": query, "mode": mode, "filters": _shown(filters), "results": [r.to_dict() for r in results]}
+def _response(
+    query: dict[str, Any], mode: str, filters: Filters, results: list[SearchResult], model: dict[str, Any]
+) -> dict[str, Any]:
+    shown = [r.to_dict() for r in results]
+    return {"query": query, "mode": mode, "filters": _shown(filters), "results": shown, "model": model}
 
 
 def _option_types(param: Callable[..., Any]) -> tuple:
@@ -419,7 +423,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         results = await run(
             service.search_text, q, k=k, min_score=min_score, mode=mode, filters=filters, collapse_duplicates=hide_duplicates
         )
-        return _response({"text": q}, mode, filters, results)
+        return _response({"text": q}, mode, filters, results, await run(service.answered_by))
 
     @app.post(
         "/search/image", response_model=SearchResponse, dependencies=guarded,
@@ -437,7 +441,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         results = await run(
             service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
         )
-        return _response({"image_bytes": len(data)}, "image", filters, results)
+        return _response({"image_bytes": len(data)}, "image", filters, results, await run(service.answered_by))
 
     @app.post(
         "/search/composed", response_model=SearchResponse, dependencies=guarded,
@@ -473,7 +477,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
             service.search_composed, query_parts, k=k, min_score=min_score, mode=mode, filters=filters,
             collapse_duplicates=hide_duplicates,
         )
-        return _response({"parts": echo}, mode, filters, results)
+        return _response({"parts": echo}, mode, filters, results, await run(service.answered_by))
 
     @app.get(
         "/photos/{photo_id}/similar", response_model=SearchResponse, dependencies=guarded,
@@ -490,7 +494,7 @@ def create_app(service: SearchService, settings: Settings, *, warm_up: bool = Tr
         results = await run(
             service.more_like_this, photo_id, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
         )
-        return _response({"like": photo_id}, "like", filters, results)
+        return _response({"like": photo_id}, "like", filters, results, await run(service.answered_by))
 
     @app.get("/photos/{photo_id}", response_model=Result, dependencies=guarded, responses={404: _ERRORS[404]}, tags=["photos"])
     async def photo(photo_id: PhotoId) -> dict[str, Any]:

@@ -209,6 +209,7 @@ class SearchService:
         self.settings = settings
         self.store = ImageStore(settings.images_dir)
         self._encoder = encoder
+        self._encoder_given = encoder is not None
         self._lock = threading.Lock()
         self._groups: dict[str, int] = {}
         self._groups_stamp: tuple[int, int] | None = None
@@ -230,10 +231,7 @@ class SearchService:
     def encoder(self) -> Encoder:
         """The encoder for the published build's models, loaded once and checked against the build."""
         info = self.build_info()
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
-        encoder = self._encoder
+        encoder = self._encoder_for(info)
         if encoder.image_model_id != info.image_model:
             raise ModelMismatchError(
                 f"the index was built with image model {info.image_model} but queries would be encoded with "
@@ -245,6 +243,28 @@ class SearchService:
                 "rebuild search_index with this model"
             )
         return encoder
+
+    def _encoder_for(self, info: BuildInfo) -> Encoder:
+        """The encoder of ``info``'s models: the loaded one, or (issue #27) one loaded for them when a build made
+        with other models was published since, e.g. by ``image-search models promote``.
+
+        An encoder given to the constructor is never replaced: a mismatch with it stays an error.
+        """
+        with self._lock:
+            loaded = self._encoder
+            stale = loaded is not None and (loaded.image_model_id, loaded.text_model_id) != (info.image_model, info.text_model)
+            if loaded is None or (stale and not self._encoder_given):
+                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
+            return self._encoder
+
+    def answered_by(self, info: BuildInfo | None = None) -> dict[str, Any]:
+        """Which model answers (issue #27): the registered name (``default`` for the configured pair), the model ids,
+        the vector size and the build; every JSON result set carries it under ``model``."""
+        from resources.models.registry import Registry
+
+        info = info or self.build_info()
+        name = Registry(self.settings).name_of(info.image_model, info.text_model)
+        return {"name": name, "image_model": info.image_model, "text_model": info.text_model, "dim": info.dim, "build": info.name}
 
     def encode_text(self, query: str) -> np.ndarray:
         """The query text's unit vector in the index's space."""

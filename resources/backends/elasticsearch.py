@@ -691,6 +691,35 @@ class ElasticsearchBackend(SearchBackend):
             },
         )
 
+    def adopt(self, source: SearchBackend) -> BuildInfo:
+        """Point this alias at the concrete index ``source``'s alias points to, in one atomic request (issue #27)."""
+        if not isinstance(source, ElasticsearchBackend) or source.url != self.url:
+            raise ImageSearchError(f"cannot publish a build of {getattr(source, 'name', source.engine)} under {self.alias} on {self.url}")
+        with self._errors(f"reading the build behind {source.alias}"):
+            behind = sorted(source._aliased())
+        if len(behind) != 1 or source.info() is None:
+            raise ImageSearchError(f"{source.alias} on {self.url} publishes no build: build it before publishing it")
+        with self._errors(f"publishing {behind[0]} as {self.alias}"):
+            previous = self._publish(behind[0])
+        self._clean_up(keep={behind[0], *previous})
+        return self.info()
+
+    def drop_all(self) -> list[str]:
+        """Delete this alias's builds that carry no other alias (issue #27: a removed model's shadow index)."""
+        if "-model-" not in self.alias:
+            raise ImageSearchError(f"refusing to drop the search index {self.alias} on {self.url}")
+        build_name = re.compile(rf"{re.escape(self.alias)}_v\d{{20}}")
+        with self._errors(f"removing the builds of {self.alias}"):
+            found = self.client.indices.get(index=f"{self.alias}_v*")
+            mine = sorted(
+                name
+                for name, body in found.items()
+                if build_name.fullmatch(name) and self._built_here(name, body) and set(body.get("aliases") or {}) <= {self.alias}
+            )
+            if mine:
+                self.client.indices.delete(index=",".join(mine))
+        return mine
+
     def _create(self, index: str, dim: int, meta: dict[str, Any]) -> None:
         """Create ``index`` with the first mapping the server accepts, then read it back: its vector field must score by cosine."""
         bodies = self.impl.create_bodies(dim, meta)
