@@ -7,12 +7,13 @@ shadow while the serving model answers. Compares and promotions are recorded as 
 materializations of ``model_release`` with their figures and who ran them.
 """
 
-from __future__ import annotations
 
 import json
 from typing import Any
 
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -48,7 +49,8 @@ model_release = AssetSpec(
 @asset(
     group_name="models",
     partitions_def=model_partitions,
-    deps=["photo_catalog", "images"],
+    # A model's vectors cover every bucket: each of its runs reads all the images stored so far.
+    deps=["photo_catalog", AssetDep("images", partition_mapping=AllPartitionMapping())],
     kinds={"pytorch", "parquet"},
     pool="clip_model",
     description="The image vectors of each registered model pair, in that image model's folder under embeddings/.",
@@ -93,7 +95,6 @@ def model_index(context: AssetExecutionContext, settings: ResourceParam[Settings
 model_shadow_job = define_asset_job(
     "build_model_shadows",
     selection=[model_vectors, model_index],
-    partitions_def=model_partitions,
     description="Encode one registered model's vectors and build its shadow index.",
 )
 
