@@ -136,7 +136,7 @@ def test_release_on_the_local_backend(home: Path, tmp_path: Path, tiny_models, b
     with TestClient(create_app(service, settings, warm_up=False)) as client:
         answer = client.get("/search", params={"q": "red", "k": 3}).json()
     assert answer["model"]["name"] == "big" and answer["model"]["dim"] == 768 and answer["results"]
-    queried = image_search("query", "red", "--k", "3", "--json", env=env)
+    queried = image_search("query", "red", "-k", "3", "--json", env=env)
     assert queried.returncode == 0, queried.stderr
     assert json.loads(queried.stdout)["model"]["name"] == "big"
 
