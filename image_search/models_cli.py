@@ -69,6 +69,21 @@ def _record(action: str, figures: dict[str, Any]) -> None:
         record_release(instance, action, figures, ran_by(action))
 
 
+def _partition(name: str, add: bool) -> None:
+    """Add or delete ``name``'s ``models`` partition in the instance of DAGSTER_HOME at once (the sensor also does, within 30 s)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    from dagster import DagsterInstance
+
+    from assets.models import model_partitions
+
+    with DagsterInstance.get() as instance:
+        if add:
+            instance.add_dynamic_partitions(model_partitions.name, [name])
+        elif instance.has_dynamic_partition(model_partitions.name, name):
+            instance.delete_dynamic_partition(model_partitions.name, name)
+
+
 def run_add(args: argparse.Namespace) -> int:
     from resources.models.registry import Registry, check_name
     from resources.models.release import check_pair
@@ -77,6 +92,7 @@ def run_add(args: argparse.Namespace) -> int:
     check_name(args.name)
     dim = check_pair(settings, args.image_model, args.text_model)
     pair = Registry(settings).add(args.name, args.image_model, args.text_model, dim)
+    _partition(pair.name, add=True)
     print(f"registered {pair.name}: {pair.image_model} + {pair.text_model}, {dim}-d; the next refresh builds it in the shadow")
     return 0
 
@@ -102,6 +118,7 @@ def run_rm(args: argparse.Namespace) -> int:
     from resources.models.promotion import remove
 
     pair = remove(_settings(), args.name)
+    _partition(pair.name, add=False)
     print(f"removed {pair.name}; its shadow index is dropped, its vectors stay under embeddings/ until deleted")
     return 0
 
@@ -122,6 +139,8 @@ def run_compare(args: argparse.Namespace) -> int:
 def compare_lines(result: dict[str, Any]) -> list[str]:
     """The compare result as a table: one row per model, then what the judgements can tell."""
 
+    from resources.models.evaluation import MIN_QUERIES
+
     def shown(interval: dict | None) -> str:
         return "-" if not interval else f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
@@ -136,8 +155,10 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
             f"{name:<16} {m['dim']:>4} {shown(m['ndcg_at_10']):>24} {shown(m['recall_at_10']):>24} "
             f"{m['encode_images_per_s']:>7} {m['query_ms_p50']:>9} {size:>9}  {m['verdict']['ndcg_at_10']['result']}"
         )
-        for language, figures in (m.get("by_language") or {}).items():
+        shown_languages = {lang: f for lang, f in (m.get("by_language") or {}).items() if f["queries"] >= MIN_QUERIES}
+        for language, figures in shown_languages.items():
             lines.append(f"  {language:<14} {figures['queries']:>4} {shown(figures['ndcg_at_10']):>24} {shown(figures['recall_at_10']):>24}")
+    lines.append(f"(languages with at least {MIN_QUERIES} queries shown; every one in --json)")
     if result["not_built"]:
         lines.append(f"not built yet: {', '.join(result['not_built'])}")
     return lines

@@ -65,7 +65,9 @@ def test_per_query_scores_follow_bench_relevance() -> None:
 
 def test_language_of_a_query() -> None:
     assert ev.language_of("ein Hund läuft am Strand entlang und spielt mit dem Ball") == "de"
-    assert ev.language_of("12345") == "und"
+    assert ev.language_of("perro en la playa") == "es"
+    assert ev.language_of("猫") == "zh-cn"
+    assert ev.language_of("mountain") == ev.language_of("12345") == "und"
 
 
 @pytest.mark.parametrize("name", ["", "Big", "a_b", "-x", "x" * 41, "a b"])

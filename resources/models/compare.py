@@ -1,8 +1,8 @@
 """``models compare``: every built model pair judged on the same queries, with speed, latency and size.
 
 Quality is nDCG@10 and recall@10 of the vector search on each pair's build, with 95%
-bootstrap intervals (:mod:`resources.models.evaluation`); the same per query language for
-multilingual text models. Speed is measured here and now: images encoded per second on a
+bootstrap intervals (:mod:`resources.models.evaluation`); the same per query language when
+the queries are in more than one (what tells a multilingual text model from another). Speed is measured here and now: images encoded per second on a
 fixed sample of stored images, and the median time of one text query (encoding and kNN).
 """
 
@@ -127,7 +127,7 @@ def compare(settings: Settings, names: list[str] | None = None, max_queries: int
     for pair in built:
         scores, figures = judged_by[pair.name]["scores"], judged_by[pair.name]["figures"]
         figures.update(ev.summarise(scores, rows) if judged else {m: None for m in ev.METRICS})
-        if pair.multilingual and judged:
+        if len(set(languages)) > 1:
             figures["by_language"] = ev.by_language(scores, languages)
         figures["verdict"] = _verdicts(pair, serving, judged_by, rows)
         models[pair.name] = figures

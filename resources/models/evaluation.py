@@ -22,6 +22,8 @@ RESAMPLES = 2000
 #: Below this many queries no interval is worth reading: the verdict is "too few judgements".
 MIN_QUERIES = 5
 METRICS = ("ndcg_at_10", "recall_at_10")
+#: Words a query of a spaced script needs before its language is guessed.
+MIN_WORDS = 3
 #: Verdicts of a model against the serving one.
 BETTER, WORSE, NOT_SEPARATED, TOO_FEW, SERVING = "better", "worse", "not separated", "too few judgements", "serving"
 
@@ -89,20 +91,29 @@ def restrict(judged: dict[str, set[str]], indexed: set[str]) -> dict[str, set[st
     return {q: photos for q, photos in kept.items() if photos}
 
 
-def language_of(text: str) -> str:
-    """The language of a query (ISO 639-1 from langdetect, seeded), or ``und`` when it cannot tell.
+def _unspaced(text: str) -> bool:
+    """Whether ``text`` holds Chinese, Japanese or Korean characters, scripts that write words without spaces."""
+    return any("\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" for c in text)
 
-    Short queries are hard to place: a label below 0.8 probability is ``und``.
+
+def language_of(text: str) -> str:
+    """The language of a query (ISO 639-1 from langdetect, seeded), or ``und`` when it cannot be told.
+
+    langdetect is confidently wrong on a word or two of a spaced script ("mountain" comes
+    out Finnish), so queries of fewer than :data:`MIN_WORDS` words there are ``und``, as is
+    any label below 0.9 probability.
     """
     from langdetect import DetectorFactory, detect_langs
     from langdetect.lang_detect_exception import LangDetectException
 
+    if len(text.split()) < MIN_WORDS and not _unspaced(text):
+        return "und"
     DetectorFactory.seed = 0
     try:
         best = detect_langs(text)[0]
     except LangDetectException:
         return "und"
-    return best.lang if best.prob >= 0.8 else "und"
+    return best.lang if best.prob >= 0.9 else "und"
 
 
 def summarise(scores: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, dict[str, float]]:

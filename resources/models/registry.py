@@ -44,11 +44,6 @@ class ModelPair:
         """How results and records name the pair: the registered name and the model ids."""
         return {"name": self.name, "image_model": self.image_model, "text_model": self.text_model}
 
-    @property
-    def multilingual(self) -> bool:
-        """Whether the text model is a multilingual one (its id says so, as the sentence-transformers students' do)."""
-        return "multilingual" in self.text_model.lower()
-
 
 def check_name(name: str) -> str:
     """``name`` when it can name a model; otherwise a one-line error."""
@@ -80,10 +75,11 @@ class Registry:
         return state
 
     def configured(self) -> ModelPair:
-        """The pair the settings name, as :data:`CONFIGURED` (its size as recorded by a build, else 0)."""
-        dims = self._state().get("configured_dims", {})
-        key = f"{self.settings.image_model}\n{self.settings.text_model}"
-        return ModelPair(CONFIGURED, self.settings.image_model, self.settings.text_model, int(dims.get(key, 0)))
+        """The pair the settings name, as :data:`CONFIGURED`; its size is its stored vectors' (0 before any)."""
+        from resources.vector_store import VectorStore
+
+        dim = VectorStore.for_settings(self.settings).dimension() or 0
+        return ModelPair(CONFIGURED, self.settings.image_model, self.settings.text_model, dim)
 
     def candidates(self) -> list[ModelPair]:
         """The registered pairs, by name."""
@@ -158,14 +154,6 @@ class Registry:
             if state.get("previous") == name:
                 state["previous"] = None
         return pair
-
-    def record_configured_dim(self, dim: int) -> None:
-        """Remember the configured pair's vector size, learnt when its vectors or builds were made."""
-        key = f"{self.settings.image_model}\n{self.settings.text_model}"
-        if self._state().get("configured_dims", {}).get(key) == dim:
-            return
-        with self._change() as state:
-            state.setdefault("configured_dims", {})[key] = int(dim)
 
     def set_serving(self, name: str) -> ModelPair:
         """Record that ``name`` serves now and that the one serving until now is the previous; returns that one."""
