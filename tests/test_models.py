@@ -174,6 +174,11 @@ def test_a_promotion_the_judgements_refuse(home: Path, tiny_models, big_models) 
     assert "--force" in str(refused.value) and service.answered_by()["name"] == "default"
     record = promote(settings, "big", force=True)
     assert record["forced"] and service.answered_by()["name"] == "big"
+    # The next refresh builds the search index with the serving pair, not the configured one.
+    from assets.search_index import search_index
+
+    assert materialize([search_index], resources={"settings": resource_for(settings)}).success
+    assert open_backend(settings).info().dim == 768 and service.answered_by()["name"] == "big"
 
 
 @pytest.mark.parametrize("profile", ["opensearch-2.11", "elasticsearch-7.17"])
