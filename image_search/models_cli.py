@@ -53,7 +53,11 @@ def _settings():
 
 def ran_by(action: str) -> str:
     """Who and what ran an action, for the release history."""
-    return f"{getpass.getuser()}@{socket.gethostname()}: image-search models {action}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name: a container's numeric user
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}: image-search models {action}"
 
 
 def _record(action: str, figures: dict[str, Any]) -> None:

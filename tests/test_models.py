@@ -34,7 +34,7 @@ from resources.errors import ImageSearchError
 from resources.models.compare import compare
 from resources.models.promotion import promote, remove, rollback
 from resources.models.registry import Registry
-from resources.models.release import build_shadow, check_pair
+from resources.models.release import check_pair
 from search_app.api import create_app
 from search_app.service import SearchService
 from tests.cli import image_search, tiny_env

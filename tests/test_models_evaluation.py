@@ -34,6 +34,7 @@ def test_verdict_tells_apart_only_what_the_judgements_separate() -> None:
     noise = np.random.default_rng(0).random(40)
     assert ev.verdict(noise, noise[::-1].copy(), rows)[0] == ev.NOT_SEPARATED
     assert ev.verdict(good[:3], bad[:3], ev.resample_rows(3))[0] == ev.TOO_FEW
+    assert ev.verdict(good[:0], bad[:0], ev.resample_rows(0))[0] == ev.TOO_FEW
 
 
 def test_refusal_names_the_metric_and_the_way_out() -> None:

@@ -23,8 +23,8 @@ def promote(settings: Settings, name: str, force: bool = False) -> dict[str, Any
     pair, serving = registry.get(name), registry.serving()
     if pair.name == serving.name:
         raise ImageSearchError(f"{name!r} answers searches already")
-    judged = compare(settings, [serving.name, pair.name]) if serving.name != pair.name else None
-    reason = refusal(judged, name) if judged else None
+    judged = compare(settings, [serving.name, pair.name])
+    reason = refusal(judged, name)
     if reason and not force:
         raise ImageSearchError(reason)
     before, info = switch(settings, pair)
@@ -35,8 +35,8 @@ def promote(settings: Settings, name: str, force: bool = False) -> dict[str, Any
         "dim": info.dim,
         "forced": bool(force and reason),
         "refusal_overridden": reason if force else None,
-        "models": (judged or {}).get("models", {}),
-        "queries": (judged or {}).get("queries", 0),
+        "models": judged["models"],
+        "queries": judged["queries"],
     }
 
 

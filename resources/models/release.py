@@ -14,9 +14,7 @@ import time
 from contextlib import ExitStack
 from typing import Any, Callable
 
-import numpy as np
-
-from resources.backends import open_backend, model_backend
+from resources.backends import model_backend, open_backend
 from resources.backends.base import BuildInfo, BuildProgress, BuildReport, SearchBackend
 from resources.catalog import index_inputs, read_catalog
 from resources.config import Settings
