@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 from fastapi.testclient import TestClient
+from streamlit.testing.v1 import AppTest
 
 from assets.models import (
     MODEL_RELEASE,
@@ -158,7 +159,7 @@ def _release_events(instance: DagsterInstance) -> list:
     return [r.event_log_entry for r in records.records]
 
 
-def test_a_promotion_the_judgements_refuse(home: Path, tiny_models, big_models) -> None:
+def test_a_promotion_the_judgements_refuse(home: Path, tiny_models, big_models, monkeypatch) -> None:
     """Downloads that follow the serving model's answers: the candidate answers worse, so promotion is refused."""
     settings = Settings(home=home, image_model=str(tiny_models[0]), text_model=str(tiny_models[1]))
     Registry(settings).add("big", str(big_models[0]), str(big_models[1]), 768)
@@ -179,6 +180,14 @@ def test_a_promotion_the_judgements_refuse(home: Path, tiny_models, big_models) 
 
     assert materialize([search_index], resources={"settings": resource_for(settings)}).success
     assert open_backend(settings).info().dim == 768 and service.answered_by()["name"] == "big"
+    # The search page, as `streamlit run` would start it here, says which model answered.
+    for name, value in (("HOME", home), ("IMAGE_MODEL", tiny_models[0]), ("TEXT_MODEL", tiny_models[1])):
+        monkeypatch.setenv(f"IMAGE_SEARCH_{name}", str(value))
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "search_app" / "app.py"), default_timeout=120)
+    page.query_params["q"] = "red"
+    page.run()
+    assert not page.exception and not page.error
+    assert any("Answered by model big" in caption.value and "768-d" in caption.value for caption in page.caption)
 
 
 @pytest.mark.parametrize("profile", ["opensearch-2.11", "elasticsearch-7.17"])
