@@ -17,7 +17,7 @@ SERVE ?= 1
 SAMPLE ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test validate clean
+.PHONY: install demo lint test validate clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,12 @@ ifeq ($(INSTANCE),postgres)
 endif
 	@HOST=$(HOST) SERVE=$(SERVE) SAMPLE=$(SAMPLE) VENV=$(VENV) bash scripts/demo.sh
 
-test: install
+# Lint and format are checked before the tests, so CI refuses code ruff would change.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 validate: install

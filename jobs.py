@@ -2,7 +2,8 @@
 
 A refresh is three jobs, so each part runs, fails and re-runs on its own: ``ingest_release``
 (release, tables, catalog), ``update_vectors`` (images and vectors of a range of photo
-buckets) and ``publish_index`` (the search index, which follows the vectors by automation).
+buckets) and ``publish_index`` (the search index, which follows the vectors by automation);
+``refresh_saved_searches`` then re-runs each saved search on the new index (sensors.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ search_job = define_asset_job(
     "publish_index",
     selection=AssetSelection.groups("search"),
     description="Rebuild the search index from catalog and vectors and publish it atomically.",
+)
+
+
+saved_searches_job = define_asset_job(
+    "refresh_saved_searches",
+    selection=AssetSelection.assets("saved_search_results"),
+    description="Re-run saved searches against the published index (one run per saved search, a partition each).",
 )
 
 

@@ -1,7 +1,8 @@
 """Sensors that keep the index current without anyone watching.
 
 A new release launches ``ingest_release``; a new catalog launches ``update_vectors`` for
-the buckets whose photos changed only; the automation sensor moves the index after them.
+the buckets whose photos changed only; the automation sensor moves the index after them;
+a new index, or a new saved search, launches ``refresh_saved_searches`` for each search.
 """
 
 from __future__ import annotations
@@ -17,20 +18,24 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DagsterInstance,
     DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
     ResourceParam,
     RunRequest,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     sensor,
 )
 
 from assets.partitions import photo_bucket
-from jobs import TRIGGER_TAG, ingest_job, vectors_job
+from assets.saved_searches import saved_searches_partitions
+from jobs import TRIGGER_TAG, ingest_job, saved_searches_job, vectors_job
 from resources import http_client
 from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_KEYS
+from resources.saved.store import SavedStore
 
 CATALOG = AssetKey("photo_catalog")
 SEARCH_INDEX = AssetKey("search_index")
@@ -205,6 +210,47 @@ def catalog_change_sensor(context: SensorEvaluationContext, settings: ResourcePa
         )
         for first, last in bucket_ranges(changed)
     ]
+
+
+@sensor(
+    job=saved_searches_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Keep one saved_searches partition per saved search; after each new search_index, refresh them all.",
+)
+def saved_searches_sensor(context: SensorEvaluationContext, settings: ResourceParam[Settings]):
+    """Add and remove partitions as searches are saved and removed; request a run per search after a new index.
+
+    The cursor is the storage id of the last search_index materialization acted on. A
+    search saved since the last tick gets its first run at once; nothing runs before an index.
+    """
+    store = SavedStore(settings.home)
+    names = set(store.names())
+    existing = set(context.instance.get_dynamic_partitions(saved_searches_partitions.name))
+    added, removed = sorted(names - existing), sorted(existing - names)
+    latest = _latest_storage_id(context.instance, SEARCH_INDEX)
+    index_changed = latest is not None and str(latest) != context.cursor
+    targets = sorted(names) if index_changed else (added if latest is not None else [])
+    requests = [
+        RunRequest(partition_key=name, run_key=f"saved-{latest}-{name}-{_created(store, name)}",
+                   tags={TRIGGER_TAG: "new_index" if index_changed else "saved_search_added"})
+        for name in targets
+    ]
+    changes = [saved_searches_partitions.build_add_request(added)] if added else []
+    changes += [DeleteDynamicPartitionsRequest(saved_searches_partitions.name, removed)] if removed else []
+    if not requests and not changes:
+        return SkipReason("no saved search added or removed, no new search_index")
+    return SensorResult(
+        run_requests=requests, dynamic_partitions_requests=changes, cursor=str(latest) if latest is not None else None
+    )
+
+
+def _created(store: SavedStore, name: str) -> str:
+    """When ``name`` was saved, so a search removed and saved again under its name runs again; "" if unreadable."""
+    try:
+        return store.get(name).created_at
+    except ImageSearchError:
+        return ""
 
 
 automation_sensor = AutomationConditionSensorDefinition(

@@ -1,9 +1,12 @@
 """The ``image_embeddings`` asset: one unit CLIP vector per stored image, bucket by bucket.
 
 A run encodes only the photos of its buckets whose stored image has no vector for the
-current model yet, or changed since; storage is :mod:`resources.vector_store`.
+current model yet, changed since, or whose vector came from a runtime the agreement gate
+did not accept; storage is :mod:`resources.vector_store`, the runtime and its gate
+:mod:`resources.encoder.selection`.
 """
 
+import hashlib
 import time
 
 import numpy as np
@@ -11,6 +14,8 @@ import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Failure,
     MaterializeResult,
@@ -27,6 +32,7 @@ from assets.metadata import as_table
 from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
+from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
 from resources.dagster_resources import ClipResource
 from resources.errors import ImageSearchError
 from resources.files import sweep
@@ -39,6 +45,7 @@ PROGRESS_EVERY_S = 10.0
 #: Failed files listed in the metadata (the count covers the rest).
 SHOWN_FAILURES = 10
 VECTORS_VALID_CHECK = "vectors_valid"
+RUNTIME_GATE_CHECK = "runtime_agreement"
 #: dagster-celery's step tag naming the Celery queue (dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG).
 CELERY_QUEUE_TAG = "dagster-celery/queue"
 #: The Celery queue of the encoding steps, named after their pool.
@@ -86,6 +93,17 @@ def _encode(encoder, todo: list[tuple], writer: ChunkWriter, log) -> tuple[int, 
     op_tags={CELERY_QUEUE_TAG: ENCODER_QUEUE},
     description="One unit CLIP vector per stored image, as Parquet chunks under embeddings/<model key>/<bucket>/.",
     automation_condition=FOLLOW_CHECKED_PARENTS,
+    check_specs=[
+        AssetCheckSpec(
+            RUNTIME_GATE_CHECK,
+            asset="image_embeddings",
+            partitions_def=photo_buckets,
+            description=(
+                "The image runtime's vectors agree with PyTorch fp32's on held-out stored photos "
+                f"(min cosine >= {MIN_COSINE}, top-10 neighbour overlap >= {MIN_TOP10_OVERLAP}); else PyTorch encodes."
+            ),
+        )
+    ],
 )
 @holds_store_locks("embeddings")
 def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Settings], clip: ClipResource) -> MaterializeResult:
@@ -99,15 +117,12 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
     model_id = encoder.image_model_id
     store = VectorStore(settings.embeddings_dir, model_id)
     images = ImageStore(settings.images_dir)
-    plans = {
-        bucket: store.plan_encoding(bucket, images, catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist())
-        for bucket in buckets
-    }
+    report, plans = _plan(settings, encoder, store, images, catalog, buckets)
     total_stored = sum(len(plan.stored) for plan in plans.values())
     total_todo = sum(len(plan.todo) for plan in plans.values())
     context.log.info(
         f"image_embeddings: {total_stored} stored images in {len(buckets)} bucket(s), {total_todo} to encode "
-        f"with {model_id} on {encoder.device} in {encoder.precision}"
+        f"with {model_id} on {encoder.device}, runtime {'/'.join(encoder.runtime_label)}"
     )
 
     try:
@@ -120,7 +135,7 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
 
     todo = [(bucket, *item) for bucket in buckets for item in plans[bucket].todo]
     started = time.monotonic()
-    encoded, failures = _encode(encoder, todo, store.writer(dim), context.log)
+    encoded, failures = _encode(encoder, todo, store.writer(dim, encoder.runtime_label), context.log)
     vectors_total = sum(store.compact(bucket, plans[bucket].stored, dim) for bucket in buckets)
     elapsed = time.monotonic() - started
     throughput = encoded / elapsed if encoded and elapsed > 0 else 0.0
@@ -136,15 +151,85 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
             "dagster/column_schema": TableSchema(columns=[TableColumn(f.name, str(f.type)) for f in chunk_schema(dim)]),
             "encoded": encoded,
             "skipped_up_to_date": total_stored - total_todo,
+            "reencoded_for_runtime": sum(plan.other_runtime for plan in plans.values()),
             "decode_failures": len(failures),
             "decode_failure_examples": as_table(pd.DataFrame(failures[:SHOWN_FAILURES], columns=["photo_id", "reason"])),
             "dimension": dim,
             "model": model_id,
             "device": encoder.device,
             "precision": encoder.precision,
+            "runtime": encoder.runtime_label[0],
+            "runtime_precision": encoder.runtime_label[1],
+            **_gate_metadata(report),
             "throughput_img_per_s": round(throughput, 1),
             "path": MetadataValue.path(str(store.root)),
-        }
+        },
+        check_results=[_gate_check(report, encoder.runtime_label)],
+    )
+
+
+def _plan(settings: Settings, encoder, store: VectorStore, images: ImageStore, catalog: pd.DataFrame, buckets: list):
+    """Pick the image runtime (the gate's report, if one ran) and plan each bucket: what lacks an accepted vector."""
+    try:
+        report = encoder.select_image_runtime(
+            _runtime_sample(settings, images), settings.runtime_gate_images, settings.runtime_calibration_images
+        )
+        accepted = encoder.agreeing_runtimes()
+    except ImageSearchError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    plans = {
+        bucket: store.plan_encoding(
+            bucket,
+            images,
+            catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist(),
+            accepts=lambda made_by: made_by[0] == "torch" or made_by in accepted,
+        )
+        for bucket in buckets
+    }
+    return report, plans
+
+
+def _runtime_sample(settings: Settings, images: ImageStore) -> list[str]:
+    """Stored photos of the whole catalog to calibrate and gate a faster runtime on, in a fixed pseudo-random order.
+
+    Enough for both the held-out sample and the calibration set; the same photos on every
+    run, so a rebuild after a model change sees the same sample.
+    """
+    wanted = settings.runtime_gate_images + settings.runtime_calibration_images
+    ids = sorted(read_catalog(settings, ["photo_id"])["photo_id"], key=lambda i: hashlib.sha256(i.encode()).digest())
+    paths = []
+    for photo_id in ids:
+        if (path := images.local_path(photo_id)) is not None:
+            paths.append(str(path))
+            if len(paths) == wanted:
+                break
+    return paths
+
+
+def _gate_metadata(report) -> dict:
+    """The gate's figures and verdict as metadata (PyTorch asked for: no gate)."""
+    if report is None:
+        return {"gate_verdict": "not run: IMAGE_SEARCH_RUNTIME=torch"}
+    return {
+        "gate_runtime": f"{report.runtime}/{report.precision}",
+        "gate_verdict": "passed" if report.passed else "failed: PyTorch encodes",
+        "gate_reason": report.reason,
+        "gate_sample": report.sample,
+        "gate_cosine_min": report.cosine_min,
+        "gate_cosine_mean": report.cosine_mean,
+        "gate_top10_overlap": report.top10_overlap,
+        "gate_model_hash": report.model_hash,
+    }
+
+
+def _gate_check(report, runtime_label: tuple[str, str]) -> AssetCheckResult:
+    """The ``runtime_agreement`` check: passed unless a faster runtime failed the gate (PyTorch then encoded)."""
+    return AssetCheckResult(
+        check_name=RUNTIME_GATE_CHECK,
+        passed=report is None or report.passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"runtime": "/".join(runtime_label), **_gate_metadata(report)},
+        description=None if report is None or report.passed else f"{report.runtime}/{report.precision} {report.reason}",
     )
 
 

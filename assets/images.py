@@ -37,6 +37,7 @@ from resources.errors import ImageSearchError
 from resources.files import sweep
 from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
 from resources.locks import holds_store_locks
+from resources.pictures import open_image
 
 FAILURE_SHARE_CHECK = "failure_share"
 CONTACT_SHEET_SIZE = 4
@@ -75,8 +76,7 @@ def _contact_sheet(store: ImageStore, photo_ids: list[str]) -> str:
     """A strip of a few stored images as a markdown image (a base64 JPEG of a few KB)."""
     thumbs = []
     for photo_id in photo_ids[:CONTACT_SHEET_SIZE]:
-        with Image.open(store.path_for(photo_id)) as image:
-            image.draft("RGB", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
+        with open_image(store.path_for(photo_id), draft_to=THUMBNAIL_PX * 2) as image:
             thumbs.append(image.convert("RGB").resize((THUMBNAIL_PX, THUMBNAIL_PX)))
     if not thumbs:
         return "_no images stored_"

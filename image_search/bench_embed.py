@@ -1,7 +1,9 @@
-"""``image-search bench embed``: the project's embedding path against the original design's loop.
+"""``image-search bench embed``: the project's embedding path against the original design's loop and the model alone.
 
 On the same files and model it times (a) ``model.encode(Image.open(path))`` one image per
-call in fp32 and (b) :meth:`resources.clip.ClipEncoder.encode_image_files`, and compares
+call in fp32, (m) the PyTorch model alone on prepared pixels at its best native precision,
+batch 32, and (b) :meth:`resources.encoder.clip.ClipEncoder.encode_image_files` with the
+image runtime the pipeline would choose (built and gated on these files), and compares
 throughput, peak memory and the vectors' cosines; ``--asset N`` instead measures the real
 ``image_embeddings`` asset in a child. Method and figures: docs/benchmarks.md.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from image_search.bench import add_json_flag, peak_rss_mb, print_figures, run_child
+from resources.encoder.devices import cpu_info
 from resources.errors import ImageSearchError
 from resources.files import Staged
 
@@ -84,15 +87,19 @@ def run_bench(
     workers: int,
     baseline_limit: int,
     gpu_decode: bool = True,
+    runtime: str = "auto",
+    runtimes_dir: Path | None = None,
+    gate_images: int = 200,
+    calibration_images: int = 300,
 ) -> dict:
-    """Time (a) and (b) on ``files`` with ``model``; return every figure."""
+    """Time (a), (m) and (b) on ``files`` with ``model``; return every figure."""
     import torch
 
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
     encoder = ClipEncoder(
         model, model, device=device, precision=precision, batch_size=batch_size, decode_workers=workers,
-        gpu_decode=gpu_decode,
+        gpu_decode=gpu_decode, runtime=runtime, runtimes_dir=runtimes_dir,
     )
     st_model = encoder.image_model
     baseline_files = files[: baseline_limit or len(files)]
@@ -103,6 +110,9 @@ def run_bench(
     baseline_s = time.perf_counter() - started
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
 
+    stages = time_stages(encoder, files)
+    report = encoder.select_image_runtime(files, gate_images, calibration_images)
+    stages["runtime_model_only_img_per_s"] = _model_only(encoder.image_runtime, stages.pop("_pixels"))
     list(encoder.encode_image_files(files[: encoder.batch_size]))
     if encoder.device == "cuda":
         torch.cuda.synchronize()
@@ -133,6 +143,7 @@ def run_bench(
         "baseline_img_per_s": baseline_rate,
         "project_img_per_s": project_rate,
         "speedup": round(project_rate / baseline_rate, 2),
+        **_runtime_figures(encoder, report, stages, project_rate),
         "project_failures": failed,
         "cosine_mean": round(float(cosines.mean()), 5),
         "cosine_min": round(float(cosines.min()), 5),
@@ -140,11 +151,60 @@ def run_bench(
         "project_peak_rss_mb": project_peak_rss_mb,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_info().model,
+        "cpu_flags": " ".join(cpu_info().flags),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     if encoder.device == "cuda":
         figures["gpu"] = torch.cuda.get_device_name()
         figures["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return figures
+
+
+def _runtime_figures(encoder, report, stages: dict, project_rate: float) -> dict:
+    """The stages apart, the runtime chosen and its gate, and the speed-up over the PyTorch model alone."""
+    return {
+        "model_only_img_per_s": stages["model_only_img_per_s"],
+        "speedup_vs_model_only": round(project_rate / stages["model_only_img_per_s"], 2),
+        "decode_only_img_per_s": stages["decode_only_img_per_s"],
+        "runtime_model_only_img_per_s": stages["runtime_model_only_img_per_s"],
+        "runtime": encoder.runtime_label[0],
+        "runtime_precision": encoder.runtime_label[1],
+        "gate_verdict": "not run" if report is None else ("passed" if report.passed else "failed"),
+        "gate_cosine_min": None if report is None else report.cosine_min,
+        "gate_top10_overlap": None if report is None else report.top10_overlap,
+        "gate_sample": 0 if report is None else report.sample,
+    }
+
+
+def _model_only(runtime, pixels: np.ndarray, batch: int = 32, rounds: int = 3) -> float:
+    """Images per second of ``runtime`` alone on prepared pixels in whole batches of ``batch``, after a warm-up."""
+    batches = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)] or [pixels]
+    runtime(batches[0])
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for chunk in batches:
+            runtime(chunk)
+    return round(rounds * sum(len(chunk) for chunk in batches) / (time.perf_counter() - started), 2)
+
+
+def time_stages(encoder, files: list[Path], limit: int = 128) -> dict:
+    """The stages apart, on up to ``limit`` files: decoding with the encoder's workers, and the PyTorch model alone.
+
+    The model runs at the encoder's precision, the best the device computes natively
+    (``model_only_img_per_s``); the prepared pixels are kept for timing other runtimes.
+    """
+    from resources.encoder.selection import prepared_pixels
+
+    sample = [str(p) for p in files[:limit]]
+    started = time.perf_counter()
+    pixels = prepared_pixels(sample, encoder.preprocess, encoder.decode_workers)
+    decode_rate = round(len(pixels) / (time.perf_counter() - started), 2)
+    return {
+        "decode_only_img_per_s": decode_rate,
+        "model_only_img_per_s": _model_only(encoder.image_runtime, pixels),
+        "_pixels": pixels,
+    }
 
 
 _ASSET_CHILD = """
@@ -211,6 +271,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", help="fp32, bf16, fp16 or auto (default: IMAGE_SEARCH_PRECISION)")
     parser.add_argument("--batch-size", type=int, help="images per model call (default: IMAGE_SEARCH_EMBED_BATCH_SIZE)")
     parser.add_argument("--workers", type=int, help="decode workers (default: IMAGE_SEARCH_DECODE_WORKERS)")
+    parser.add_argument("--runtime", help="image runtime: auto, torch or openvino (default: IMAGE_SEARCH_RUNTIME)")
     parser.add_argument("--asset", type=int, default=0, metavar="N",
                         help="instead, run the image_embeddings asset on N stored images and report its peak RSS")
     add_json_flag(parser)
@@ -240,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers if args.workers is not None else settings.decode_workers,
                 baseline_limit=args.baseline_limit,
                 gpu_decode=settings.gpu_decode,
+                runtime=args.runtime or settings.runtime,
+                # Built anew each run, as a user's first run builds it (its time is not in the figures).
+                runtimes_dir=Path(tmp) / "runtimes",
+                gate_images=settings.runtime_gate_images,
+                calibration_images=settings.runtime_calibration_images,
             )
     return print_figures(args, figures, _asset_lines if args.asset else _lines)
 
@@ -253,14 +319,24 @@ def _asset_lines(f: dict) -> list[str]:
 
 
 def _lines(f: dict) -> list[str]:
+    gate = f["gate_verdict"] if f["gate_verdict"] == "not run" else (
+        f"{f['gate_verdict']} (cosine min {f['gate_cosine_min']}, top-10 overlap {f['gate_top10_overlap']} "
+        f"on {f['gate_sample']} held-out images)"
+    )
     return [
+        f"CPU flags that pick precision and runtime: {f['cpu_flags'] or 'none'}; {f['cpu_count']} CPUs, "
+        f"load average {' '.join(map(str, f['load_average']))} (the CPU's model is on the last line)",
         f"images: {f['images']} ({f['baseline_images']} for the baseline); model {f['model']} "
-        f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}, {f['cpu_count']} CPUs",
+        f"({f['dim']}-d) on {f['device']}{' ' + f['gpu'] if 'gpu' in f else ''}",
         f"(a) original loop, one image per model.encode call, fp32: {f['baseline_img_per_s']} img/s",
-        f"(b) project path, files to unit vectors ({f['precision']}, batch {f['batch_size']}, "
+        f"(m) PyTorch model only, prepared pixels, batch 32, {f['precision']}: {f['model_only_img_per_s']} img/s",
+        f"runtime chosen: {f['runtime']}/{f['runtime_precision']}, gate {gate}",
+        f"stages apart: decode {f['decode_only_img_per_s']} img/s with {f['decode_workers']} workers, "
+        f"runtime model only {f['runtime_model_only_img_per_s']} img/s",
+        f"(b) project path, files to unit vectors ({f['runtime']}/{f['runtime_precision']}, batch {f['batch_size']}, "
         f"{f['decode_workers']} decode workers, GPU JPEG decode {f['gpu_jpeg_decode']}): "
         f"{f['project_img_per_s']} img/s, {f['project_failures']} failures",
-        f"speed-up (b)/(a): {f['speedup']}x",
+        f"speed-up (b)/(a): {f['speedup']}x; (b)/(m): {f['speedup_vs_model_only']}x",
         f"cosine (b) vs fp32 (a): mean {f['cosine_mean']}, min {f['cosine_min']}",
         f"peak RSS: {f['peak_rss_mb']} MB (process), {f['project_peak_rss_mb']} MB by the end of (b)"
         + (f"; GPU peak {f['gpu_peak_mb']} MB" if "gpu_peak_mb" in f else ""),

@@ -1,6 +1,7 @@
 """``image-search bench relevance``: recall@k and nDCG@k of the three search modes against real judgements.
 
-The judgements are the conversions document's (keyword, downloaded photo) pairs, scored on
+The judgements are the conversions document's (keyword, downloaded photo) pairs and the
+photos users marked good for their saved word searches (docs/saved-searches.md), scored on
 an evaluation index with the judged keywords held out of ``describe``; the method and the
 latest figures are in docs/benchmarks.md.
 """
@@ -122,6 +123,17 @@ def score_mode(search, queries: dict[str, set[str]], k: int, progress=None) -> t
     return float(np.mean(recalls)), float(np.mean(ndcgs))
 
 
+def marked_judgements(home, indexed: set[str]) -> dict[str, set[str]]:
+    """Words of each saved text search under ``home`` -> its indexed photos marked good (resources/saved/)."""
+    from resources.saved.refresh import judgements
+    from resources.saved.store import SavedStore
+
+    store = SavedStore(home)
+    searches, _ = store.searches()
+    judged = {words: photos & indexed for words, photos in judgements(searches, store.marks).items()}
+    return {words: photos for words, photos in judged.items() if photos}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench relevance``."""
     parser = sub.add_parser(
@@ -178,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if "conversion_type" in conversions.columns:
         conversions = conversions[conversions["conversion_type"].astype("string").str.strip() == "download"]
     queries = query_set(conversions, documents["photo_id"], args.max_queries)
+    marked = marked_judgements(settings.home, set(documents["photo_id"]))
+    for keyword, photos in marked.items():
+        queries.setdefault(keyword, set()).update(photos)
     if not queries:
         raise ImageSearchError(
             f"no conversion in {conversions_path} names an indexed photo: nothing to judge the modes by"
@@ -219,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k,
         "queries": len(queries),
         "judgements": int(sum(len(r) for r in queries.values())),
+        "marked_judgements": int(sum(len(r) for r in marked.values())),
         "indexed_photos": len(documents),
         "held_out": args.hold_out,
         "held_out_tokens": removed,
@@ -232,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _lines(f: dict, k: int) -> list[str]:
     return [
-        f"relevance over {f['queries']} queries ({f['judgements']} judged downloads, "
+        f"relevance over {f['queries']} queries ({f['judgements']} judgements, {f['marked_judgements']} of them marks, "
         f"{f['indexed_photos']} indexed photos, {f['held_out_tokens']} judged keyword tokens held out of describe)",
         f"{'mode':<8} {f'recall@{k}':>10} {f'nDCG@{k}':>10} {'seconds':>8}",
         *(f"{mode:<8} {m['recall']:>10.4f} {m['ndcg']:>10.4f} {m['seconds']:>8.1f}" for mode, m in f["modes"].items()),

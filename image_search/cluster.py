@@ -1,8 +1,9 @@
 """``image-search cluster check``: prove on a scratch index that the cluster works as a build needs.
 
 It prints what a build would send (server, plugins, engine, mapping, queries, score
-formulas), then builds and queries a dozen known vectors under a scratch alias and deletes
-exactly what it made; one line per check, exit status 1 if any failed (docs/backends.md).
+formulas), then builds and queries a dozen known vectors under a scratch alias (each build
+running the self-check every build runs before publishing, whose measured agreement it
+reports) and deletes exactly what it made; one line per check, exit status 1 if any failed (docs/backends.md).
 Like the rest of the query side it never imports Dagster.
 """
 
@@ -90,8 +91,10 @@ FILTERS: dict[str, tuple[Filters, Callable[[pd.DataFrame], pd.Series]]] = {
     "country": (Filters(country="japan"), lambda d: d.photo_location_country == "Japan"),
     "dates": (
         Filters(since=dt.date(2024, 3, 1), until=dt.date(2024, 7, 1)),
-        lambda d: (d.photo_submitted_at >= pd.Timestamp("2024-03-01", tz="UTC"))
-        & (d.photo_submitted_at < pd.Timestamp("2024-07-02", tz="UTC")),
+        lambda d: (
+            (d.photo_submitted_at >= pd.Timestamp("2024-03-01", tz="UTC"))
+            & (d.photo_submitted_at < pd.Timestamp("2024-07-02", tz="UTC"))
+        ),
     ),
 }
 
@@ -100,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     """Describe the cluster, run the checks on a scratch alias, print one line each."""
     settings = Settings.from_env()
     if not settings.es_url:
-        raise ImageSearchError("IMAGE_SEARCH_ES_URL is not set: point it at the cluster to check, e.g. https://localhost:9200")
+        raise ImageSearchError(
+            "IMAGE_SEARCH_ES_URL is not set: point it at the cluster to check, e.g. https://localhost:9200"
+        )
     from resources.backends.elasticsearch import ElasticsearchBackend
 
     scratch = f"{settings.index_name}_check_{secrets.token_hex(4)}"
@@ -148,13 +153,24 @@ def describe(backend: "ElasticsearchBackend", settings: Settings) -> None:
 
 
 def published(backend: "ElasticsearchBackend", alias: str) -> bool:
-    """Print the index published under ``alias`` now; False when its vector field would not score by cosine."""
+    """Print the index published under ``alias`` now; False when a build could not replace it or it would not score by cosine.
+
+    A concrete index named ``alias``, or an alias on an index, that this project did not
+    build is someone else's: a build stops rather than delete or move it, so the advice is another ``IMAGE_SEARCH_INDEX`` or
+    removing it by hand, never a rebuild.
+    """
     from elasticsearch7.exceptions import TransportError
+
+    from resources.backends.es_publish import stranger
 
     try:
         if not backend.client.indices.exists(index=alias):
             print(f"published {alias}: none yet")
             return True
+        refusal = stranger(backend.client, alias, backend.url)
+        if refusal:
+            print(f"FAIL  published: {refusal}")
+            return False
         described = backend.describe(alias)
     except TransportError as exc:
         print(
@@ -192,6 +208,7 @@ class Checks:
         try:
             for name, check, needs_build in (
                 ("build", self.build, False),
+                ("self-check", self.self_check, True),
                 ("cosine", self.cosine, True),
                 ("filtered", self.filtered, True),
                 ("filters", self.filters, True),
@@ -217,7 +234,9 @@ class Checks:
             print(f"FAIL  {name}: {exc}")
         except TransportError as exc:
             self.failures += 1
-            print(f"FAIL  {name}: {self.backend.url} answered HTTP {exc.status_code} ({exc.error}): check the user's privileges")
+            print(
+                f"FAIL  {name}: {self.backend.url} answered HTTP {exc.status_code} ({exc.error}): check the user's privileges"
+            )
 
     def neighbourhood(self) -> set[str]:
         """Every index named like ``IMAGE_SEARCH_INDEX`` (its builds, its look-alikes), before and after."""
@@ -230,9 +249,15 @@ class Checks:
         report = self.backend.build(self.docs, self.vectors, self.info())
         self.builds.append(report)
         if report.count != DOCS or report.errors:
-            raise CheckFailed(f"{report.count} of {DOCS} documents indexed ({report.errors}): look at the cluster's logs")
+            raise CheckFailed(
+                f"{report.count} of {DOCS} documents indexed ({report.errors}): look at the cluster's logs"
+            )
         ((created, space),) = self.backend.describe(report.name).values()
         return f"{DOCS} documents in {report.name} (created by {created}); its vector field reads back as {space}"
+
+    def self_check(self) -> str:
+        """What the first build's own check measured before it published (resources/backends/es_verify.py)."""
+        return str(self.builds[0].details["verification"])
 
     def scores(self, filters: Filters | None) -> dict[str, float]:
         hits = self.backend.knn(probe(), DOCS, filters)
@@ -265,7 +290,9 @@ class Checks:
         detail = self.compare(scores, "with a filter", expected)
         plain = self.scores(None)
         if any(abs(plain[p] - s) > TOLERANCE for p, s in scores.items()):
-            raise CheckFailed("filtered and unfiltered searches score the same documents differently: report it with this output")
+            raise CheckFailed(
+                "filtered and unfiltered searches score the same documents differently: report it with this output"
+            )
         return f"{detail}; filtered and unfiltered agree"
 
     def filters(self) -> str:
@@ -273,7 +300,9 @@ class Checks:
             expected = set(self.docs.photo_id[passes(self.docs)])
             found = {hit.photo_id for hit in self.backend.knn(probe(), DOCS, filters)}
             if found != expected:
-                raise CheckFailed(f"the {name} filter returned {sorted(found)} instead of {sorted(expected)}: report it")
+                raise CheckFailed(
+                    f"the {name} filter returned {sorted(found)} instead of {sorted(expected)}: report it"
+                )
         return f"{', '.join(FILTERS)} return exactly the matching documents"
 
     def keywords(self) -> str:
@@ -299,26 +328,32 @@ class Checks:
         self.builds.append(second)
         aliased = set(self.raw.indices.get_alias(name=self.scratch))
         if aliased != {second.name} or self.backend.count() != DOCS:
-            raise CheckFailed(f"after the second build {self.scratch} points to {sorted(aliased)}: check the alias privileges")
+            raise CheckFailed(
+                f"after the second build {self.scratch} points to {sorted(aliased)}: check the alias privileges"
+            )
         top = self.backend.knn(self.vectors[3], 1)[0]
         if top.photo_id != "check-03":
             raise CheckFailed(f"after the swap a document's own vector found {top.photo_id}: report it")
         return f"{self.scratch} moved from {self.builds[0].name} to {second.name} in one request"
 
     def clean_up(self) -> str:
+        from resources.backends.es_publish import lock_index
+
         stamp = "20000101000000000000"
         self.planted = [f"{self.scratch}_v{stamp}", f"{self.scratch}_vnext_v{stamp}"]
         for name in self.planted:
             self.raw.indices.create(index=name, mappings={"properties": {"describe": {"type": "text"}}})
         third = self.backend.build(self.docs, self.vectors, self.info())
         self.builds.append(third)
-        left = set(self.raw.indices.get_alias(index=f"{self.scratch}*"))
+        left = set(self.raw.indices.get_alias(index=f"{self.scratch}*")) - {lock_index(self.scratch)}
         removed = third.details["removed"]
         if removed != [self.builds[0].name] or left != {b.name for b in self.builds[1:]} | set(self.planted):
             raise CheckFailed(
                 f"the third build removed {removed} and left {sorted(left)}: report it; do not run builds on this cluster"
             )
-        return f"the third build removed only {removed[0]}; the previous build and {len(self.planted)} look-alikes stayed"
+        return (
+            f"the third build removed only {removed[0]}; the previous build and {len(self.planted)} look-alikes stayed"
+        )
 
     def remove(self, before: set[str]) -> str:
         """Delete, by exact name, what the check created; everything named like the index must be as before."""
@@ -330,5 +365,7 @@ class Checks:
             raise CheckFailed(
                 f"indices named {self.index_name}* changed: {sorted(before - after)} gone, {sorted(after - before)} new"
             )
-        deleted = f"deleted the scratch indices {', '.join(sorted(mine))} by name" if mine else "no scratch index was left"
+        deleted = (
+            f"deleted the scratch indices {', '.join(sorted(mine))} by name" if mine else "no scratch index was left"
+        )
         return f"{deleted}; every index named {self.index_name}* is as before"

@@ -11,10 +11,10 @@ from pydantic import Field, SecretStr, create_model
 from resources.config import SECRETS, Settings, env_variable
 
 if TYPE_CHECKING:
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
-#: Settings passed to runs as ``EnvVar`` references when set: the URL may hold a password.
-CREDENTIALS = ("es_url", *SECRETS)
+#: Settings passed to runs as ``EnvVar`` references when set: the URLs may hold a password or a token.
+CREDENTIALS = ("es_url", "notify_url", *SECRETS)
 
 
 def _config_type(annotation) -> type:
@@ -65,7 +65,7 @@ SettingsResource = create_model(
 
 
 class ClipResource(ConfigurableResource):
-    """The one CLIP encoder (:class:`~resources.clip.ClipEncoder`) for the run, from the run's settings.
+    """The one CLIP encoder (:class:`~resources.encoder.clip.ClipEncoder`) for the run, from the run's settings.
 
     Models load on first use and at most once per process, so every asset of a run that
     shares a process shares the loaded weights.
@@ -75,6 +75,6 @@ class ClipResource(ConfigurableResource):
 
     def get(self) -> "ClipEncoder":
         """The encoder configured by the settings (models, device, precision, batch size, workers)."""
-        from resources.clip import ClipEncoder
+        from resources.encoder.clip import ClipEncoder
 
         return ClipEncoder.from_settings(self.settings)

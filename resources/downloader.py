@@ -33,15 +33,16 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     ResponseError,
 )
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from publicsuffixlist import PublicSuffixList
 
 from resources import http_client
 
 from resources.config import Settings
+from resources.errors import ImageSearchError, TooLargeError, UnsupportedTypeError
 from resources.files import write_bytes
 from resources.image_store import ImageStore
-from resources.pictures import MAX_PIXELS, is_upright, upright_rgb
+from resources.pictures import MAX_PIXELS, is_upright, open_image, upright_rgb
 
 IMGIX_HOST = "images.unsplash.com"
 MAX_BYTES = 50 * 1024 * 1024
@@ -203,20 +204,21 @@ def with_imgix_params(url: str, params: str) -> str:
 def normalise_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int, int, bool]:
     """Validate ``data`` as an image and return (RGB JPEG bytes, width, height, kept original).
 
-    Raises :class:`FetchFailure` with reason ``empty_body``, ``too_many_pixels`` or
-    ``undecodable``. The pixel cap is checked on the header, before any pixel is decoded.
+    Raises :class:`FetchFailure` with reason ``empty_body``, ``too_many_pixels``,
+    ``unsupported_format`` (an image, but not JPEG, PNG or WebP) or ``undecodable``. The image is opened by :func:`resources.pictures.open_image`: JPEG, PNG
+    or WebP only, the pixel cap checked on the header, before any pixel is decoded.
     """
     if not data:
         raise FetchFailure("empty_body", "the response had no bytes")
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
+        image = open_image(data, max_pixels=max_pixels)
+    except TooLargeError as exc:
         raise FetchFailure("too_many_pixels", str(exc)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise FetchFailure("undecodable", f"not an image ({exc.__class__.__name__})") from None
+    except UnsupportedTypeError as exc:
+        raise FetchFailure("unsupported_format", str(exc)) from None
+    except ImageSearchError as exc:
+        raise FetchFailure("undecodable", str(exc)) from None
     width, height = image.size
-    if width * height > max_pixels:
-        raise FetchFailure("too_many_pixels", f"{width}x{height} exceeds the cap of {max_pixels} pixels")
     try:
         if _is_plain_jpeg(image):
             image.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))

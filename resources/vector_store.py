@@ -1,7 +1,9 @@
 """The vector store: one unit image vector per photo and model, as Parquet chunks per bucket.
 
 Layout: ``embeddings/<model key>/<bucket>/part-<n>.parquet``, each row a photo_id, its
-vector, the model id and the fingerprint of the image it was encoded from. Chunks are
+vector, the model id, the fingerprint of the image it was encoded from, and the image
+runtime and precision that made the vector (chunks written before those two columns
+existed read as PyTorch's, precision unknown). Chunks are
 written whole and renamed into place, so a killed writer loses at most the chunk it was
 filling; a later chunk supersedes an earlier one's row for the same photo.
 """
@@ -12,6 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,8 +46,19 @@ def chunk_schema(dim: int) -> pa.Schema:
             ("model_id", pa.string()),
             ("image_bytes", pa.int64()),
             ("image_mtime_ns", pa.int64()),
+            ("runtime", pa.string()),
+            ("precision", pa.string()),
         ]
     )
+
+
+#: What a chunk written before the runtime and precision columns existed says it was made by.
+OLD_CHUNK_RUNTIME = ("torch", "")
+
+
+def runtime_of(runtime: str | None, precision: str | None) -> tuple[str, str]:
+    """The (runtime, precision) of a row; an old chunk's missing values read as :data:`OLD_CHUNK_RUNTIME`."""
+    return (runtime, precision or "") if runtime else OLD_CHUNK_RUNTIME
 
 
 def vectors_of(table: pa.Table) -> np.ndarray:
@@ -52,6 +66,27 @@ def vectors_of(table: pa.Table) -> np.ndarray:
     column = table.column("vector").combine_chunks()
     dim = column.type.list_size
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def _present(part: Path, columns: list[str] | None) -> list[str] | None:
+    """``columns`` less those ``part`` lacks (a chunk from before the runtime columns)."""
+    if columns is None:
+        return None
+    names = set(pq.read_schema(part).names)
+    return [name for name in columns if name in names]
+
+
+def _in_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` cast to ``schema``, missing or null runtime columns (old chunks) as :data:`OLD_CHUNK_RUNTIME`."""
+    for name, old in zip(("runtime", "precision"), OLD_CHUNK_RUNTIME):
+        present = name in table.column_names
+        column = table.column(name).cast(pa.string()) if present else pa.nulls(len(table), pa.string())
+        filled = pc.fill_null(column, old)
+        if present:
+            table = table.set_column(table.column_names.index(name), name, filled)
+        else:
+            table = table.append_column(name, filled)
+    return table.select(schema.names).cast(schema)
 
 
 def _latest_rows(table: pa.Table) -> np.ndarray:
@@ -62,10 +97,15 @@ def _latest_rows(table: pa.Table) -> np.ndarray:
 
 @dataclass
 class EncodingPlan:
-    """A bucket's stored images (photo_id -> path, bytes, mtime) and those lacking a current vector."""
+    """A bucket's stored images (photo_id -> path, bytes, mtime) and those lacking a current vector.
+
+    ``other_runtime`` counts the photos re-encoded only because the runtime that made
+    their vector is not one of those accepted.
+    """
 
     stored: dict[str, tuple[Path, int, int]]
     todo: list[tuple[str, Path, int, int]]
+    other_runtime: int = 0
 
 
 class VectorStore:
@@ -99,7 +139,9 @@ class VectorStore:
         parts = self._parts(bucket)
         if not parts:
             return None
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
+        tables = [pq.read_table(p, columns=_present(p, columns)) for p in parts]
+        # Chunks from before the runtime columns lack them: those read as nulls.
+        return pa.concat_tables(tables, promote_options="default")
 
     def write_chunk(self, bucket: str, table: pa.Table) -> Path:
         """Write ``table`` as the bucket's next chunk: a temporary file, then an atomic rename."""
@@ -111,11 +153,19 @@ class VectorStore:
         write_parquet(final, table)
         return final
 
-    def plan_encoding(self, bucket: str, images: ImageStore, photo_ids: list[str]) -> EncodingPlan:
+    def plan_encoding(
+        self,
+        bucket: str,
+        images: ImageStore,
+        photo_ids: list[str],
+        accepts: Callable[[tuple[str, str]], bool] | None = None,
+    ) -> EncodingPlan:
         """Which of ``photo_ids`` have a stored image, and which of those need a (new) vector.
 
-        A photo needs one when the store has no vector for it or the vector was encoded
-        from another file (its size or modification time differ).
+        A photo needs one when the store has no vector for it, the vector was encoded from
+        another file (its size or modification time differ), or ``accepts`` refuses the
+        (runtime, precision) that made it: vectors the agreement gate found interchangeable
+        are kept when the runtime changes (``None`` accepts every runtime).
         """
         stored = {}
         for photo_id in photo_ids:
@@ -123,17 +173,22 @@ class VectorStore:
             if path is not None:
                 stat = path.stat()
                 stored[photo_id] = (path, stat.st_size, stat.st_mtime_ns)
-        existing = self.read_bucket(bucket, ["photo_id", "image_bytes", "image_mtime_ns"])
-        known = {}
+        existing = self.read_bucket(bucket, ["photo_id", "image_bytes", "image_mtime_ns", "runtime", "precision"])
+        known, made_by = {}, {}
         if existing is not None:
             latest = existing.take(_latest_rows(existing)).to_pydict()
             known = dict(zip(latest["photo_id"], zip(latest["image_bytes"], latest["image_mtime_ns"])))
-        todo = [(pid, *info) for pid, info in stored.items() if known.get(pid) != (info[1], info[2])]
-        return EncodingPlan(stored, todo)
+            runtimes = latest.get("runtime") or [None] * len(latest["photo_id"])
+            precisions = latest.get("precision") or [None] * len(latest["photo_id"])
+            made_by = {pid: runtime_of(r, p) for pid, r, p in zip(latest["photo_id"], runtimes, precisions)}
+        fresh = {pid for pid, info in stored.items() if known.get(pid) == (info[1], info[2])}
+        refused = {pid for pid in fresh if accepts is not None and not accepts(made_by[pid])}
+        todo = [(pid, *info) for pid, info in stored.items() if pid not in fresh or pid in refused]
+        return EncodingPlan(stored, todo, len(refused))
 
-    def writer(self, dim: int) -> "ChunkWriter":
-        """A writer of ``dim``-dimensional vectors into this store."""
-        return ChunkWriter(self, dim)
+    def writer(self, dim: int, runtime: tuple[str, str] = ("torch", "")) -> "ChunkWriter":
+        """A writer of ``dim``-dimensional vectors made by ``runtime`` (name, precision) into this store."""
+        return ChunkWriter(self, dim, runtime)
 
     def compact(self, bucket: str, keep: set[str] | dict, dim: int) -> int:
         """Rewrite a bucket's chunks as one: the latest vector of each photo in ``keep``. Returns its rows."""
@@ -143,7 +198,7 @@ class VectorStore:
             return 0
         table = table.take(_latest_rows(table))
         wanted = pc.is_in(table.column("photo_id"), value_set=pa.array(list(keep), pa.string()))
-        table = table.filter(wanted).cast(chunk_schema(dim))
+        table = _in_schema(table.filter(wanted), chunk_schema(dim))
         if len(parts) > 1 or len(table) != pq.read_metadata(parts[0]).num_rows:
             self.write_chunk(bucket, table)
             for part in parts:
@@ -189,9 +244,10 @@ class VectorStore:
 class ChunkWriter:
     """Buffers encoded vectors per bucket and writes each bucket's rows as chunks of ``CHUNK_ROWS``."""
 
-    def __init__(self, store: VectorStore, dim: int):
+    def __init__(self, store: VectorStore, dim: int, runtime: tuple[str, str] = ("torch", "")):
         self.store = store
         self.schema = chunk_schema(dim)
+        self.runtime = runtime
         self._bucket: str | None = None
         self._rows: list[tuple[str, np.ndarray, int, int]] = []
 
@@ -215,6 +271,8 @@ class ChunkWriter:
                 pa.array([self.store.model_id] * len(rows), pa.string()),
                 pa.array([row[2] for row in rows], pa.int64()),
                 pa.array([row[3] for row in rows], pa.int64()),
+                pa.array([self.runtime[0]] * len(rows), pa.string()),
+                pa.array([self.runtime[1]] * len(rows), pa.string()),
             ],
             schema=self.schema,
         )

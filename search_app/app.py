@@ -20,6 +20,9 @@ import streamlit as st
 from resources.backends.base import MODES, ORIENTATIONS, Filters
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.saved.store import SavedStore
+from search_app import saved_page
+from search_app.saved import filters_dict
 from search_app.service import QueryPart, SearchResult, SearchService, load_query_image
 
 #: Extensions the upload widget offers; the service checks the content whatever the name says.
@@ -180,6 +183,7 @@ def _start_more_like_this(photo_id: str) -> None:
     st.session_state.like = photo_id
     st.session_state.also = ""
     st.session_state.upload_round += 1
+    st.session_state[saved_page.VIEW] = None
 
 
 def _composed(base: QueryPart, also: str, without: str) -> list[QueryPart] | None:
@@ -337,6 +341,13 @@ def main() -> None:
         st.error(_message(str(exc)))
         return
     filters = _controls()
+    store = SavedStore(settings.home)
+    saved_page.sidebar(store)
+    if st.session_state.get(saved_page.VIEW):
+        service = _run(lambda s: s, settings)
+        if service is not None:
+            saved_page.view(store, service, st.session_state[saved_page.VIEW], lambda r: _show_result(r, False))
+        return
     with st.form("search", border=False):
         text_column, button_column = st.columns([5, 1], vertical_alignment="bottom")
         text_column.text_input("Search in any language", key="q", placeholder="e.g. a dog on the beach / 海边的狗")
@@ -366,6 +377,7 @@ def main() -> None:
             return
         st.image(image, caption="Your photo", width=160)
         parts = _composed(QueryPart(image=image), "", without)
+        query, images, mode = saved_page.query_of(parts, {"image": 0}), [upload.getvalue()], photo_mode
         if parts is None:
             results = _run(lambda s: s.search_image(image, **options), settings)
         else:
@@ -374,6 +386,7 @@ def main() -> None:
     elif state.like:
         like = state.like
         parts = _composed(QueryPart(photo_id=like), also, without)
+        query, images, mode = saved_page.query_of(parts, {"like": like}), [], photo_mode
         if parts is None:
             found = _run(lambda s: s.more_like_this(like, **{**options, "k": state.k + 1}), settings)
         else:
@@ -383,6 +396,7 @@ def main() -> None:
     elif state.q:
         q, mode = state.q, state.mode
         parts = _composed(QueryPart(text=q), "", without)
+        query, images = saved_page.query_of(parts, {"text": q}), []
         if parts is None:
             results = _run(lambda s: s.search_text(q, mode=mode, **options), settings)
         else:
@@ -394,6 +408,9 @@ def main() -> None:
         return
     if results is not None:
         _show_results(results, what, state.min_score, keyword)
+        search = {"query": query, "mode": mode, "k": state.k, "filters": filters_dict(filters),
+                  "min_score": state.min_score or None, "hide_duplicates": state.hide_duplicates}
+        saved_page.save_box(store, lambda: _load_service(settings, _settings_key(settings)), search, images)
 
 
 main()

@@ -2,12 +2,14 @@
 
 The CLI and the Streamlit page share it; it imports no Dagster, so a query process loads
 only the encoder, the backend and what they need. Queries are encoded with the models the
-published build records, so a query vector always lives in the index's space.
+published build records, so a query vector always lives in the index's space; a refresh
+to other models loads them. Each search reads one build from start to end
+(:mod:`search_app.builds`), and decodes a query image once however often it re-runs.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import logging
 import os
 import threading
@@ -22,27 +24,31 @@ from PIL import Image
 from resources.backends import BUILD_HINT, open_backend
 from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
-from resources.downloader import FetchFailure, normalise_image, with_imgix_params
+from resources.downloader import with_imgix_params
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
 from resources.image_store import ImageStore
+from search_app.builds import OneBuild, one_build, request_view
+from search_app.parts import (  # noqa: F401 - re-exported: the service is where callers find a query's parts
+    MAX_PARTS,
+    MAX_QUERY_IMAGE_BYTES,
+    QueryPart,
+    check_parts,
+    check_photo_id,
+    check_query_image,
+    load_query_image,
+)
 
 log = logging.getLogger(__name__)
 
 RRF_K = 60
-#: The largest query image accepted from a file or an upload (the CLI, the HTTP API); the
-#: pixel cap is :data:`resources.pictures.MAX_PIXELS`, read from the header before decoding.
-MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
-#: The most parts one composed query may have: enough for any phrasing a person writes,
-#: few enough that a caller cannot make one query encode hundreds of images.
-MAX_PARTS = 16
 
 
 class ModelMismatchError(UnavailableError):
-    """The query encoder's image model is not the one the index was built with."""
+    """The query encoder's models or vector size are not the ones the index was built with."""
 
 
 class Encoder(Protocol):
-    """What the service needs of :mod:`resources.clip`'s encoder."""
+    """What the service needs of :mod:`resources.encoder.clip`'s encoder."""
 
     image_model_id: str
     text_model_id: str
@@ -51,6 +57,12 @@ class Encoder(Protocol):
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
     def encode_image(self, image: Image.Image) -> np.ndarray: ...
+
+
+def _draft_size(encoder: Encoder) -> int | None:
+    """The shorter side the encoder resizes images to, so a large JPEG can decode straight to it."""
+    pre = getattr(encoder, "preprocess", None)
+    return getattr(pre, "size", None)
 
 
 @dataclass(frozen=True)
@@ -86,65 +98,6 @@ class SearchResult:
         return data
 
 
-@dataclass(frozen=True)
-class QueryPart:
-    """One part of a composed query: exactly one of words, an image or an indexed photo, with a weight.
-
-    A positive ``weight`` pulls results towards the part, a negative one pushes them away.
-    """
-
-    text: str | None = None
-    image: Image.Image | bytes | None = None
-    photo_id: str | None = None
-    weight: float = 1.0
-
-    def label(self) -> str:
-        """How messages name the part: ``words 'beach'``, ``photo 'abc'`` or ``an image``."""
-        if self.text is not None:
-            return f"words {self.text!r}"
-        if self.photo_id is not None:
-            return f"photo {self.photo_id!r}"
-        return "an image"
-
-
-def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
-    """``parts`` as a list when they make a composition; otherwise a one-line error naming the bad part."""
-    parts = list(parts)
-    if not parts:
-        raise ImageSearchError("the composed query has no parts: give words, an image or a photo to search for")
-    if len(parts) > MAX_PARTS:
-        raise ImageSearchError(f"the composed query has {len(parts)} parts: use at most {MAX_PARTS}")
-    for number, part in enumerate(parts, start=1):
-        given = sum(v is not None for v in (part.text, part.image, part.photo_id))
-        if given != 1:
-            raise ImageSearchError(
-                f"part {number} gives {given} of words, image and photo id: give exactly one per part"
-            )
-        for name, value in (("words", part.text), ("photo id", part.photo_id)):
-            if value is not None and not isinstance(value, str):
-                raise ImageSearchError(f"part {number} gives its {name} as {type(value).__name__}: give a string")
-        if part.text is not None and not part.text.strip():
-            raise ImageSearchError(f"part {number} has empty words: type some words or drop the part")
-        if part.image is not None and not isinstance(part.image, (Image.Image, bytes, bytearray, memoryview)):
-            raise ImageSearchError(
-                f"part {number} has an image of type {type(part.image).__name__}: give a PIL image or the image's bytes"
-            )
-        if part.photo_id is not None and not part.photo_id.strip():
-            raise ImageSearchError(f"part {number} has an empty photo id: use a photo_id from a search result")
-        weight = part.weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
-            raise ImageSearchError(f"part {number} ({part.label()}) has weight {weight!r}: give a number")
-        if not np.isfinite(weight) or weight == 0:
-            raise ImageSearchError(
-                f"part {number} ({part.label()}) has weight {weight!r}: give a finite number other than 0"
-            )
-    if all(part.weight < 0 for part in parts):
-        raise ImageSearchError(
-            "the composed query has only negative parts: add words, an image or a photo to search for"
-        )
-    return parts
-
-
 def rrf_fuse(*ranked: list[str], depth_k: int = RRF_K) -> dict[str, float]:
     """Reciprocal rank fusion: per photo, the sum over lists of 1/(depth_k + rank), ranks from 1."""
     fused: dict[str, float] = {}
@@ -168,35 +121,8 @@ def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[S
     return kept
 
 
-def load_query_image(image: Image.Image | bytes | str | os.PathLike) -> Image.Image:
-    """An RGB image from a PIL image, raw bytes or a file path; a bad one raises ImageSearchError.
-
-    Bytes and files go through the same validation as downloaded photos (a byte cap, a pixel
-    cap read before decoding, a real decode, EXIF rotation, conversion to RGB), so an upload
-    is never trusted.
-    """
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    label = "the uploaded image"
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        label = str(path)
-        if not path.is_file():
-            raise ImageSearchError(f"image file {path} not found: give the path of a JPEG, PNG or WebP file")
-        if path.stat().st_size > MAX_QUERY_IMAGE_BYTES:
-            raise ImageSearchError(f"image file {path} is larger than 50 MB: give a smaller image")
-        image = path.read_bytes()
-    if len(image) > MAX_QUERY_IMAGE_BYTES:
-        raise ImageSearchError(f"{label} is larger than 50 MB: give a smaller image")
-    try:
-        data, _, _, _ = normalise_image(bytes(image))
-    except FetchFailure as exc:
-        raise ImageSearchError(f"cannot use {label} as a query: {exc}") from None
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
 def _open_encoder(settings: Settings) -> Encoder:
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
     return ClipEncoder.from_settings(settings)
 
@@ -209,6 +135,7 @@ class SearchService:
         self.settings = settings
         self.store = ImageStore(settings.images_dir)
         self._encoder = encoder
+        #: An encoder given by the caller stays; one the service loaded follows the published build's models.
         self._encoder_given = encoder is not None
         self._lock = threading.Lock()
         self._groups: dict[str, int] = {}
@@ -221,22 +148,51 @@ class SearchService:
 
     # -- models ------------------------------------------------------------------
 
+    def _index(self) -> OneBuild:
+        """The backend as the running request sees it: one build from start to end."""
+        return request_view(self) or OneBuild(self.backend)
+
+    @one_build
     def build_info(self) -> BuildInfo:
         """The published build's info; raises when nothing is published yet."""
-        info = self.backend.info()
+        info = self._index().info()
         if info is None:
-            raise UnavailableError(f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}")
+            raise UnavailableError(
+                f"no search index is published on the {self.backend.engine} backend yet: {BUILD_HINT}"
+            )
         return info
 
+    @one_build
     def encoder(self) -> Encoder:
-        """The encoder for the published build's models, loaded once and checked against the build."""
+        """The encoder for the published build's models, checked against the build.
+
+        Loaded once; when a refresh publishes a build made with other models, the service
+        loads those instead of refusing every search until a restart (an encoder given to
+        the service is kept, and a build it does not match is refused).
+        """
         info = self.build_info()
-        encoder = self._encoder_for(info)
-        if encoder.image_model_id != info.image_model:
-            raise ModelMismatchError(
-                f"the index was built with image model {info.image_model} but queries would be encoded with "
-                f"{encoder.image_model_id}: use the index's model (IMAGE_SEARCH_IMAGE_MODEL) or rebuild search_index"
+        with self._lock:
+            current = self._encoder
+            stale = current is None or (current.image_model_id, current.text_model_id) != (
+                info.image_model,
+                info.text_model,
             )
+            if stale and not self._encoder_given:
+                if current is not None:
+                    log.info("the published build uses %s and %s: loading them", info.image_model, info.text_model)
+                self._encoder = _open_encoder(
+                    self.settings.replace(image_model=info.image_model, text_model=info.text_model)
+                )
+            encoder = self._encoder
+        for kind, built, used in (
+            ("image", info.image_model, encoder.image_model_id),
+            ("text", info.text_model, encoder.text_model_id),
+        ):
+            if used != built:
+                raise ModelMismatchError(
+                    f"the index was built with {kind} model {built} but queries would be encoded with {used}: "
+                    f"use the index's model (IMAGE_SEARCH_{kind.upper()}_MODEL) or rebuild search_index"
+                )
         if encoder.dim != info.dim:
             raise ModelMismatchError(
                 f"the index holds {info.dim}-d vectors but {encoder.image_model_id} gives {encoder.dim}-d: "
@@ -244,28 +200,22 @@ class SearchService:
             )
         return encoder
 
-    def _encoder_for(self, info: BuildInfo) -> Encoder:
-        """The encoder of ``info``'s models: the loaded one, or (issue #27) one loaded for them when a build made
-        with other models was published since, e.g. by ``image-search models promote``.
-
-        An encoder given to the constructor is never replaced: a mismatch with it stays an error.
-        """
-        with self._lock:
-            loaded = self._encoder
-            stale = loaded is not None and (loaded.image_model_id, loaded.text_model_id) != (info.image_model, info.text_model)
-            if loaded is None or (stale and not self._encoder_given):
-                self._encoder = _open_encoder(self.settings.replace(image_model=info.image_model, text_model=info.text_model))
-            return self._encoder
-
-    def answered_by(self, info: BuildInfo | None = None) -> dict[str, Any]:
-        """Which model answers (issue #27): the registered name (``default`` for the configured pair), the model ids,
-        the vector size and the build; every JSON result set carries it under ``model``."""
+    @one_build
+    def answered_by(self) -> dict[str, Any]:
+        """Which model answers (issue #27): the registered name (``default`` for the configured pair, ``None`` for an
+        unregistered one), the model ids, the vector size and the build; every JSON result set carries it as ``model``."""
         from resources.models.registry import Registry
 
-        info = info or self.build_info()
+        info = self.build_info()
         name = Registry(self.settings).name_of(info.image_model, info.text_model)
         return {"name": name, "image_model": info.image_model, "text_model": info.text_model, "dim": info.dim, "build": info.name}
 
+    @one_build
+    def with_model(self, search: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """``search(*args, **kwargs)`` and :meth:`answered_by`, both read from the same build."""
+        return search(*args, **kwargs), self.answered_by()
+
+    @one_build
     def encode_text(self, query: str) -> np.ndarray:
         """The query text's unit vector in the index's space."""
         return np.asarray(self.encoder().encode_texts([query])[0], dtype=np.float32)
@@ -310,6 +260,7 @@ class SearchService:
 
     # -- searches ------------------------------------------------------------------
 
+    @one_build
     def search_text(
         self,
         query: str,
@@ -321,14 +272,15 @@ class SearchService:
     ) -> list[SearchResult]:
         """Photos matching ``query`` (any language) by image vector, by keywords, or both fused."""
         k = check_k(k)
-        if collapse_duplicates:
-            return self._collapsed(lambda depth: self.search_text(query, depth, min_score, mode, filters), k)
         if not query or not query.strip():
             raise ImageSearchError("the query text is empty: type some words to search for")
         if mode not in MODES:
             raise ImageSearchError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-        return self._ranked(query, None, lambda: self.encode_text(query), k, min_score, mode, filters)
+        vector = functools.cache(lambda: self.encode_text(query))
+        search = lambda depth: self._ranked(query, None, vector, depth, min_score, mode, filters)  # noqa: E731
+        return self._collapsed(search, k) if collapse_duplicates else search(k)
 
+    @one_build
     def search_composed(
         self,
         parts: list[QueryPart],
@@ -363,8 +315,6 @@ class SearchService:
         """
         k = check_k(k)
         parts = check_parts(parts)
-        if collapse_duplicates:
-            return self._collapsed(lambda depth: self.search_composed(parts, depth, min_score, mode, filters), k)
         if mode not in MODES:
             raise ImageSearchError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         words = " ".join(p.text for p in parts if p.text is not None and p.weight > 0)
@@ -375,12 +325,16 @@ class SearchService:
                 raise ImageSearchError(
                     f"keyword mode matches words only and cannot use {other.label()}: use hybrid or vector mode"
                 )
-        return self._ranked(words, unwanted or None, lambda: self.composed_vector(parts), k, min_score, mode, filters)
+        vector = functools.cache(lambda: self.composed_vector(parts))  # its images are decoded once however deep
+        search = lambda depth: self._ranked(words, unwanted or None, vector, depth, min_score, mode, filters)  # noqa: E731
+        return self._collapsed(search, k) if collapse_duplicates else search(k)
 
+    @one_build
     def composed_vector(self, parts: list[QueryPart]) -> np.ndarray:
         """The unit query vector of a composition: the normalised weighted sum of its parts' unit vectors.
 
-        Photo ids and images are checked before any model loads, so a bad part fails fast.
+        Photo ids and images are checked before any model loads, so a bad part fails fast;
+        images are then decoded at the scale the loaded image model needs.
         """
         parts = check_parts(parts)
         self.build_info()
@@ -388,14 +342,17 @@ class SearchService:
         pictures: dict[int, Image.Image] = {}
         for i, part in enumerate(parts):
             if part.photo_id is not None:
-                found = self.backend.get(part.photo_id)
+                found = self._index().get(check_photo_id(part.photo_id))
                 if found is None:
                     raise NotFoundError(
                         f"part {i + 1}: photo id {part.photo_id!r} is not in the index: use a photo_id from a search result"
                     )
                 vectors[i] = found[1]
             elif part.image is not None:
-                pictures[i] = load_query_image(part.image)
+                check_query_image(part.image)
+        for i, part in enumerate(parts):
+            if part.image is not None:
+                pictures[i] = load_query_image(part.image, draft_to=_draft_size(self.encoder()))
         texts = [(i, p.text) for i, p in enumerate(parts) if p.text is not None]
         if texts:
             encoded = self.encoder().encode_texts([t for _, t in texts])
@@ -414,6 +371,7 @@ class SearchService:
             raise ImageSearchError("the composed query's parts cancel each other out: change a weight or drop a part")
         return (total / norm).astype(np.float32)
 
+    @one_build
     def search_image(
         self,
         image: Image.Image | bytes | str | os.PathLike,
@@ -424,12 +382,14 @@ class SearchService:
     ) -> list[SearchResult]:
         """Photos whose image vectors are nearest to ``image`` (a PIL image, bytes or a path)."""
         k = check_k(k)
-        if collapse_duplicates:
-            return self._collapsed(lambda depth: self.search_image(image, depth, min_score, filters), k)
-        picture = load_query_image(image)
-        vector = np.asarray(self.encoder().encode_image(picture), dtype=np.float32)
-        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
+        check_query_image(image)
+        encoder = self.encoder()
+        picture = load_query_image(image, draft_to=_draft_size(encoder))
+        vector = np.asarray(encoder.encode_image(picture), dtype=np.float32)
+        search = lambda depth: self._ranked("", None, lambda: vector, depth, min_score, "vector", filters)  # noqa: E731
+        return self._collapsed(search, k) if collapse_duplicates else search(k)
 
+    @one_build
     def more_like_this(
         self,
         photo_id: str,
@@ -440,11 +400,11 @@ class SearchService:
     ) -> list[SearchResult]:
         """Photos nearest to an indexed photo's own image vector; the photo itself comes first."""
         k = check_k(k)
-        if collapse_duplicates:
-            return self._collapsed(lambda depth: self.more_like_this(photo_id, depth, min_score, filters), k)
         vector = self._indexed(photo_id)[1]
-        return self._ranked("", None, lambda: vector, k, min_score, "vector", filters)
+        search = lambda depth: self._ranked("", None, lambda: vector, depth, min_score, "vector", filters)  # noqa: E731
+        return self._collapsed(search, k) if collapse_duplicates else search(k)
 
+    @one_build
     def photo(self, photo_id: str) -> SearchResult:
         """An indexed photo's record, as a result scored by its similarity to itself (1.0)."""
         fields, _ = self._indexed(photo_id)
@@ -452,8 +412,9 @@ class SearchService:
 
     def _indexed(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray]:
         """The stored fields and vector of an indexed photo; a one-line error when it is not indexed."""
+        check_photo_id(photo_id)
         self.build_info()
-        found = self.backend.get(photo_id)
+        found = self._index().get(photo_id)
         if found is None:
             raise NotFoundError(f"photo id {photo_id!r} is not in the index: use a photo_id from a search result")
         return found
@@ -474,11 +435,11 @@ class SearchService:
         """
         if mode == "keyword":
             self.build_info()
-            hits = self.backend.keyword(words, k, filters, exclude=unwanted)
+            hits = self._index().keyword(words, k, filters, exclude=unwanted)
             return self._results(hits, min_score, cosines=None)
         query = vector()
         if mode == "vector":
-            hits = self.backend.knn(query, k, filters)
+            hits = self._index().knn(query, k, filters)
             return self._results(hits, min_score, cosines={h.photo_id: h.score for h in hits})
         return self._hybrid(words, unwanted, query, k, min_score, filters)
 
@@ -492,15 +453,15 @@ class SearchService:
         filters: Filters | None,
     ) -> list[SearchResult]:
         depth = max(2 * k, 100)
-        knn_hits = self.backend.knn(vector, depth, filters)
-        keyword_hits = self.backend.keyword(words, depth, filters, exclude=unwanted) if words.strip() else []
+        knn_hits = self._index().knn(vector, depth, filters)
+        keyword_hits = self._index().keyword(words, depth, filters, exclude=unwanted) if words.strip() else []
         fused = rrf_fuse([h.photo_id for h in knn_hits], [h.photo_id for h in keyword_hits])
         cosines = {h.photo_id: h.score for h in knn_hits}
         by_id = {h.photo_id: h for h in keyword_hits} | {h.photo_id: h for h in knn_hits}
         ranked = sorted(fused, key=lambda pid: (-fused[pid], -cosines.get(pid, -2.0)))[:k]
         for pid in ranked:
             if pid not in cosines:
-                found = self.backend.get(pid)
+                found = self._index().get(pid)
                 cosines[pid] = float(np.clip(found[1] @ vector, -1.0, 1.0)) if found else None
         hits = [Hit(photo_id=pid, score=fused[pid], fields=by_id[pid].fields) for pid in ranked]
         return self._results(hits, min_score, cosines=cosines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +33,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """XDG_CACHE_HOME in a temporary folder, so no test writes ONNX exports into the user's ~/.cache."""
+    """XDG_CACHE_HOME in a temporary folder, so no test writes ONNX exports into the user's ~/.cache.
+
+    Also IMAGE_SEARCH_RUNTIME=torch unless the run sets it: building and gating the int8
+    image runtime takes about 20 s per data folder, so only the tests about it (which
+    name the runtime themselves) pay for it.
+    """
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("IMAGE_SEARCH_RUNTIME", os.environ.get("IMAGE_SEARCH_RUNTIME") or "torch")
         yield
 
 

@@ -357,7 +357,7 @@ def standard_faults(server: FaultServer, timeout_s: float) -> list[FaultCase]:
         ("palette_transparent", dict(body=palette_png_transparent(), content_type="image/png"), None),
         ("rgba", dict(body=rgba_png(), content_type="image/png"), None),
         ("exif_rotated", dict(body=exif_rotated_jpeg()), None),
-        ("animated_gif", dict(body=animated_gif(), content_type="image/gif"), None),
+        ("animated_gif", dict(body=animated_gif(), content_type="image/gif"), "unsupported_format"),
         ("webp", dict(body=webp_bytes(), content_type="image/webp"), None),
         ("progressive", dict(body=progressive_jpeg()), None),
         ("bomb_20000x20000", dict(body=bomb_png(), content_type="image/png"), "too_many_pixels"),

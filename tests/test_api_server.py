@@ -75,7 +75,9 @@ def test_a_real_server_on_loopback_answers_searches_and_survives_bad_uploads(sea
                             data={"k": "2", "hide_duplicates": "false"}, timeout=60)
         assert upload.json()["results"][0]["photo_id"] == photo_id
         bad = httpx.post(f"{base}/search/image", files={"image": ("x.jpg", b"GIF89a broken", "image/gif")})
-        assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+        assert bad.status_code == 415 and bad.headers["content-type"] == "application/problem+json"
+        broken = httpx.post(f"{base}/search/image", files={"image": ("x.jpg", b"\xff\xd8\xff broken", "image/jpeg")})
+        assert broken.status_code == 400 and "cannot use the uploaded image" in broken.json()["detail"]
         huge = httpx.post(f"{base}/search/image", content=b"\0" * (51 * 1024 * 1024),
                           headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60)
         assert huge.status_code == 413 and "larger than 50 MB" in huge.json()["detail"]

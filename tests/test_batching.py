@@ -1,4 +1,4 @@
-"""Micro-batching of concurrent queries (resources/clip.py's MicroBatcher), made deterministic.
+"""Micro-batching of concurrent queries (resources/encoder/batching.py's MicroBatcher), made deterministic.
 
 The model is a fake whose calls the test holds at a gate (a plain function stands in for the
 encoder here: what is tested is which items reach one model call, not what a model
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from resources.clip import MicroBatcher
+from resources.encoder.batching import MicroBatcher
 
 pytestmark = pytest.mark.unit
 

@@ -38,7 +38,7 @@ def test_bench_images_are_photo_sized_jpegs_written_once(tmp_path):
 
 def test_bench_compares_both_paths_on_the_same_images(tmp_path, tiny_models):
     result = _cli("--images", str(tmp_path / "images"), "--make", "12", "--model", str(tiny_models[0]),
-                  "--device", "cpu", "--batch-size", "4", "--json")
+                  "--device", "cpu", "--batch-size", "4", "--runtime", "torch", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["images"] == figures["baseline_images"] == 12 and figures["project_failures"] == 0
@@ -47,6 +47,18 @@ def test_bench_compares_both_paths_on_the_same_images(tmp_path, tiny_models):
     assert figures["cosine_min"] >= 0.99 and figures["cosine_mean"] >= figures["cosine_min"]
     assert figures["peak_rss_mb"] >= figures["project_peak_rss_mb"] > 0
     assert figures["dim"] == 512 and figures["device"] == "cpu"
+    assert figures["model_only_img_per_s"] > 0 and figures["decode_only_img_per_s"] > 0
+    assert figures["speedup_vs_model_only"] == round(figures["project_img_per_s"] / figures["model_only_img_per_s"], 2)
+    assert figures["cpu_model"] and isinstance(figures["cpu_flags"], str) and len(figures["load_average"]) == 3
+    assert figures["runtime"] == "torch" and figures["gate_verdict"] == "not run"
+
+
+def test_bench_builds_and_gates_the_runtime_the_pipeline_would_choose(tmp_path, tiny_models):
+    result = _cli("--images", str(tmp_path / "images"), "--make", "24", "--model", str(tiny_models[0]),
+                  "--device", "cpu", "--batch-size", "8", "--baseline-limit", "4", "--runtime", "openvino")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "runtime chosen: openvino/int8, gate passed (cosine min" in result.stdout
+    assert "(m) PyTorch model only, prepared pixels, batch 32" in result.stdout and "(b)/(m):" in result.stdout
 
 
 def test_asset_run_reports_the_peak_memory_of_a_real_materialization(tmp_path, tiny_models):

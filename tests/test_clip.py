@@ -9,16 +9,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-import resources.clip as clip_module
-from resources.clip import (
-    _PREFETCH_BATCHES,
-    ClipEncoder,
-    Preprocess,
-    cpu_supports_bf16,
-    prepare_image,
-    resolve_device,
-    resolve_precision,
-)
+import resources.encoder.clip as clip_module
+from resources.encoder.clip import PREFETCH_BATCHES, ClipEncoder
+from resources.encoder.decode import Preprocess, prepare_image
+from resources.encoder.devices import cpu_supports_bf16, resolve_device, resolve_precision
 from resources.errors import ImageSearchError
 from tests.http_fixtures import (
     animated_gif,
@@ -218,5 +212,5 @@ def test_decoding_runs_a_bounded_number_of_batches_ahead(encoder, tmp_path, monk
     batches = encoder.encode_image_files(paths, batch_size=4)
     first = next(batches)
     assert len(first.indices) == 4
-    assert submitted[0] <= (_PREFETCH_BATCHES + 1) * 4
+    assert submitted[0] <= (PREFETCH_BATCHES + 1) * 4
     assert sum(len(batch.indices) for batch in batches) == 36 and submitted[0] == 40

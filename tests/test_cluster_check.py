@@ -1,4 +1,4 @@
-"""``image-search cluster check`` against every profile of the wire-level fake (``tests/es_fake.py``).
+"""``image-search cluster check`` against every profile of the wire-level fake (``tests/es_fake/``).
 
 No real cluster can run here, so each profile stands for one real answer (its comment in
 the fake names the source). The check must pass where a build works, and fail with one line
@@ -46,6 +46,8 @@ PASSING = [
     ("opensearch-2.11-item-429", "auto"),
     ("opensearch-2.11-bulk-429", "auto"),
     ("opensearch-2.11-bulk-413", "auto"),
+    ("opensearch-2.11-sustained-429", "auto"),
+    ("opensearch-2.11-alias-504", "auto"),
 ]
 #: (profile, IMAGE_SEARCH_ES_ENGINE, the failing check, what its line must say).
 FAILING = [
@@ -53,6 +55,7 @@ FAILING = [
     ("opensearch-2.11-no-monitor", "auto", "connect", "cluster:monitor/main"),
     ("opensearch-2.11-circuit-breaker", "auto", "build", "circuit_breaking_exception"),
     ("opensearch-2.11-partial-shards", "auto", "build", "only 2 of 3 shards answered"),
+    ("opensearch-2.19-no-settings", "escloud", "build", "indices:monitor/settings/get"),
 ]
 
 
@@ -95,9 +98,22 @@ def test_cluster_check_passes_where_a_build_works(profile, engine, monkeypatch, 
         assert any(line.startswith("mapping") for line in lines)
         results = {line.split(":")[0][6:]: line[:4] for line in lines if line[:4] in ("ok  ", "FAIL", "skip")}
         assert results == dict.fromkeys(
-            ["build", "cosine", "filtered", "filters", "keywords", "alias swap", "clean-up", "scratch removed"], "ok  "
+            [
+                "build",
+                "self-check",
+                "cosine",
+                "filtered",
+                "filters",
+                "keywords",
+                "alias swap",
+                "clean-up",
+                "scratch removed",
+            ],
+            "ok  ",
         ), "\n".join(lines)
         assert any("cosine 0.5 scores 0.5000 unfiltered" in line for line in lines)
+        (checked,) = [line for line in lines if line.startswith("ok    self-check: ")]
+        assert "12 photos each found themselves first" in checked and "limit 0.001" in checked, checked
         assert any(line.endswith("(2 with a filter, 4 without the words '4 8')") for line in lines), "\n".join(lines)
         assert lines[-1].startswith("all checks passed on ")
         after = ({n: index.docs for n, index in fake.indices.items()}, {a: set(m) for a, m in fake.aliases.items()})
@@ -110,7 +126,9 @@ def test_cluster_check_names_the_problem_in_one_line(profile, engine, check, say
         code, lines = _check(fake, engine, monkeypatch, capsys)
         assert code == 1
         failures = [line for line in lines if line.startswith("FAIL")]
-        assert len(failures) == 1 and failures[0].startswith(f"FAIL  {check}: ") and says in failures[0], "\n".join(lines)
+        assert len(failures) == 1 and failures[0].startswith(f"FAIL  {check}: ") and says in failures[0], "\n".join(
+            lines
+        )
         assert not [n for n in fake.indices if "_check_" in n]
 
 
@@ -126,9 +144,28 @@ def test_cluster_check_finds_a_published_index_that_scores_by_l2(monkeypatch, ca
         code, lines = _check(fake, "escloud", monkeypatch, capsys)
         assert code == 1
         failures = [line for line in lines if line.startswith("FAIL")]
-        assert len(failures) == 1 and failures[0].startswith("FAIL  published: image_search_v20250101000000000000 scores")
+        assert len(failures) == 1 and failures[0].startswith(
+            "FAIL  published: image_search_v20250101000000000000 scores"
+        )
         assert "l2" in failures[0] and "#2296" in failures[0]
-        assert sum(line.startswith("ok  ") for line in lines) == 8
+        assert sum(line.startswith("ok  ") for line in lines) == 9
+
+
+def test_cluster_check_never_advises_a_rebuild_over_a_strangers_index(monkeypatch, capsys) -> None:
+    """A colleague's concrete ``image_search`` on a shared cluster: the check fails on it with the two ways on
+    (another IMAGE_SEARCH_INDEX, or removing it by hand), never "rebuild", which once deleted it; it is left as it was."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        client = ElasticsearchBackend(Settings(es_url=fake.url)).client
+        client.indices.create(index="image_search", mappings={"properties": {"describe": {"type": "text"}}})
+        client.index(index="image_search", id="theirs", document={"describe": "a colleague's photo"}, refresh="true")
+        code, lines = _check(fake, "auto", monkeypatch, capsys)
+        assert code == 1
+        (failure,) = [line for line in lines if line.startswith("FAIL")]
+        assert (
+            failure.startswith("FAIL  published: ") and "did not build" in failure and "IMAGE_SEARCH_INDEX" in failure
+        )
+        assert "DELETE /image_search" in failure and "rebuild" not in " ".join(lines) and "materialize" not in failure
+        assert set(fake.indices) == {"image_search"} and set(fake.indices["image_search"].docs) == {"theirs"}
 
 
 def test_cluster_check_as_a_command_loads_no_dagster() -> None:

@@ -19,13 +19,13 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from assets.catalog import photo_catalog
 from assets.checks import VECTORS_COVER_IMAGES_CHECK, vectors_cover_images
-from assets.embeddings import VECTORS_VALID_CHECK, image_embeddings, vectors_valid
+from assets.embeddings import RUNTIME_GATE_CHECK, VECTORS_VALID_CHECK, image_embeddings, vectors_valid
 from assets.images import images
 from assets.partitions import photo_bucket
 from assets.raw import collections, colors, conversions, keywords, photos, unsplash_release
 from image_search.tiny_models import write_tiny_models
-from resources.clip import ClipEncoder
 from resources.dagster_resources import ClipResource, SettingsResource
+from resources.encoder.clip import ClipEncoder
 from resources.image_store import ImageStore
 from resources.vector_store import VectorStore, chunk_schema, load_embeddings, model_key
 from tests.pause import PausePoint
@@ -42,8 +42,8 @@ def _settings(home: Path, models: tuple[Path, Path], **extra) -> SettingsResourc
     return SettingsResource(home=str(home), image_model=str(models[0]), text_model=str(models[1]), **extra)
 
 
-def run_embeddings(home: Path, models, raise_on_error: bool = True):
-    settings = _settings(home, models)
+def run_embeddings(home: Path, models, raise_on_error: bool = True, **extra):
+    settings = _settings(home, models, **extra)
     return materialize(
         [image_embeddings, vectors_valid, vectors_cover_images],
         resources={"settings": settings, "clip": ClipResource(settings=settings)},
@@ -101,7 +101,7 @@ def test_every_stored_image_gets_one_unit_vector_and_a_rerun_encodes_nothing(hom
     assert meta["dimension"] == 512 and meta["model"] == model_id
     assert meta["device"] == "cpu" and meta["precision"] in ("fp32", "bf16")
     assert meta["throughput_img_per_s"] > 0
-    assert _checks(first) == {VECTORS_VALID_CHECK: True, VECTORS_COVER_IMAGES_CHECK: True}
+    assert _checks(first) == {VECTORS_VALID_CHECK: True, VECTORS_COVER_IMAGES_CHECK: True, RUNTIME_GATE_CHECK: True}
     settings = _settings(home, tiny_models).get()
     ids, vectors = load_embeddings(settings, model_id)
     assert sorted(ids) == stored and len(set(ids)) == len(ids) == _stored_rows(home, model_id)
@@ -116,6 +116,36 @@ def test_every_stored_image_gets_one_unit_vector_and_a_rerun_encodes_nothing(hom
     assert _metadata(second)["encoded"] == 0 and _metadata(second)["skipped_up_to_date"] == len(stored)
     assert all(_checks(second).values())
     assert _stored_rows(home, model_id) == len(stored)
+
+
+def test_switching_runtime_re_encodes_nothing_when_the_gate_agrees(home, tiny_models):
+    stored = _stored_ids(home)
+    first = run_embeddings(home, tiny_models, runtime="torch")
+    assert _metadata(first)["encoded"] == len(stored) and _metadata(first)["gate_verdict"].startswith("not run")
+
+    faster = run_embeddings(home, tiny_models, runtime="openvino")
+    meta = _metadata(faster)
+    assert meta["gate_verdict"] == "passed" and (meta["runtime"], meta["runtime_precision"]) == ("openvino", "int8")
+    assert meta["gate_cosine_min"] >= 0.99 and meta["gate_top10_overlap"] >= 0.9 and meta["gate_sample"] >= 2
+    assert meta["encoded"] == 0 and meta["reencoded_for_runtime"] == 0 and _checks(faster)[RUNTIME_GATE_CHECK]
+
+    back = run_embeddings(home, tiny_models, runtime="torch")
+    assert _metadata(back)["encoded"] == 0
+
+
+def test_a_broken_quantization_falls_back_to_pytorch_and_says_so(home, tiny_models, monkeypatch):
+    """The quantization is broken on purpose (one-bit weights, tests/test_image_runtime.py): the gate must catch it."""
+    from tests.test_image_runtime import broken_quantization
+
+    broken_quantization(monkeypatch)
+    stored = _stored_ids(home)
+    result = run_embeddings(home, tiny_models, runtime="openvino")
+    meta = _metadata(result)
+    assert meta["gate_verdict"] == "failed: PyTorch encodes" and "disagrees" in meta["gate_reason"]
+    assert meta["gate_cosine_min"] < 0.99 and meta["runtime"] == "torch" and meta["encoded"] == len(stored)
+    assert _checks(result)[RUNTIME_GATE_CHECK] is False and _checks(result)[VECTORS_VALID_CHECK]
+    made_by = VectorStore(home / "embeddings", str(tiny_models[0])).read_bucket(photo_bucket(stored[0]), ["runtime"])
+    assert set(made_by.column("runtime").to_pylist()) == {"torch"}
 
 
 def test_a_changed_image_is_re_encoded_and_a_new_model_re_encodes_everything(home, tiny_models, tmp_path):
@@ -190,6 +220,8 @@ def test_vectors_valid_takes_the_dimension_from_the_store_and_needs_no_model(hom
             "model_id": pa.array([store.model_id] * len(rows)),
             "image_bytes": rows["image_bytes"],
             "image_mtime_ns": rows["image_mtime_ns"],
+            "runtime": pa.array(["torch"] * len(rows)),
+            "precision": pa.array(["fp32"] * len(rows)),
         },
         schema=chunk_schema(8),
     )

@@ -1,4 +1,4 @@
-"""The real encoder batches concurrent text and image queries (resources/clip.py), held at a gate the test opens."""
+"""The real encoder batches concurrent text and image queries (resources/encoder/clip.py), held at a gate the test opens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from resources.clip import ClipEncoder
+from resources.encoder.clip import ClipEncoder
 from tests.test_batching import wait_until
 
 pytestmark = pytest.mark.integration

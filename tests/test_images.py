@@ -100,6 +100,7 @@ def test_every_bad_input_is_stored_or_in_the_ledger_and_reruns_fetch_nothing(
     assert metadata["stored"].value == len(rows) - failing
     assert metadata["failed"].value == failing
     assert metadata["failed_by_reason"].value["undecodable"] == 2
+    assert metadata["failed_by_reason"].value["unsupported_format"] == 1
     assert metadata["dagster/row_count"].value == len(rows) - failing
     sheet = metadata["contact_sheet"].value
     assert sheet.startswith("![") and "data:image/jpeg;base64," in sheet and len(sheet) < 8000

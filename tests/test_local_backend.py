@@ -126,13 +126,26 @@ def test_failed_build_leaves_previous_serving(backend: LocalBackend, data, break
     assert backend.knn(vectors[0], 1)[0].photo_id == docs.photo_id[0]
 
 
+#: The two build sizes the concurrent-reader test alternates: small, so that a reader's pass (every hit
+#: with its stored fields) is quick and the passes are many.
+SMALL, LARGE = 40, 60
+
+
 def test_reader_switches_to_new_build_and_never_sees_half_of_one(tmp_path: Path, data):
+    """A reader searching in a loop while three builds publish sees one whole build or the next, never a mix.
+
+    The writer stops at each step of each build (its progress callback, the publish between
+    the last two) until the reader has made a whole pass begun after that step, so reads fall
+    in every stage of every build; the reader yields between passes, so it never starves the
+    writer of the GIL (a tight loop once made this test take 34 s).
+    """
     docs, vectors = data
     writer = LocalBackend(Settings(home=tmp_path))
-    writer.build(docs.iloc[:400], vectors[:400], _info())
+    writer.build(docs.iloc[:SMALL], vectors[:SMALL], _info())
     reader = LocalBackend(Settings(home=tmp_path))
-    assert reader.count() == 400
+    assert reader.count() == SMALL
     seen, errors, stop = set(), [], threading.Event()
+    passes, done = threading.Condition(), [0]
 
     def read():
         while not stop.is_set():
@@ -142,18 +155,28 @@ def test_reader_switches_to_new_build_and_never_sees_half_of_one(tmp_path: Path,
                 seen.add(("knn", len(reader.knn(vectors[0], 1000))))
             except Exception as exc:  # noqa: BLE001 - any failure of a reader is what the test looks for
                 errors.append(exc)
+            with passes:
+                done[0] += 1
+                passes.notify_all()
+            time.sleep(0)
+
+    def after_a_pass(step: int, steps: int) -> None:
+        with passes:
+            begun_after = done[0] + 2
+            # The timeout only stops a hung test: the pass comes whatever the machine's speed.
+            assert passes.wait_for(lambda: done[0] >= begun_after, timeout=600), f"no pass at step {step}/{steps}"
 
     thread = threading.Thread(target=read)
     thread.start()
     try:
-        for size in (N, 400, N):
-            writer.build(docs.iloc[:size], vectors[:size], _info())
+        for size in (LARGE, SMALL, LARGE):
+            writer.build(docs.iloc[:size], vectors[:size], _info(), progress=after_a_pass)
     finally:
         stop.set()
         thread.join()
     assert not errors
-    assert seen <= {("count", 400), ("count", N), ("knn", 400), ("knn", N)}
-    assert reader.count() == N and reader.info().name == writer.info().name
+    assert seen == {("count", SMALL), ("count", LARGE), ("knn", SMALL), ("knn", LARGE)}
+    assert reader.count() == LARGE and reader.info().name == writer.info().name
 
 
 def test_missing_published_build_is_a_clear_error(backend: LocalBackend, data):

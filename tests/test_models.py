@@ -134,7 +134,7 @@ def test_release_on_the_local_backend(home: Path, tmp_path: Path, tiny_models, b
     assert service.answered_by() | {"build": None} == {
         "name": "big", "image_model": str(big_models[0]), "text_model": str(big_models[1]), "dim": 768, "build": None}
     assert service.search_text("red", k=3)
-    with TestClient(create_app(service, settings, warm_up=False)) as client:
+    with TestClient(create_app(service, settings, warm_up=False), base_url="http://127.0.0.1") as client:
         answer = client.get("/search", params={"q": "red", "k": 3}).json()
     assert answer["model"]["name"] == "big" and answer["model"]["dim"] == 768 and answer["results"]
     queried = image_search("query", "red", "-k", "3", "--json", env=env)

@@ -12,11 +12,12 @@ import onnx
 import pytest
 import torch
 
-import resources.clip as clip_module
-from resources.clip import ClipEncoder, resolve_text_runtime
+import resources.encoder.models as models_module
+from resources.encoder.clip import ClipEncoder
+from resources.encoder.devices import resolve_text_runtime
 from resources.config import ConfigError, Settings
 from resources.errors import ImageSearchError
-from resources.onnx_text import OnnxTextError, OnnxTextModel, fingerprint
+from resources.encoder.onnx_text import OnnxTextError, OnnxTextModel, fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ QUERIES = ["a dog on the beach", "perro", "montañas nevadas al atardecer junto 
 @pytest.fixture()
 def fresh_models(monkeypatch):
     """An empty per-process model cache, so each test loads (and exports) for itself."""
-    monkeypatch.setattr(clip_module, "_MODELS", {})
+    monkeypatch.setattr(models_module, "MODELS", {})
 
 
 def _negated(model):
@@ -70,13 +71,13 @@ def test_the_pytorch_weights_are_dropped_once_the_session_serves(tiny_models, tm
     model = encoder.text_model
     before = model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True)
     encoder.encode_texts(["warm up"])
-    assert (str(tiny_models[1]), "cpu") not in clip_module._MODELS
+    assert (str(tiny_models[1]), "cpu") not in models_module.MODELS
     kept = encoder.load_onnx_text_model()._model
     assert {p.device.type for p in kept.parameters()} == {"meta"}
     # The model the caller held still works, and the property loads it again on demand.
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert np.array_equal(model.encode(QUERIES, convert_to_numpy=True, normalize_embeddings=True), before)
-    assert encoder.text_model is not model and (str(tiny_models[1]), "cpu") in clip_module._MODELS
+    assert encoder.text_model is not model and (str(tiny_models[1]), "cpu") in models_module.MODELS
     assert (encoder.encode_texts(QUERIES) * before).sum(axis=1).min() >= 0.9999
 
 
@@ -138,7 +139,7 @@ def test_an_unusable_export_falls_back_to_pytorch_unless_onnx_was_asked_for(
             weights.unlink()
         else:
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="resources.clip"):
+    with caplog.at_level(logging.WARNING, logger="resources.encoder.clip"):
         encoder = _encoder(tiny_models, tmp_path)
         vectors = encoder.encode_texts(QUERIES[:2])
     assert encoder.text_runtime == "torch" and vectors.shape == (2, 512)

@@ -1,4 +1,5 @@
-"""``image-search query`` run as a real subprocess against a published index of the sample release."""
+"""``image-search query`` against a published index of the sample release: a real subprocess, except for
+the bad-input cases, which run through the CLI's ``main`` in-process (one of them stays a subprocess)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import pandas as pd
 import pytest
 
 from resources.image_store import ImageStore
-from tests.cli import clean_env, image_search
+from tests.cli import clean_env, image_search, image_search_in_process
 
 pytestmark = pytest.mark.e2e
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return image_search("query", *args, env=clean_env(IMAGE_SEARCH_HOME=home))
+
+
+def _cli_in_process(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return image_search_in_process("query", *args, env=clean_env(IMAGE_SEARCH_HOME=home))
 
 
 def test_text_query_json_with_filters(search_home: Path, catalog: pd.DataFrame):
@@ -75,13 +80,14 @@ def test_keyword_mode_prints_a_table(search_home: Path, catalog: pd.DataFrame):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
-    out = _cli(search_home, *args)
+    out = _cli_in_process(search_home, *args)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")
 
 
 def test_no_index_yet_names_the_command_that_builds_it(tmp_path: Path):
+    """Bad input through a real child process: its one line reaches stderr and its exit status is 2."""
     out = _cli(tmp_path, "--like", "anything")
     assert out.returncode == 2 and "make demo" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -147,7 +153,7 @@ def test_an_expression_with_an_image_file_in_hybrid_mode_prints_a_table(search_h
     ],
 )
 def test_bad_compositions_are_one_line_and_exit_2(search_home: Path, args: list[str], message: str):
-    out = _cli(search_home, *args)
+    out = _cli_in_process(search_home, *args)
     assert out.returncode == 2, out.stdout
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("image-search: ")

@@ -113,16 +113,20 @@ def vectors_backfill_on_two_workers(env: dict[str, str], tmp_path: Path) -> Iter
     """Celery workers a and b, a daemon and a backfill of the vectors, worker a held before its first store lock.
 
     Yields the held pause point and the processes by name with their logs (``backfill``
-    among them); kills whatever of them still runs on the way out.
+    among them); kills whatever of them still runs on the way out. The daemon starts once the
+    backfill is submitted, so its first look finds it: the backfill daemon looks every 30 s
+    (Dagster's ``DEFAULT_DAEMON_INTERVAL_SECONDS``, not configurable), and a backfill submitted
+    just after a look would wait for the next.
     """
     with PausePoint("resources.locks:store_lock") as pause:
         processes = {
             "worker a": (harness.start_worker(pause.env(env), "worker-a", tmp_path / "a.log"), tmp_path / "a.log"),
             "worker b": (harness.start_worker(env, "worker-b", tmp_path / "b.log"), tmp_path / "b.log"),
-            "daemon": (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log"),
         }
         try:
             processes["backfill"] = (start_backfill(env, tmp_path / "backfill.log"), tmp_path / "backfill.log")
+            until(lambda: backfills(env), "the backfill submitted", processes)
+            processes["daemon"] = (harness.start_daemon(env, tmp_path / "daemon.log"), tmp_path / "daemon.log")
             pause.wait(processes["worker a"][0], tmp_path / "a.log")
             yield pause, processes
         finally:
@@ -196,6 +200,11 @@ def single_process_vectors(env: dict[str, str], home: Path) -> dict[str, np.ndar
     return vectors({**env, "IMAGE_SEARCH_HOME": str(home)})
 
 
+def backfills(env: dict[str, str]) -> list:
+    with instance_of(env) as instance:
+        return instance.get_backfills()
+
+
 def backfill_runs(env: dict[str, str]) -> list:
     with instance_of(env) as instance:
         return instance.get_runs()
@@ -266,11 +275,13 @@ def sensor_skipped(env: dict[str, str], name: str) -> bool:
     return False
 
 
-def finished_runs(env: dict[str, str], trigger: str) -> list:
+def runs_of(env: dict[str, str], trigger: str, finished: bool = False) -> list:
+    """Records of the runs that ``trigger`` (``new_release``, ``schedule``) queued; only finished ones if asked."""
     with instance_of(env) as instance:
         return [
             record for record in instance.get_run_records()
-            if record.dagster_run.tags.get("image_search/trigger") == trigger and record.dagster_run.is_finished
+            if record.dagster_run.tags.get("image_search/trigger") == trigger
+            and (record.dagster_run.is_finished or not finished)
         ]
 
 
@@ -279,9 +290,11 @@ def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_r
     the run queue launches it; then the schedule (every minute here) queues its own; with
     ``max_concurrent_runs: 1`` in the instance profile no two runs ever overlap.
 
-    The schedule starts stopped and is started (as in the UI) only once the sensor's run has
-    finished: a scheduled refresh that ingested the new release first would leave the sensor
-    nothing new to find, so the test would race the minute boundary."""
+    The schedule starts stopped and is started (as in the UI) only once the sensor's run is in
+    the queue: a scheduled refresh that ingested the new release first would leave the sensor
+    nothing new to find, so the test would race the minute boundary. The queue launches runs in
+    the order they came, so the scheduled run comes after the sensor's, while the wait for the
+    next minute overlaps the sensor's run."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     profile = yaml.safe_load((ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())
@@ -307,9 +320,10 @@ def test_the_daemon_on_postgresql_runs_the_release_sensor_and_the_schedule_one_r
     try:
         until(lambda: sensor_skipped(env, "release_sensor"), "a release_sensor tick that found no release", processes)
         write_release(tmp_path / "incoming", photos=12, seed=72)
-        (sensed,) = until(lambda: finished_runs(env, "new_release"), "a finished run of the release sensor", processes)
+        until(lambda: runs_of(env, "new_release"), "a run of the release sensor", processes)
         harness.switch(env, "schedule", "start", ("refresh_schedule",), workspace="workspace.yaml")
-        scheduled = until(lambda: finished_runs(env, "schedule"), "a finished run of the schedule", processes)
+        (sensed,) = until(lambda: runs_of(env, "new_release", True), "a finished run of the release sensor", processes)
+        scheduled = until(lambda: runs_of(env, "schedule", finished=True), "a finished run of the schedule", processes)
     finally:
         kill_group(daemon)
     assert sensed.dagster_run.status == DagsterRunStatus.SUCCESS, log.read_text()[-4000:]

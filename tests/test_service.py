@@ -12,7 +12,7 @@ from PIL import Image
 
 from resources.backends.base import Filters
 from resources.backends.local import LocalBackend
-from resources.clip import ClipEncoder
+from resources.encoder.clip import ClipEncoder
 from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.image_store import ImageStore

@@ -159,6 +159,14 @@ class SearchBackend(ABC):
     def info(self) -> BuildInfo | None:
         """The published build's :class:`BuildInfo`, or ``None`` when nothing is published yet."""
 
+    def pinned(self) -> "SearchBackend":
+        """This index held at the build published now, for one query to read from start to end.
+
+        Every read of the returned backend answers from that build, even after a newer one
+        is published. An engine that cannot hold a build returns itself.
+        """
+        return self
+
     @abstractmethod
     def count(self) -> int:
         """How many documents the published build holds (0 when nothing is published)."""

@@ -8,6 +8,7 @@ one. kNN is exact up to ``Settings.ann_min_docs`` documents, approximate (faiss,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -34,7 +35,7 @@ from resources.backends.base import (
     SearchBackend,
 )
 from resources.config import Settings
-from resources.errors import ImageSearchError
+from resources.errors import ImageSearchError, UnavailableError
 from resources.files import Staged, sweep, write_text
 from resources.keyword_index import KeywordIndex, document_text
 
@@ -55,7 +56,7 @@ _F16_EPS = 2.0**-11
 _F32_EPS = 2.0**-24
 
 
-class IndexNotBuiltError(ImageSearchError):
+class IndexNotBuiltError(UnavailableError):
     """Nothing is published yet."""
 
 
@@ -215,6 +216,7 @@ class LocalBackend(SearchBackend):
         self._build: _Build | None = None
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._held: tuple[_Build | None] | None = None
 
     @property
     def name(self) -> str:
@@ -223,8 +225,16 @@ class LocalBackend(SearchBackend):
 
     # -- reading ---------------------------------------------------------------
 
+    def pinned(self) -> "LocalBackend":
+        """This index held at the build ``CURRENT`` names now; a build stays on disk while it or the next one is published."""
+        view = copy.copy(self)
+        view._held = (self._published(),)
+        return view
+
     def _published(self) -> _Build | None:
-        """The published build, reopened when ``CURRENT`` changed since the last call."""
+        """The published build, reopened when ``CURRENT`` changed since the last call (the held one when pinned)."""
+        if self._held is not None:
+            return self._held[0]
         try:
             st = os.stat(self.current_file)
         except FileNotFoundError:

@@ -30,7 +30,7 @@ Log = Callable[[str], None]
 
 def open_encoder(settings: Settings, pair: ModelPair):
     """The encoder of ``pair`` with the settings' device, precision and batching (models load on first use)."""
-    from resources.clip import ClipEncoder
+    from resources.encoder.clip import ClipEncoder
 
     return ClipEncoder.from_settings(pair_settings(settings, pair).replace(query_batching=False))
 
@@ -71,7 +71,7 @@ def encode_pair(settings: Settings, pair: ModelPair, log: Log = print) -> dict[s
         plans = {bucket: store.plan_encoding(bucket, images, ids[bucket]) for bucket in buckets}
         todo = [(bucket, *item) for bucket in buckets for item in plans[bucket].todo]
         dim = encoder.dim
-        writer = store.writer(dim)
+        writer = store.writer(dim, encoder.runtime_label)
         started, encoded, failed = time.monotonic(), 0, 0
         for batch in encoder.encode_image_files([item[2] for item in todo]):
             for position, vector in zip(batch.indices, batch.vectors):

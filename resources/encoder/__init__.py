@@ -1,0 +1,1 @@
+"""The CLIP encoder: devices and precision, decoding, batching, the image runtimes and their agreement gate."""
