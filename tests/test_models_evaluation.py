@@ -116,3 +116,17 @@ def test_an_unreadable_registry_is_one_line(tmp_path) -> None:
     registry.path.write_text("{not json")
     with pytest.raises(ImageSearchError, match="unreadable"):
         registry.serving()
+
+
+def test_answers_marked_good_in_saved_searches_are_judgements(tmp_path) -> None:
+    from resources.models.compare import marked_judgements
+    from resources.saved.store import SavedSearch, SavedStore
+
+    store = SavedStore(tmp_path)
+    store.add(SavedSearch(name="beach", query={"text": "Beach at dusk"}))
+    store.add(SavedSearch(name="like", query={"like": "p9"}))
+    store.mark("beach", "p1", "good")
+    store.mark("beach", "p2", "bad")
+    store.mark("like", "p3", "good")
+    judged = ev.merge_judgements(marked_judgements(Settings(home=tmp_path)))
+    assert judged == {"beach at dusk": {"p1"}}

@@ -46,16 +46,10 @@ def conversion_judgements(settings: Settings, max_queries: int) -> dict[str, set
 
 
 def marked_judgements(settings: Settings) -> dict[str, set[str]]:
-    """Saved text searches -> the photos users marked good (issue #26); empty where saved searches do not exist.
+    """Saved text searches -> the photos users marked good (issue #26, :func:`resources.saved.refresh.judgements`)."""
+    from resources.saved.refresh import judgements
+    from resources.saved.store import SavedStore
 
-    Reads through ``resources.saved`` when that package is installed (its
-    ``refresh.judgements`` and ``store.SavedStore``), so this works before and after it lands.
-    """
-    try:
-        from resources.saved.refresh import judgements
-        from resources.saved.store import SavedStore
-    except ImportError:
-        return {}
     store = SavedStore(settings.home)
     searches, _ = store.searches()
     return judgements(searches, store.marks)
