@@ -32,6 +32,7 @@ from dagster import (
     sensor,
 )
 
+from assets.embeddings import CELERY_QUEUE_TAG, ENCODER_QUEUE
 from resources.config import Settings
 from resources.models.registry import Registry
 from resources.models.release import build_shadow, encode_pair
@@ -53,6 +54,7 @@ model_release = AssetSpec(
     deps=["photo_catalog", AssetDep("images", partition_mapping=AllPartitionMapping())],
     kinds={"pytorch", "parquet"},
     pool="clip_model",
+    op_tags={CELERY_QUEUE_TAG: ENCODER_QUEUE},
     description="The image vectors of each registered model pair, in that image model's folder under embeddings/.",
 )
 def model_vectors(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
