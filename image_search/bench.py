@@ -25,14 +25,11 @@ BENCHMARKS: tuple[str, ...] = ("bench_query", "bench_api", "bench_ingest", "benc
 
 
 def cpu_description() -> str:
-    """The CPU model, its bf16 and AVX2 flags and the CPU count: figures compare only on the same CPU."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"unknown CPU, {os.cpu_count()} CPUs"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
-    flags = sorted({flag for flag in ("avx512_bf16", "amx_bf16", "avx2") if f" {flag}" in info})
-    return f"{model}, flags {' '.join(flags) or 'none of avx2/avx512_bf16/amx_bf16'}, {os.cpu_count()} CPUs"
+    """The CPU model, the flags that decide precision and runtime, and the CPU count: figures compare only on the same CPU."""
+    from resources.encoder.devices import MATRIX_FLAGS, cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu.model}, flags {' '.join(cpu.flags) or 'none of ' + '/'.join(MATRIX_FLAGS)}, {os.cpu_count()} CPUs"
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The one HTTP client: urllib3 pools that verify TLS, one retry policy, one meaning of "changed".
 
 urllib3 rather than httpx: when photos are fetched many at a time the client's own CPU time
-is the limit, and urllib3 spends less of it per request (measured: docs/benchmarks.md, "Download"). Retries are
+is the limit, and urllib3 spends less of it per request (measured: docs/results/download.md). Retries are
 tenacity's, for what can heal only. A remote file has changed when its :class:`Validators`
 differ: the release sensor and the release download both ask :meth:`Validators.changed_from`.
 """

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from resources.errors import ImageSearchError, TooLargeError, UnsupportedTypeError
 
@@ -99,7 +99,7 @@ def open_image(
         raise TooLargeError(
             f"{name} declares {width}x{height} pixels, more than the cap of {max_pixels:,}: give a smaller image"
         )
-    if draft_to and image.format == "JPEG":
+    if draft_to and isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO, a multi-picture JPEG, is one too
         image.draft("RGB", (draft_to, draft_to))
     return image
 

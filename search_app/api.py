@@ -230,12 +230,26 @@ async def search_image(
     hide_duplicates: FormHideDuplicates = True,
 ) -> SearchResponse:
     """Photos that look like an uploaded image (multipart form; the image is checked, never trusted)."""
-    data = await image.read()
-    results, model = await searches.run(
-        service.with_model,
-        service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
-    )
-    return search_response({"image_bytes": len(data)}, "image", filters, results, model)
+
+    def search() -> tuple[int, tuple[list, dict]]:
+        data = read_upload(image)
+        return len(data), service.with_model(
+            service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
+        )
+
+    size, (results, model) = await searches.run(search)
+    return search_response({"image_bytes": size}, "image", filters, results, model)
+
+
+def read_upload(upload: UploadFile) -> bytes:
+    """An upload's bytes, read on a search's worker thread once it holds a slot.
+
+    Starlette spools an upload past 1 MB to a temporary file while it parses the form, so
+    uploads waiting for a slot cost disk, not memory; each is read into memory only by a
+    search that may run (OWASP API4:2023, unrestricted resource consumption).
+    """
+    upload.file.seek(0)
+    return upload.file.read()
 
 
 @router.post(
@@ -277,18 +291,20 @@ async def search_composed(
     """
     if len(images) > MAX_PARTS:
         raise ImageSearchError(f"{len(images)} images were uploaded: use at most {MAX_PARTS}")
-    uploads = [await image.read() for image in images]
-    query_parts, echo = composition(parts, expr, uploads)
-    results, model = await searches.run(
-        service.with_model,
-        service.search_composed,
-        query_parts,
-        k=k,
-        min_score=min_score,
-        mode=mode,
-        filters=filters,
-        collapse_duplicates=hide_duplicates,
-    )
+
+    def search() -> tuple[list, tuple[list, dict]]:
+        query_parts, echo = composition(parts, expr, [read_upload(image) for image in images])
+        return echo, service.with_model(
+            service.search_composed,
+            query_parts,
+            k=k,
+            min_score=min_score,
+            mode=mode,
+            filters=filters,
+            collapse_duplicates=hide_duplicates,
+        )
+
+    echo, (results, model) = await searches.run(search)
     return search_response({"parts": echo}, mode, filters, results, model)
 
 

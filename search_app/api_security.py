@@ -10,6 +10,8 @@ id, then, from the headers alone:
   request (``Origin``, ``Sec-Fetch-Site``), and nothing relayed by a proxy (``Forwarded``,
   ``X-Forwarded-*``), which would make every caller look local (403 each). Loopback is not
   authentication: a web page can make a browser send requests to 127.0.0.1;
+- refuses (400) a request framed by both Content-Length and Transfer-Encoding (RFC 9112
+  §6.1, request smuggling) and closes its connection;
 - bounds the body (413 over the cap) and how long it may pause while sending it (408);
 - turns any unexpected exception into a problem+json 500 naming the request id, which the
   server's log names too.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
+import time
 import uuid
 from typing import Any
 
@@ -31,6 +35,9 @@ from resources.errors import ImageSearchError
 from search_app.api_connections import MAX_HEADER_BYTES
 from search_app.api_models import API_KEY_HEADER, problem
 
+#: The slowest average a request body may come at once the pause limit has passed (bytes per second).
+MIN_BODY_RATE = 16 * 1024
+
 log = logging.getLogger(__name__)
 
 MIN_API_KEY_CHARS = 16
@@ -38,6 +45,8 @@ MIN_API_KEY_CHARS = 16
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 REQUEST_ID_HEADER = "X-Request-ID"
 _PROXY_HEADERS = (b"forwarded", b"x-real-ip")
+#: A ``Host`` value: a bracketed IPv6 address or a name without colons, then an optional port of digits.
+_HOST_AND_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 
 
 def is_loopback(host: str) -> bool:
@@ -67,11 +76,14 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 
 def host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``."""
+    """The name in a ``Host`` header, without its port: ``[::1]:8502`` is ``[::1]``, ``Localhost:80`` ``localhost``.
+
+    Only digits may follow the name (RFC 9110 §7.2, ``uri-host [ ":" port ]``): anything else,
+    ``[::1]evil`` or ``127.0.0.1:80@evil``, is kept whole, so it names no loopback address.
+    """
     host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    match = _HOST_AND_PORT.fullmatch(host)
+    return match.group(1) if match else host
 
 
 def listed(value: str | None) -> list[str]:
@@ -91,6 +103,9 @@ class Guard:
         self.pause_s = settings.api_header_timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and self.refusal(scope) is not None:
+            await send({"type": "websocket.close", "code": 1008})  # RFC 6455 §7.4.1: policy violation
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -128,6 +143,8 @@ class Guard:
             headers.setdefault(name, value)
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return problem(431, f"the request's headers are larger than {MAX_HEADER_BYTES // 1024} KB: send fewer")
+        if b"transfer-encoding" in headers and b"content-length" in headers:  # RFC 9112 §6.1: a smuggling shape
+            return problem(400, "the request has both Content-Length and Transfer-Encoding: send only one")
         if self.key is not None:
             if scope["path"] in PUBLIC_PATHS:
                 return self._too_large(headers)
@@ -180,8 +197,13 @@ class Guard:
         return f"the request body is larger than {self.max_body // (1024 * 1024)} MB: send a smaller image"
 
     def _bounded(self, receive: Any) -> Any:
-        """``receive`` that refuses a body over the cap (413) and one that pauses too long (408) while it comes in."""
-        received, complete = 0, False
+        """``receive`` that refuses a body over the cap (413), one that pauses too long, and one that trickles (408).
+
+        Past a grace of the pause limit, the body must keep coming at :data:`MIN_BODY_RATE` on
+        average, as Kestrel's ``MinRequestBodyDataRate`` does, so a client sending a byte now
+        and then cannot hold a connection for as long as the size cap allows (slowloris).
+        """
+        received, complete, started = 0, False, time.monotonic()
 
         async def bounded() -> dict:
             nonlocal received, complete
@@ -200,6 +222,13 @@ class Guard:
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise HTTPException(413, self._too_large_detail(), headers={"Connection": "close"})
+                elapsed = time.monotonic() - started
+                if not complete and elapsed > self.pause_s and received < MIN_BODY_RATE * elapsed:
+                    raise HTTPException(
+                        408,
+                        f"the request body came slower than {MIN_BODY_RATE // 1024} KB/s: send it at full speed",
+                        headers={"Connection": "close"},
+                    )
             return message
 
         return bounded

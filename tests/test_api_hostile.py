@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -177,6 +178,28 @@ def test_oversized_headers_and_a_stalled_body_are_refused(port: int):
     stalled = stalled.replace(b"Content-Length: 0", b"Content-Length: 1000") + b"--b\r\n"
     status, answer = exchange(port, stalled)
     assert status == 408 and b"paused for more than 1 s" in answer
+    assert_normal_client_served(port)
+
+
+def test_a_body_that_trickles_in_is_refused_once_the_grace_has_passed(port: int):
+    head = request("POST", "/search/image", "Host: 127.0.0.1", "Content-Type: multipart/form-data; boundary=b")
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 100000")
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_S) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        answer = b""
+        for _ in range(40):  # a byte every half second: never a pause of 1 s, far below 16 KB/s
+            try:
+                sock.sendall(b"-")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(HEADER_TIMEOUT_S / 2)
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            break
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 16 KB/s" in answer
     assert_normal_client_served(port)
 
 

@@ -48,6 +48,7 @@ PASSING = [
     ("opensearch-2.11-bulk-413", "auto"),
     ("opensearch-2.11-sustained-429", "auto"),
     ("opensearch-2.11-alias-504", "auto"),
+    ("opensearch-2.18-manager-2.17", "auto"),
 ]
 #: (profile, IMAGE_SEARCH_ES_ENGINE, the failing check, what its line must say).
 FAILING = [
@@ -118,6 +119,22 @@ def test_cluster_check_passes_where_a_build_works(profile, engine, monkeypatch, 
         assert lines[-1].startswith("all checks passed on ")
         after = ({n: index.docs for n, index in fake.indices.items()}, {a: set(m) for a, m in fake.aliases.items()})
         assert after == before
+
+
+def test_cluster_check_mid_upgrade_builds_without_the_2_18_setting_and_catches_the_mixed_scores(
+    monkeypatch, capsys
+) -> None:
+    """A 2.18 node answers for a 2.17 cluster manager: the scratch build is made without
+    ``index.knn.advanced.approximate_threshold`` (created by 2.17), and the cosine check names the
+    scores the upgraded node gives its graph-less segments (the self-check's probes sit at cosine 0
+    and 1, where both formulas agree)."""
+    with FakeSearchServer("opensearch-2.18-manager-2.17") as fake:
+        code, lines = _check(fake, "escloud", monkeypatch, capsys)
+        assert code == 1
+        assert any(line.startswith("ok    build: ") and "created by OpenSearch 2.17.1" in line for line in lines)
+        cosine = "FAIL  cosine: a pair at cosine 0.5 scored 0.6667"
+        assert any(line.startswith(cosine) for line in lines), "\n".join(lines)
+        assert not [n for n in fake.indices if "_check_" in n]
 
 
 @pytest.mark.parametrize(("profile", "engine", "check", "says"), FAILING, ids=[f"{p}-{e}" for p, e, *_ in FAILING])

@@ -220,3 +220,108 @@ def test_the_client_compatibility_variable_from_the_environment_never_reaches_th
         backend_for(fake).build(*corpus(), build_info())
         sent = {v for h in fake.headers_seen for k, v in h.items() if k in ("accept", "content-type")}
         assert sent and not [v for v in sent if "vnd.elasticsearch" in v], sent
+
+
+# -- a cluster under search load, mid-upgrade, or losing answers ------------------------------------
+
+
+def _os_2_11(**faults) -> ServerProfile:
+    return ServerProfile(
+        "opensearch-2.11-faults",
+        "2.11.1",
+        "opensearch",
+        None,
+        "The OpenSearch Project: https://opensearch.org/",
+        ("opensearch-knn",),
+        faults=Faults(**faults),
+    )
+
+
+@pytest.mark.parametrize("breaker", [None, "TRANSIENT"], ids=["search-queue-full", "transient-breaker"])
+def test_searches_refused_for_overload_during_the_self_check_are_sent_again(breaker) -> None:
+    """The self-check's ``_msearch`` meets a full search queue or a TRANSIENT breaker: some items answer 429
+    (``Faults.search_rejections``). Before: ``_search_many`` raised ClusterError and the loaded build was
+    dropped. Overload is not bad data: the refused searches go again under the build's backoff."""
+    with FakeSearchServer(_os_2_11(search_rejections=5, search_breaker=breaker)) as fake:
+        time = FakeTime()
+        report = backend_for(fake, time).build(*corpus(), build_info())
+        assert fake.aliases == {"image_search": {report.name}} and time.waits
+        sent = [len(b) // 2 for b in fake.bodies("POST", "/_msearch") + fake.bodies("GET", "/_msearch")]
+        assert sent[0] > 5 and sent[1] == 5, sent  # only the refused items went again
+
+
+def test_a_permanent_breaker_or_endless_overload_in_the_self_check_fails_and_the_old_build_serves() -> None:
+    """A PERMANENT breaker will not clear by waiting: the build fails at once. A search queue full until the
+    build's deadline fails then, naming the refusal, in one line."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        old = backend_for(fake).build(*corpus(), build_info())
+        fake.switch_to(_os_2_11(search_rejections=1, search_breaker="PERMANENT"))
+        time = FakeTime()
+        with pytest.raises(ImageSearchError, match="circuit_breaking_exception") as failed:
+            backend_for(fake, time).build(*corpus(), build_info())
+        assert "429" in str(failed.value) and not time.waits
+        fake.switch_to(_os_2_11(search_rejections=10**6))
+        time = FakeTime()
+        with pytest.raises(UnavailableError) as gave_up:
+            backend_for(fake, time, es_build_timeout=300.0).build(*corpus(), build_info())
+        message = str(gave_up.value)
+        assert "rejected_execution_exception" in message and "self-check" in message and "\n" not in message
+        assert sum(time.waits) == pytest.approx(300.0)
+        assert fake.aliases == {"image_search": {old.name}} and builds(fake) == {old.name}
+
+
+def test_a_rolling_upgrade_whose_cluster_manager_runs_2_17_creates_the_index_without_the_2_18_setting(caplog) -> None:
+    """``GET /`` answers 2.18 from an upgraded node while the cluster manager, which validates index settings, still
+    runs 2.17 and refuses ``index.knn.advanced.approximate_threshold`` as unknown (``AbstractScopedSettings.validate``:
+    "unknown setting [...] please check that any required plugins are installed"). Before: the build failed on that
+    400. Now the create goes again without it, saying so once; the self-check then judges the scores: here the 2.18
+    data node searches the graph-less small segments exactly, by another formula, so the build fails there."""
+    with FakeSearchServer("opensearch-2.18-manager-2.17") as fake:
+        caplog.set_level("INFO", logger="resources.backends.elasticsearch")
+        with pytest.raises(ImageSearchError) as failed:
+            backend_for(fake, es_engine="escloud").build(*corpus(), build_info())
+        creates = [b for b in fake.bodies("PUT", "") if b and "mappings" in b and "properties" in b["mappings"]]
+        builds_created = [b for b in creates if "photo_embedding" in b["mappings"]["properties"]]
+        threshold = [("knn.advanced.approximate_threshold" in b["settings"]["index"]) for b in builds_created]
+        assert threshold == [True, False]
+        said = [m for m in caplog.messages if "approximate_threshold as an unknown setting" in m]
+        assert len(said) == 1 and "rolling upgrade" in said[0]
+        assert "unknown setting" not in str(failed.value) and "self-check" in str(failed.value)
+        assert "image_search" not in fake.aliases and not builds(fake)
+
+
+def test_a_create_resent_after_a_lost_answer_meets_its_own_index_and_goes_on() -> None:
+    """The first ``PUT <index>`` is applied but its answer lost; ``elasticsearch7`` resends it (timeout,
+    502/503/504) and the resend meets 400 ``resource_already_exists_exception``. Before: read as "this mapping form
+    was refused" and the build failed. Now the index's ``_meta`` is read: this build's, so the build goes on."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = backend_for(fake)
+        create = backend.client.indices.create
+
+        def resent(**kwargs):
+            create(**kwargs)
+            return create(**kwargs)
+
+        backend.client.indices.create = resent
+        report = backend.build(*corpus(), build_info())
+        assert fake.aliases == {"image_search": {report.name}}
+
+
+def test_an_index_of_the_same_name_made_by_someone_else_fails_the_build_and_is_kept() -> None:
+    """Another process made an index of this build's very name first (its ``_meta`` names another build): the
+    build stops in one line and never deletes it."""
+    with FakeSearchServer("opensearch-2.11") as fake:
+        backend = backend_for(fake)
+        create = backend.client.indices.create
+
+        def beaten(**kwargs):
+            if kwargs["index"].startswith("image_search_v"):
+                raw(fake).indices.create(index=kwargs["index"], mappings=ours("image_search_v1"))
+            return create(**kwargs)
+
+        backend.client.indices.create = beaten
+        with pytest.raises(ImageSearchError) as refused:
+            backend.build(*corpus(), build_info())
+        message = str(refused.value)
+        assert "already exists" in message and "did not make it" in message and "\n" not in message
+        assert len(builds(fake)) == 1 and "image_search" not in fake.aliases

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import json
 import logging
 import re
 import time
@@ -25,6 +26,7 @@ from resources.backends.es_engines import (
     COSINE,
     META_KEY,
     TEXT_FIELDS,
+    THRESHOLD,
     VECTOR_FIELD,
     EsCloudEngine,
     ScoreFormula,
@@ -46,6 +48,7 @@ from resources.backends.es_publish import (
 from resources.backends.es_transport import (
     Release,
     absent,
+    check_shards,
     connect,
     identify,
     one_line_errors,
@@ -53,7 +56,7 @@ from resources.backends.es_transport import (
     reason,
     release_from_id,
 )
-from resources.backends.es_verify import TOLERANCE, verify
+from resources.backends.es_verify import TOLERANCE, search_many, verify
 from resources.config import Settings, mask_url
 from resources.errors import ClusterError, ImageSearchError
 
@@ -237,7 +240,7 @@ class ElasticsearchBackend(SearchBackend):
             with self._errors(f"finishing index {index}"):
                 count = self._finish(index, len(indexed), {**meta, "count": 0})
             with self._errors(f"checking index {index} before publishing it"):
-                checked = self._verify(index, [p if p in indexed else None for p in ids], vectors)
+                checked = self._verify(index, [p if p in indexed else None for p in ids], vectors, backoff)
             with self._errors(f"publishing {index} as {self.alias}"):
                 lock.check()
                 previous = publish(self.client, self.alias, index, self.url)
@@ -273,7 +276,7 @@ class ElasticsearchBackend(SearchBackend):
         self.client.indices.put_mapping(index=index, body={"_meta": {META_KEY: {**meta, "count": count}}})
         return count
 
-    def _verify(self, index: str, ids: list[str | None], vectors: np.ndarray):
+    def _verify(self, index: str, ids: list[str | None], vectors: np.ndarray, backoff: Backoff):
         """The self-check of es_verify on the new ``index`` (``None``: a row not indexed), read by the formulas queries will use."""
         created = self._created_by.get(index)
         where = (
@@ -283,7 +286,7 @@ class ElasticsearchBackend(SearchBackend):
             ids,
             vectors,
             self.impl,
-            lambda bodies: self._search_many(bodies, f"self-checking {index}", index),
+            lambda bodies: search_many(self.client, self.url, index, bodies, backoff),
             lambda path: self.impl.formula(path, created),
             where,
         )
@@ -293,7 +296,7 @@ class ElasticsearchBackend(SearchBackend):
         bodies = self.impl.create_bodies(dim, meta)
         for attempt, body in enumerate(bodies, start=1):
             try:
-                self.client.indices.create(index=index, **body)
+                self._send_create(index, body, meta)
             except TransportError as exc:
                 if attempt == len(bodies) or exc.status_code != 400:
                     raise
@@ -310,6 +313,49 @@ class ElasticsearchBackend(SearchBackend):
                     f" its mapping{known}: set IMAGE_SEARCH_ES_ENGINE=opensearch or upgrade the cluster"
                 )
 
+    def _send_create(self, index: str, body: dict[str, Any], meta: dict[str, Any]) -> None:
+        """``PUT index`` with ``body``, settling the two 400s that do not say this mapping form is refused.
+
+        - ``resource_already_exists_exception``: the client resends a create after a timeout or a
+          502/503/504 (es_transport ``connect``), and the resend meets the index the first one
+          made. Ours only if its ``_meta`` is the one this build wrote (name, stamp, build info).
+        - ``unknown setting [index.knn.advanced.approximate_threshold]``: ``GET /`` answers from one
+          node, so in a rolling upgrade to 2.18 the cluster manager, which validates index settings
+          (``MetadataCreateIndexService`` -> ``IndexScopedSettings.validate``), may still run 2.17.
+          The index is created without it; the self-check judges the scores it then gives.
+        """
+        settings = body["settings"]["index"]
+        try:
+            self.client.indices.create(index=index, **body)
+        except TransportError as exc:
+            if exc.error == "resource_already_exists_exception":
+                self._check_resent(index, meta)
+                return
+            unknown = exc.status_code == 400 and f"unknown setting [index.{THRESHOLD}]" in reason(exc)
+            if not unknown or THRESHOLD not in settings:
+                raise
+            logger.warning(
+                "%s refused index.%s as an unknown setting (its cluster manager runs OpenSearch before 2.18, as in a"
+                " rolling upgrade): creating %s without it; the self-check decides whether its scores read true",
+                self.url,
+                THRESHOLD,
+                index,
+            )
+            without = {k: v for k, v in settings.items() if k != THRESHOLD}
+            self._send_create(index, {**body, "settings": {**body["settings"], "index": without}}, meta)
+
+    def _check_resent(self, index: str, meta: dict[str, Any]) -> None:
+        """Go on when ``index`` already exists because this build made it; stop in one line otherwise."""
+        found = self.client.indices.get_mapping(index=index)
+        existing = ((found.get(index) or {}).get("mappings") or {}).get("_meta", {}).get(META_KEY)
+        if existing != json.loads(json.dumps(meta)):
+            owner = f"build {existing.get('name')}" if isinstance(existing, dict) else "no build of this project"
+            raise ImageSearchError(
+                f"index {index} already exists on {self.url} and this build did not make it (its _meta names {owner}):"
+                " another process builds under the same name; build again"
+            )
+        logger.info("%s: the resent create of %s met the index this build had made: going on", self.url, index)
+
     def describe(self, expression: str) -> dict[str, tuple[Release | None, str]]:
         """For each index ``expression`` names: the release that created it and the similarity its vector field resolves to."""
         described = {}
@@ -324,27 +370,18 @@ class ElasticsearchBackend(SearchBackend):
 
     def _count(self, index: str) -> int:
         counted = self.client.count(index=index)
-        self._check_shards(counted, f"counting the documents of {index}")
+        check_shards(counted, self.url, f"counting the documents of {index}")
         return int(counted["count"])
 
-    def _check_shards(self, response: dict[str, Any], doing: str) -> None:
-        """Refuse an answer some shards did not contribute to (HTTP 200 with failed or missing shards)."""
-        shards = response.get("_shards") or {}
-        total = int(shards.get("total", 0))
-        answered = int(shards.get("successful", total))
-        if not shards.get("failed") and answered >= total:
-            return
-        failures = shards.get("failures") or [{}]
-        cause = failures[0].get("reason") or {}
-        where = f"shard {failures[0].get('shard')} of {failures[0].get('index')}" if failures[0] else "no shard named"
-        raise ClusterError(
-            f"only {answered} of {total} shards answered while {doing} on {self.url} ({where}:"
-            f" {cause.get('type')}: {cause.get('reason')}): the answer would be incomplete; check the cluster's health"
-            " (GET _cluster/health) and retry"
-        )
-
     def _drop(self, index: str) -> None:
+        """Delete the unfinished build ``index``, only if its ``_meta`` says this build made it (never a stranger's)."""
         try:
+            found = self.client.indices.get_mapping(index=index, ignore=404)
+            if absent(found):
+                return
+            meta = ((found.get(index) or {}).get("mappings") or {}).get("_meta", {}).get(META_KEY) or {}
+            if meta.get("name") != index or meta.get("alias") != self.alias:
+                return
             self.client.indices.delete(index=index, ignore_unavailable=True)
         except TransportError as exc:
             logger.warning("could not delete the unfinished build %s: %s", index, reason(exc))
@@ -378,27 +415,8 @@ class ElasticsearchBackend(SearchBackend):
                 raise ImageSearchError(
                     f"no search index {self.alias!r} on {self.url}: materialize the search_index asset first"
                 ) from None
-        self._check_shards(response, doing)
+        check_shards(response, self.url, doing)
         return response["hits"]["hits"]
-
-    def _search_many(self, bodies: list[dict[str, Any]], doing: str, index: str) -> list[list[dict[str, Any]]]:
-        """Run ``bodies`` on ``index`` in one ``_msearch`` request; any failed search fails all, in one line."""
-        lines: list[dict[str, Any]] = []
-        for body in bodies:
-            lines += [{}, body]
-        with self._errors(doing):
-            responses = self.client.msearch(index=index, body=lines)["responses"]
-        found = []
-        for response in responses:
-            if "error" in response:
-                error = response["error"] if isinstance(response["error"], dict) else {"reason": response["error"]}
-                cause = (error.get("root_cause") or [error])[0]
-                raise ClusterError(
-                    f"{self.url} answered HTTP {response.get('status')} while {doing}: {cause.get('type')}: {cause.get('reason')}"
-                )
-            self._check_shards(response, doing)
-            found.append(response["hits"]["hits"])
-        return found
 
     def _created(self, index: str) -> Release | None:
         """The release that created ``index``, read once per index (the alias moves from build to build)."""
@@ -511,7 +529,7 @@ class ElasticsearchBackend(SearchBackend):
             counted = self.client.count(index=self.reading, ignore=404)
         if absent(counted):
             return 0
-        self._check_shards(counted, "counting documents")
+        check_shards(counted, self.url, "counting documents")
         return int(counted["count"])
 
 

@@ -61,7 +61,8 @@ _ANALYSIS = {"normalizer": {"lowercase": {"type": "custom", "filter": ["lowercas
 #: which scores through Lucene's COSINE, (1 + cos) / 2, while 2.18's nmslib graphs score
 #: ``SpaceType.COSINESIMIL.scoreTranslation`` 1 / (2 - cos) (k-NN #2229, #2319): one index would mix
 #: both. OpenSearch before 2.18 knows no such setting and always builds graphs.
-ALWAYS_GRAPHS = {"knn.advanced.approximate_threshold": "0"}
+THRESHOLD = "knn.advanced.approximate_threshold"
+ALWAYS_GRAPHS = {THRESHOLD: "0"}
 
 
 def _hnsw(dim: int, engine: str) -> dict[str, Any]:

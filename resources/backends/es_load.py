@@ -1,9 +1,9 @@
 """Bulk-loading a build into a cluster: documents as JSON, overload backed off, bad documents counted.
 
 Two kinds of refusal look alike on the wire and mean opposite things. A 429
-(``es_rejected_execution_exception``: a full write queue, or indexing pressure) says the
-cluster is busy: the documents are good and are sent again, after a backoff with full jitter,
-for as long as the build's own deadline allows; they never count as errors. A 400
+(``es_rejected_execution_exception``, on OpenSearch ``rejected_execution_exception``: a full
+write queue, or indexing pressure) says the cluster is busy: the documents are good and are
+sent again, after a backoff with full jitter, for as long as the build's own deadline allows; they never count as errors. A 400
 (``mapper_parsing_exception`` and the like) says the document is bad: it is counted by type
 toward ``IMAGE_SEARCH_ES_MAX_ERROR_SHARE``. A 429 ``circuit_breaking_exception`` whose
 durability is ``PERMANENT`` will not clear by waiting (Elasticsearch
@@ -96,11 +96,24 @@ def stored_vectors(vectors: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(vectors, dtype=np.float64), 6)
 
 
-def _permanent(exc: TransportError) -> bool:
-    """Whether a 429 is a circuit breaker that waiting will not clear (``durability: PERMANENT``)."""
+def permanent(error: Any) -> bool:
+    """Whether a 429's error body is a circuit breaker that waiting will not clear (``durability: PERMANENT``).
+
+    The breaker may be the error itself or, in a search, a shard failure inside a
+    ``search_phase_execution_exception`` (its ``root_cause`` and ``caused_by``:
+    ``ElasticsearchException.generateThrowableXContent`` in Elasticsearch 7.x and OpenSearch).
+    """
+    if not isinstance(error, dict):
+        return False
+    if error.get("type") == "circuit_breaking_exception" and error.get("durability") != "TRANSIENT":
+        return True
+    return any(permanent(cause) for cause in [*(error.get("root_cause") or []), error.get("caused_by")])
+
+
+def retryable(exc: TransportError) -> bool:
+    """Whether a refused request may go again after a backoff: a 429 that is no permanent circuit breaker."""
     info = exc.info if isinstance(exc.info, dict) else {}
-    error = info.get("error") if isinstance(info.get("error"), dict) else {}
-    return error.get("type") == "circuit_breaking_exception" and error.get("durability") != "TRANSIENT"
+    return exc.status_code == 429 and not permanent(info.get("error"))
 
 
 class BulkLoader:
@@ -171,7 +184,7 @@ class BulkLoader:
             except TransportError as exc:
                 if exc.status_code == 413:
                     return outcomes + self._split(pending)
-                if exc.status_code != 429 or _permanent(exc):
+                if not retryable(exc):
                     raise
                 logger.info("%s refused a bulk request as overloaded (%s): backing off", self.url, reason(exc))
                 self.backoff.wait(f"a bulk request of {len(pending)} documents", reason(exc))

@@ -291,3 +291,20 @@ def reason(exc: TransportError) -> str:
         cause = (error.get("root_cause") or [error])[0]
         return f"{cause.get('type', error.get('type'))}: {cause.get('reason', error.get('reason'))}"
     return str(error or exc.error)
+
+
+def check_shards(response: dict[str, Any], url: str, doing: str) -> None:
+    """Refuse an answer some shards did not contribute to (HTTP 200 with failed or missing shards)."""
+    shards = response.get("_shards") or {}
+    total = int(shards.get("total", 0))
+    answered = int(shards.get("successful", total))
+    if not shards.get("failed") and answered >= total:
+        return
+    failures = shards.get("failures") or [{}]
+    cause = failures[0].get("reason") or {}
+    where = f"shard {failures[0].get('shard')} of {failures[0].get('index')}" if failures[0] else "no shard named"
+    raise ClusterError(
+        f"only {answered} of {total} shards answered while {doing} on {url} ({where}:"
+        f" {cause.get('type')}: {cause.get('reason')}): the answer would be incomplete; check the cluster's health"
+        " (GET _cluster/health) and retry"
+    )

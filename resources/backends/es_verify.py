@@ -11,14 +11,21 @@ the build holds; each photo must find itself first. Any disagreement beyond
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from elasticsearch7 import Elasticsearch
+from elasticsearch7.exceptions import TransportError
+
 from resources.backends.es_engines import Engine, ScoreFormula
-from resources.backends.es_load import stored_vectors
+from resources.backends.es_load import Backoff, permanent, retryable, stored_vectors
+from resources.backends.es_transport import check_shards, one_line_errors, reason
 from resources.errors import ClusterError
+
+logger = logging.getLogger("resources.backends.elasticsearch")
 
 #: Photos probed per build (all of them when the build holds fewer).
 SAMPLE = 20
@@ -107,3 +114,46 @@ def _check_hits(hits, photo_id, unit, row_of, formula: ScoreFormula, where: str)
             " misses documents or ranks them wrongly; run `image-search cluster check` and report its output"
         )
     return worst
+
+
+def search_many(
+    client: Elasticsearch, url: str, index: str, bodies: list[dict[str, Any]], backoff: Backoff
+) -> list[list[dict[str, Any]]]:
+    """The self-check's searches: ``bodies`` on ``index`` in one ``_msearch``; any failed search fails all, in one line.
+
+    A search refused for overload (429: a full search queue, a TRANSIENT breaker) is not
+    bad data: it goes again, alone with the others refused, under ``backoff`` until the
+    build's deadline (es_load). A PERMANENT breaker or any other error fails at once.
+    """
+    doing = f"self-checking {index}"
+    found: dict[int, list[dict[str, Any]]] = {}
+    pending = list(range(len(bodies)))
+    while pending:
+        lines = [line for i in pending for line in ({}, bodies[i])]
+        with one_line_errors(url, doing):
+            try:
+                responses = client.msearch(index=index, body=lines)["responses"]
+            except TransportError as exc:
+                if not retryable(exc):
+                    raise
+                backoff.wait(f"a self-check of {len(pending)} searches", reason(exc))
+                continue
+        refused, why = [], ""
+        for i, response in zip(pending, responses):
+            if "error" not in response:
+                check_shards(response, url, doing)
+                found[i] = response["hits"]["hits"]
+                continue
+            error = response["error"] if isinstance(response["error"], dict) else {"reason": response["error"]}
+            cause = (error.get("root_cause") or [error])[0]
+            why = f"{cause.get('type')}: {cause.get('reason')}"
+            if response.get("status") != 429 or permanent(error):
+                raise ClusterError(f"{url} answered HTTP {response.get('status')} while {doing}: {why}")
+            refused.append(i)
+        pending = refused
+        if refused:
+            logger.info("%s refused %d self-check searches as overloaded (%s): backing off", url, len(refused), why)
+            backoff.wait(f"{len(refused)} self-check searches", why)
+        else:
+            backoff.reset()
+    return [found[i] for i in range(len(bodies))]

@@ -87,7 +87,7 @@ def quantize_openvino(model, calibration: np.ndarray):
     the activations' outliers (SmoothQuant) before quantizing the matrix products. The
     first layer (patch embedding, on raw pixels) and the last (projection into the shared
     space) stay in floating point too: on a full-size ViT-B/32 that raised the smallest
-    cosine with fp32 from 0.9918 to 0.9958 on held-out photos (docs/benchmarks.md).
+    cosine with fp32 from 0.9918 to 0.9958 on held-out photos (docs/results/embed.md).
     """
     import nncf
 

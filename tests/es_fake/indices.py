@@ -51,7 +51,7 @@ class IndicesMixin:
             "auto_expand_replicas",
             "max_result_window",
         }
-        if self.profile.approximate_threshold is not None:
+        if self.profile.manager.approximate_threshold is not None:
             known.add("knn.advanced.approximate_threshold")  # k-NN 2.18.0.0 KNNSettings.java
         if self.profile.knn_plugin:
             known.add("knn")
@@ -140,7 +140,7 @@ class IndicesMixin:
         self._check_mapping(mappings, settings)
         settings.setdefault("number_of_shards", str(self.profile.default_shards))
         settings.setdefault("number_of_replicas", "1")
-        settings["version.created"] = self.profile.version_id()
+        settings["version.created"] = self.profile.manager.version_id()
         self.indices[name] = FakeIndex(name, settings, json.loads(json.dumps(mappings)))
         return {"acknowledged": True, "shards_acknowledged": True, "index": name}
 
@@ -345,7 +345,7 @@ class IndicesMixin:
             ):
                 self._rejections[(index.name, doc_id)] = refused + 1
                 error = {
-                    "type": "es_rejected_execution_exception",
+                    "type": self.profile.rejected_execution,
                     "reason": "rejected execution of primary operation [shard_detail=[fake][0][P], shard_queue=200]"
                     " on EsThreadPoolExecutor[name = fake-node/write, queue capacity = 200]",
                 }

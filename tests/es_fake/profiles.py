@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,11 @@ class Faults:
     """Failures a real cluster answers with, each in that engine's own shape.
 
     - ``item_rejections``: every n-th document of a bulk request is refused once with an
-      item-level 429 ``es_rejected_execution_exception`` (a full write thread-pool queue;
-      Elasticsearch docs, "Rejected requests"); it is accepted when sent again.
+      item-level 429 ``es_rejected_execution_exception`` (a full write thread-pool queue; Elasticsearch
+      docs, "Rejected requests"; named by ``ServerProfile.rejected_execution``); accepted when sent again.
     - ``bulk_rejections``: the first n bulk requests are refused as a whole with 429
-      ``es_rejected_execution_exception`` "rejected execution of coordinating operation"
-      (Elasticsearch 7.9+ indexing pressure; OpenSearch shard indexing pressure).
+      ``es_rejected_execution_exception`` "rejected execution of coordinating operation" (named likewise;
+      Elasticsearch 7.9+ indexing pressure; OpenSearch shard indexing pressure).
     - ``max_content_length``: a request body above this many bytes gets 413 with an empty
       body and a closed connection (Netty's ``HttpObjectAggregator`` behind
       ``http.max_content_length``, and proxies in front of managed clusters).
@@ -51,6 +51,15 @@ class Faults:
       flood-stage watermark, index has read-only-allow-delete block]" (``IndexMetadata.
       INDEX_READ_ONLY_ALLOW_DELETE_BLOCK``, ``RestStatus.TOO_MANY_REQUESTS`` in Elasticsearch 7.x and
       OpenSearch; Elasticsearch 6.x answered 403). Only bulk items here: the lock document is written first.
+    - ``search_rejections``: the first n searches (each ``_msearch`` item counts) are refused on every
+      shard, answered 429 ``search_phase_execution_exception`` "all shards failed" whose root cause is
+      the shard's refusal (``SearchPhaseExecutionException.status()``: with no shard answering, the
+      status of the shard failures' cause; ``MultiSearchResponse.Item`` writes it with its ``status``).
+      The cause is ``search_breaker``'s: ``None``, a full search thread-pool queue
+      (``EsRejectedExecutionException``, 429, named by ``ServerProfile.rejected_execution``);
+      ``"TRANSIENT"`` or ``"PERMANENT"``, the parent circuit breaker with that durability
+      (``CircuitBreakingException.metadataToXContent``; ``HierarchyCircuitBreakerService.checkParentLimit``
+      says PERMANENT when most of the memory is held by permanent breakers such as fielddata).
     """
 
     item_rejections: int = 0
@@ -63,6 +72,8 @@ class Faults:
     aliases_lost_answers: int = 0
     settings_forbidden: bool = False
     flood_stage: bool = False
+    search_rejections: int = 0
+    search_breaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,12 @@ class ServerProfile:
     compatibility_mode: bool = False
     default_shards: int = 1
     faults: Faults = Faults()
+    #: During a rolling upgrade, the version the elected cluster manager still runs (``None``: the same as
+    #: ``number``). It validates a new index's settings (``MetadataCreateIndexService.validateIndexSettings``
+    #: -> ``IndexScopedSettings.validate`` against the settings its own plugins register) and stamps
+    #: ``index.version.created`` as the oldest node's version (``Version.min(Version.CURRENT,
+    #: nodes.getSmallestNonClientNodeVersion())``), while ``GET /`` and searches answer from the node asked.
+    manager_number: str | None = None
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -94,6 +111,22 @@ class ServerProfile:
     @property
     def dense_vector(self) -> bool:
         return not self.opensearch and self.build_flavor == "default"
+
+    @property
+    def rejected_execution(self) -> str:
+        """The wire name of a refusal for a full queue or indexing pressure.
+
+        Elasticsearch: ``EsRejectedExecutionException`` -> ``es_rejected_execution_exception``.
+        OpenSearch renamed it ``OpenSearchRejectedExecutionException`` and ``OpenSearchException.getExceptionName``
+        drops the ``OpenSearch`` prefix: ``rejected_execution_exception`` (as OpenSearch users quote it for
+        "rejected execution of coordinating operation").
+        """
+        return "rejected_execution_exception" if self.opensearch else "es_rejected_execution_exception"
+
+    @property
+    def manager(self) -> "ServerProfile":
+        """The profile of the elected cluster manager (itself unless a rolling upgrade is under way)."""
+        return self if self.manager_number is None else replace(self, number=self.manager_number, manager_number=None)
 
     @property
     def approximate_threshold(self) -> int | None:
@@ -211,6 +244,8 @@ PROFILES = {
         ),
         _opensearch("opensearch-2.11-alias-504", "2.11.1", faults=Faults(aliases_lost_answers=1)),
         _opensearch("opensearch-2.19-no-settings", "2.19.1", faults=Faults(settings_forbidden=True)),
+        # A rolling upgrade to 2.18 with the cluster manager upgraded last (OpenSearch docs, "Rolling upgrade").
+        _opensearch("opensearch-2.18-manager-2.17", "2.18.0", manager_number="2.17.1"),
     )
 }
 

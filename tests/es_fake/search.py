@@ -58,6 +58,41 @@ class SearchMixin:
                 responses.append({**err.body(), "status": err.status})
         return {"took": 1, "responses": responses}
 
+    def _search_faults(self, names: list[str]) -> None:
+        """Refuse a search on every shard for overload (``Faults.search_rejections``, which names the sources)."""
+        if self._search_rejections_left <= 0:
+            return
+        self._search_rejections_left -= 1
+        durability = self.profile.faults.search_breaker
+        if durability is None:
+            pool = "OpenSearch" if self.profile.opensearch else "Es"
+            cause: dict[str, Any] = {
+                "type": self.profile.rejected_execution,
+                "reason": f"rejected execution of TimedRunnable@5e1d2c3b on QueueResizing{pool}ThreadPoolExecutor"
+                "[name = fake-node/search, queue capacity = 1000, min queue capacity = 1000, max queue capacity = 1000]",
+            }
+        else:
+            cause = {
+                "type": "circuit_breaking_exception",
+                "reason": "[parent] Data too large, data for [<reused_arrays>] would be [1020054800/972.8mb], which is"
+                " larger than the limit of [1020054732/972.7mb]",
+                "bytes_wanted": 1_020_054_800,
+                "bytes_limit": 1_020_054_732,
+                "durability": durability,
+            }
+        failed = [{"shard": 0, "index": names[0] if names else None, "node": "fAkEnOdE", "reason": cause}]
+        error = {
+            "root_cause": [cause],
+            "type": "search_phase_execution_exception",
+            "reason": "all shards failed",
+            "phase": "query",
+            "grouped": True,
+            "failed_shards": failed,
+            "caused_by": cause,
+        }
+        answer = {"error": error, "status": 429}
+        raise ApiError(429, "search_phase_execution_exception", "all shards failed", answer=answer)
+
     def _count(self, names: list[str]) -> dict[str, Any]:
         answering, shards = self._shard_docs(names)
         return {"count": sum(len(docs) for _, _, docs in answering), "_shards": shards}
@@ -70,6 +105,7 @@ class SearchMixin:
                 "illegal_argument_exception",
                 f"Result window is too large, from + size must be less than or equal to: [10000] but was [{size}].",
             )
+        self._search_faults(names)
         answering, shards = self._shard_docs(names)
         scored: list[tuple[float, str, int, int, str]] = []
         for index, shard, docs in answering:

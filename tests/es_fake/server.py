@@ -28,6 +28,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         self.gone = False
         self._bulk_rejections_left = self.profile.faults.bulk_rejections
         self._alias_answers_to_lose = self.profile.faults.aliases_lost_answers
+        self._search_rejections_left = self.profile.faults.search_rejections
         self._rejections: dict[tuple[str, str], int] = {}
         self._lock = threading.RLock()
         self._ssl = ssl_context
@@ -44,6 +45,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         self.profile = PROFILES[profile] if isinstance(profile, str) else profile
         self._bulk_rejections_left = self.profile.faults.bulk_rejections
         self._alias_answers_to_lose = self.profile.faults.aliases_lost_answers
+        self._search_rejections_left = self.profile.faults.search_rejections
 
     def __enter__(self) -> "FakeSearchServer":
         fake = self
@@ -156,7 +158,7 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
             self._bulk_rejections_left -= 1
             raise ApiError(
                 429,
-                "es_rejected_execution_exception",
+                self.profile.rejected_execution,
                 f"rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0,"
                 f" all_bytes=0, coordinating_operation_bytes={size}, max_coordinating_and_primary_bytes=0]",
             )
@@ -175,11 +177,14 @@ class FakeSearchServer(IndicesMixin, SearchMixin):
         if head == "_nodes":
             self._monitor("cluster:monitor/nodes/info")
             plugins = [{"name": p, "version": self.profile.plugin_version(p)} for p in self.profile.plugins]
-            node = {"name": "fake-node", "version": self.profile.number, "plugins": plugins}
+            nodes = {"fAkEnOdE": {"name": "fake-node", "version": self.profile.number, "plugins": plugins}}
+            if self.profile.manager_number is not None:
+                manager = {"name": "fake-manager", "version": self.profile.manager_number, "plugins": plugins}
+                nodes["fAkEmAnAgEr"] = manager
             return {
-                "_nodes": {"total": 1, "successful": 1, "failed": 0},
+                "_nodes": {"total": len(nodes), "successful": len(nodes), "failed": 0},
                 "cluster_name": "fake-cluster",
-                "nodes": {"fAkEnOdE": node},
+                "nodes": nodes,
             }
         if head == "_bulk":
             return self._bulk(body, None)
