@@ -14,6 +14,7 @@ from resources.backends import open_backend
 from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.image_store import ImageStore
+from resources.models.registry import serving_settings
 from resources.vector_store import VectorStore
 
 VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
@@ -76,6 +77,7 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Resource
 )
 def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Compare the index's count with catalog ∩ vectors and look a sample up; report every stage's count."""
+    settings = serving_settings(settings)
     catalog = read_catalog(settings, ["photo_id", "bucket"])
     with_vectors, _ = VectorStore.for_settings(settings).join(catalog)
     vector_ids = with_vectors["photo_id"].tolist()
@@ -116,6 +118,7 @@ def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult
 )
 def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Probe the published index with a fixed sample of its photos' own vectors."""
+    settings = serving_settings(settings)
     with_vectors, vectors = VectorStore.for_settings(settings).join(read_catalog(settings, ["photo_id"]))
     photo_ids = with_vectors["photo_id"].tolist()
     if not photo_ids:

@@ -14,6 +14,7 @@ from resources.catalog import index_inputs
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
 from resources.locks import holds_store_locks
+from resources.models.registry import serving_settings
 
 
 @asset(
@@ -27,6 +28,7 @@ from resources.locks import holds_store_locks
 @holds_store_locks("search_index")
 def search_index(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Build the index into the configured backend and publish it atomically."""
+    settings = serving_settings(settings)
     documents, vectors = index_inputs(settings)
     if len(documents) == 0:
         raise ImageSearchError(

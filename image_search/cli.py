@@ -20,7 +20,7 @@ from resources.errors import ImageSearchError
 OPENBLAS_THREAD_TIMEOUT = "4"
 
 #: Modules under image_search/ that add their subcommands through ``register(subparsers)``.
-COMMANDS = ("sample", "bench", "query", "api", "cluster", "materialize", "backfill", "saved_cli")
+COMMANDS = ("sample", "bench", "query", "api", "cluster", "materialize", "backfill", "saved_cli", "models_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

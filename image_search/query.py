@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in vars(filters).items() if v}
         json.dump(
-            {"query": query, "mode": mode, "filters": shown, "results": [r.to_dict() for r in results]},
+            {"query": query, "mode": mode, "filters": shown, "results": [r.to_dict() for r in results], "model": service.answered_by()},
             sys.stdout,
             ensure_ascii=False,
         )

@@ -3,8 +3,9 @@
 Nothing can be downloaded where the tests and the offline demo run, so this writes two
 folders that load through the real models' code path (``SentenceTransformer(path)``): a
 CLIP laid out like ``clip-ViT-B-32`` and a DistilBERT student like
-``clip-ViT-B-32-multilingual-v1``, both 512-d; ``full_size=True`` gives the real sizes and
-a whole-word vocabulary for timing (docs/images-and-embeddings.md).
+``clip-ViT-B-32-multilingual-v1``, both 512-d by default (``dim=768`` gives a pair shaped
+like the larger CLIP models, for tests of models side by side); ``full_size=True`` gives the
+real sizes and a whole-word vocabulary for timing (docs/images-and-embeddings.md).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _full_wordpiece_vocab() -> list[str]:
     return vocab
 
 
-def _write_clip(target: Path, full_size: bool) -> None:
+def _write_clip(target: Path, full_size: bool, dim: int) -> None:
     import torch
     from transformers import (
         CLIPConfig,
@@ -111,13 +112,13 @@ def _write_clip(target: Path, full_size: bool) -> None:
     tokenizer = CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=77)
     text_ids = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
     if full_size:
-        config = CLIPConfig(text_config={"vocab_size": 514, **text_ids}, projection_dim=DIM)
+        config = CLIPConfig(text_config={"vocab_size": 514, **text_ids}, projection_dim=dim)
     else:
         small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
         config = CLIPConfig(
             text_config={"vocab_size": 514, "max_position_embeddings": 77, **small, **text_ids},
             vision_config={"image_size": 224, "patch_size": 32, **small},
-            projection_dim=DIM,
+            projection_dim=dim,
         )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
@@ -130,7 +131,7 @@ def _write_clip(target: Path, full_size: bool) -> None:
     )
 
 
-def _write_text(target: Path, full_size: bool) -> None:
+def _write_text(target: Path, full_size: bool, dim: int) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
@@ -157,17 +158,18 @@ def _write_text(target: Path, full_size: bool) -> None:
         tokenizer.save_pretrained(hf_dir)
         transformer = Transformer(str(hf_dir), max_seq_length=128)
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-        dense = Dense(transformer.get_embedding_dimension(), DIM, bias=False, activation_function=torch.nn.Identity())
+        dense = Dense(transformer.get_embedding_dimension(), dim, bias=False, activation_function=torch.nn.Identity())
         SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").save(str(target))
 
 
-def write_tiny_models(models_dir: Path, *, full_size: bool = False) -> tuple[Path, Path]:
+def write_tiny_models(models_dir: Path, *, full_size: bool = False, dim: int = DIM) -> tuple[Path, Path]:
     """Write ``models_dir/clip`` and ``models_dir/text`` and return their paths.
 
     Each folder is written under a temporary name and renamed into place, so an
     interrupted call never leaves a half-written model that a later load would trust.
     ``full_size`` makes the CLIP towers the real ViT-B/32 architecture and the text model a
     DistilBERT-base student like clip-ViT-B-32-multilingual-v1 (random weights, for timing).
+    ``dim`` is the size of both models' vectors (512 like ViT-B/32, 768 like ViT-L/14).
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,6 @@ def write_tiny_models(models_dir: Path, *, full_size: bool = False) -> tuple[Pat
     for name, writer in (("clip", _write_clip), ("text", _write_text)):
         final = models_dir / name
         with Staged(final, folder=True) as partial:
-            writer(partial, full_size)
+            writer(partial, full_size, dim)
         paths.append(final)
     return paths[0], paths[1]

@@ -200,7 +200,8 @@ async def search_text(
     hide_duplicates: HideDuplicates = True,
 ) -> SearchResponse:
     """Photos matching words in any language: by image vector, by keywords (BM25), or both fused."""
-    results = await searches.run(
+    results, model = await searches.run(
+        service.with_model,
         service.search_text,
         q,
         k=k,
@@ -209,7 +210,7 @@ async def search_text(
         filters=filters,
         collapse_duplicates=hide_duplicates,
     )
-    return search_response({"text": q}, mode, filters, results)
+    return search_response({"text": q}, mode, filters, results, model)
 
 
 @router.post(
@@ -230,14 +231,14 @@ async def search_image(
 ) -> SearchResponse:
     """Photos that look like an uploaded image (multipart form; the image is checked, never trusted)."""
 
-    def search() -> tuple[int, list]:
+    def search() -> tuple[int, tuple[list, dict]]:
         data = read_upload(image)
-        return len(data), service.search_image(
-            data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
+        return len(data), service.with_model(
+            service.search_image, data, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
         )
 
-    size, results = await searches.run(search)
-    return search_response({"image_bytes": size}, "image", filters, results)
+    size, (results, model) = await searches.run(search)
+    return search_response({"image_bytes": size}, "image", filters, results, model)
 
 
 def read_upload(upload: UploadFile) -> bytes:
@@ -291,14 +292,20 @@ async def search_composed(
     if len(images) > MAX_PARTS:
         raise ImageSearchError(f"{len(images)} images were uploaded: use at most {MAX_PARTS}")
 
-    def search() -> tuple[list, list]:
+    def search() -> tuple[list, tuple[list, dict]]:
         query_parts, echo = composition(parts, expr, [read_upload(image) for image in images])
-        return echo, service.search_composed(
-            query_parts, k=k, min_score=min_score, mode=mode, filters=filters, collapse_duplicates=hide_duplicates
+        return echo, service.with_model(
+            service.search_composed,
+            query_parts,
+            k=k,
+            min_score=min_score,
+            mode=mode,
+            filters=filters,
+            collapse_duplicates=hide_duplicates,
         )
 
-    echo, results = await searches.run(search)
-    return search_response({"parts": echo}, mode, filters, results)
+    echo, (results, model) = await searches.run(search)
+    return search_response({"parts": echo}, mode, filters, results, model)
 
 
 @router.get(
@@ -318,10 +325,11 @@ async def more_like_this(
     hide_duplicates: HideDuplicates = True,
 ) -> SearchResponse:
     """Photos nearest to an indexed photo (the photo itself first)."""
-    results = await searches.run(
+    results, model = await searches.run(
+        service.with_model,
         service.more_like_this, photo_id, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
     )
-    return search_response({"like": photo_id}, "like", filters, results)
+    return search_response({"like": photo_id}, "like", filters, results, model)
 
 
 @router.get("/photos/{photo_id}", response_model=Result, dependencies=_KEYED, responses=responses(404), tags=["photos"])

@@ -74,6 +74,8 @@ class SearchResponse(BaseModel):
     mode: str
     filters: dict[str, str]
     results: list[Result]  # type: ignore[valid-type]
+    #: Which model answered (issue #27): registered name, model ids, vector size, build.
+    model: dict[str, Any]
 
 
 class Info(BaseModel):
@@ -236,7 +238,10 @@ def _checked_filters(orientation, color, country, since, until) -> Filters:
     return filters
 
 
-def search_response(query: dict[str, Any], mode: str, filters: Filters, results: list[SearchResult]) -> SearchResponse:
+def search_response(
+    query: dict[str, Any], mode: str, filters: Filters, results: list[SearchResult], model: dict[str, Any]
+) -> SearchResponse:
     """The answer to a search: the filters as ``image-search query --json`` shows them (only those set, ISO days)."""
     shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in vars(filters).items() if v}
-    return SearchResponse(query=query, mode=mode, filters=shown, results=[Result.model_validate(r) for r in results])
+    results = [Result.model_validate(r) for r in results]
+    return SearchResponse(query=query, mode=mode, filters=shown, results=results, model=model)

@@ -316,6 +316,8 @@ def _run(search: Callable[[SearchService], list[SearchResult]], settings: Settin
         label = "Searching..." if key in warm else "Warming up: the first query after start-up loads the models..."
         with st.spinner(label):
             results = search(service)
+        model = service.answered_by()
+        st.caption(_escape(f"Answered by model {model['name'] or 'unregistered'}: {model['image_model']} + {model['text_model']}, {model['dim']}-d"))
     except ImageSearchError as exc:
         st.error(_message(str(exc)))
         return None

@@ -201,6 +201,21 @@ class SearchService:
         return encoder
 
     @one_build
+    def answered_by(self) -> dict[str, Any]:
+        """Which model answers (issue #27): the registered name (``default`` for the configured pair, ``None`` for an
+        unregistered one), the model ids, the vector size and the build; every JSON result set carries it as ``model``."""
+        from resources.models.registry import Registry
+
+        info = self.build_info()
+        name = Registry(self.settings).name_of(info.image_model, info.text_model)
+        return {"name": name, "image_model": info.image_model, "text_model": info.text_model, "dim": info.dim, "build": info.name}
+
+    @one_build
+    def with_model(self, search: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """``search(*args, **kwargs)`` and :meth:`answered_by`, both read from the same build."""
+        return search(*args, **kwargs), self.answered_by()
+
+    @one_build
     def encode_text(self, query: str) -> np.ndarray:
         """The query text's unit vector in the index's space."""
         return np.asarray(self.encoder().encode_texts([query])[0], dtype=np.float32)

@@ -53,7 +53,10 @@ def test_text_search_gives_the_fields_and_shape_of_the_cli_json(client, service)
     assert response.status_code == 200, response.text
     body = response.json()
     expected = [api_json(r) for r in service.search_text("una montaña con nieve", k=5)]
-    assert body == {"query": {"text": "una montaña con nieve"}, "mode": "vector", "filters": {}, "results": expected}
+    assert body == {
+        "query": {"text": "una montaña con nieve"}, "mode": "vector", "filters": {}, "results": expected,
+        "model": service.answered_by(),
+    }
 
 
 @pytest.mark.parametrize("mode", ["keyword", "hybrid"])

@@ -20,3 +20,19 @@ def open_backend(settings: Settings) -> SearchBackend:
     from resources.backends.local import LocalBackend
 
     return LocalBackend(settings)
+
+
+def model_backend(settings: Settings, model_name: str) -> SearchBackend:
+    """The shadow index of registered model ``model_name`` on the configured engine; the service never searches it.
+
+    Local: its own folder ``index/models/<name>/``; Elasticsearch/OpenSearch: its own alias
+    ``<IMAGE_SEARCH_INDEX>-model-<name>``. Builds there are published by the model release's
+    promotion with :meth:`SearchBackend.adopt` (issue #27).
+    """
+    if settings.backend == "elasticsearch":
+        from resources.backends.elasticsearch import ElasticsearchBackend
+
+        return ElasticsearchBackend(settings.replace(index_name=f"{settings.index_name}-model-{model_name}"))
+    from resources.backends.local import LocalBackend
+
+    return LocalBackend(settings, root=settings.index_dir / "models" / model_name)

@@ -170,3 +170,24 @@ class SearchBackend(ABC):
     @abstractmethod
     def count(self) -> int:
         """How many documents the published build holds (0 when nothing is published)."""
+
+    @abstractmethod
+    def adopt(self, source: "SearchBackend") -> BuildInfo:
+        """Publish the build ``source`` publishes as this index's build, in one atomic step; returns its info.
+
+        ``source`` is another index on the same engine and server (a model's shadow index,
+        :func:`resources.backends.model_backend`). Nothing is re-encoded or re-loaded and
+        ``source`` keeps its build: what a model promotion and a rollback do (issue #27). The
+        build published until now stays kept as the previous one, as after :meth:`build`.
+        """
+
+    @abstractmethod
+    def drop_all(self) -> list[str]:
+        """Remove every build of this index that no other index publishes, and the index itself; returns the builds removed.
+
+        What unregistering a model does to its shadow index; the search index is never dropped.
+        """
+
+    def size_bytes(self) -> int | None:
+        """Bytes the published build takes on disk; ``None`` where the engine does not say."""
+        return None

@@ -36,7 +36,15 @@ from resources.backends.es_engines import (
     vector_space,
 )
 from resources.backends.es_load import Backoff, BulkLoader
-from resources.backends.es_publish import BuildLock, NotPublished, aliased, check_no_stranger, clean_up, publish
+from resources.backends.es_publish import (
+    BuildLock,
+    NotPublished,
+    aliased,
+    built_here,
+    check_no_stranger,
+    clean_up,
+    publish,
+)
 from resources.backends.es_transport import (
     Release,
     absent,
@@ -179,6 +187,43 @@ class ElasticsearchBackend(SearchBackend):
                 "max_cosine_deviation": checked.max_deviation,
             },
         )
+
+    def adopt(self, source: SearchBackend) -> BuildInfo:
+        """Point this alias at the concrete index ``source``'s alias points to, under the build lock (issue #27)."""
+        if not isinstance(source, ElasticsearchBackend) or source.url != self.url:
+            raise ImageSearchError(f"cannot publish a {source.engine} build under {self.alias} on {self.url}")
+        with self._errors(f"reading the build behind {source.alias}"):
+            behind = sorted(aliased(source.client, source.alias))
+        if len(behind) != 1 or source.info() is None:
+            raise ImageSearchError(f"{source.alias} on {self.url} publishes no build: build it before publishing it")
+        lock = BuildLock(self.client, self.alias, self.url, self.settings.es_build_timeout)
+        with self._errors(f"publishing {behind[0]} as {self.alias}"):
+            check_no_stranger(self.client, self.alias, self.url)
+            lock.acquire()
+            try:
+                previous = publish(self.client, self.alias, behind[0], self.url)
+                clean_up(self.client, self.alias, keep={behind[0], *previous})
+            finally:
+                lock.release()
+        return self.info()
+
+    def drop_all(self) -> list[str]:
+        """Delete this alias's builds that carry no other alias (issue #27: a removed model's shadow index)."""
+        if "-model-" not in self.alias:
+            raise ImageSearchError(f"refusing to drop the search index {self.alias} on {self.url}")
+        build_name = re.compile(rf"{re.escape(self.alias)}_v\d{{20}}")
+        with self._errors(f"removing the builds of {self.alias}"):
+            found = self.client.indices.get(index=f"{self.alias}_v*")
+            mine = sorted(
+                name
+                for name, body in found.items()
+                if build_name.fullmatch(name)
+                and built_here(name, body, self.alias)
+                and set(body.get("aliases") or {}) <= {self.alias}
+            )
+            if mine:
+                self.client.indices.delete(index=",".join(mine))
+        return mine
 
     def _build_and_publish(self, documents, vectors, info, dim, lock: BuildLock, progress):
         """Create, load, finish, self-check and publish one build; a failure drops it unless it may be published."""

@@ -207,9 +207,9 @@ class LocalBackend(SearchBackend):
 
     engine = "local"
 
-    def __init__(self, settings: Settings, *, ann_min_docs: int | None = None):
+    def __init__(self, settings: Settings, *, ann_min_docs: int | None = None, root: Path | None = None):
         self.settings = settings
-        self.root = Path(settings.index_dir)
+        self.root = Path(root or settings.index_dir)
         self.builds_dir = self.root / "builds"
         self.current_file = self.root / "CURRENT"
         self.ann_min_docs = settings.ann_min_docs if ann_min_docs is None else ann_min_docs
@@ -405,6 +405,38 @@ class LocalBackend(SearchBackend):
                 "approximate": None if ann is None else f"faiss IVF-flat nlist={ann['nlist']} nprobe={ann['nprobe']}",
             },
         )
+
+    def adopt(self, source: SearchBackend) -> BuildInfo:
+        """Hard-link ``source``'s published build into this index's builds and publish it (see the interface)."""
+        if not isinstance(source, LocalBackend):
+            raise ImageSearchError(f"cannot publish a {source.engine} build in the local index {self.root}")
+        build = source._require()
+        name = build.path.name
+        target = self.builds_dir / name
+        previous = self._published_name()
+        if not (target / "info.json").exists():
+            sweep(self.builds_dir)
+            with Staged(target, folder=True) as tmp:
+                # Builds are never changed once written, so links share them safely and cost no copy.
+                shutil.copytree(build.path, tmp, copy_function=os.link, dirs_exist_ok=True)
+        _publish(self.current_file, name)
+        self._remove_old(keep={name, previous})
+        return self._require().info
+
+    def drop_all(self) -> list[str]:
+        """Remove the whole folder: a build another index publishes is its own hard-linked copy there."""
+        if self.root == Path(self.settings.index_dir):
+            raise ImageSearchError(f"refusing to drop the search index {self.root}")
+        names = self.builds()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._build, self._stamp = None, None
+        return names
+
+    def size_bytes(self) -> int | None:
+        build = self._published()
+        if build is None:
+            return None
+        return sum(p.stat().st_size for p in build.path.rglob("*") if p.is_file())
 
     def rollback(self) -> str:
         """Publish the build that was live before the current one again; returns its name."""

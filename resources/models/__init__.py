@@ -1,0 +1,1 @@
+"""Model releases: candidate model pairs registered, built in the shadow, compared, promoted and rolled back (issue #27)."""
