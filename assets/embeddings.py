@@ -32,8 +32,8 @@ from assets.metadata import as_table
 from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
 from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
 from resources.dagster_resources import ClipResource
+from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
 from resources.errors import ImageSearchError
 from resources.files import sweep
 from resources.image_store import ImageStore

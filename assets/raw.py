@@ -21,7 +21,6 @@ from resources.config import Settings
 from resources.release import fetch_release, read_manifest
 from resources.tables import ingest_document
 
-
 # --------------------------------------------------------------------------- the release
 
 

@@ -401,7 +401,7 @@ def _write_photos(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, im
         "photo_height": pa.array(height),
         "photo_aspect_ratio": pa.array(np.round(width / height, 2)),
         "photo_description": _free_text(text_rng, descriptions, TRICKY_TEXTS),
-        "photographer_username": pa.array([f"{f.lower()}{l.lower()}{k}" for f, l, k in zip(first, last, rng.integers(1, 999, size=n))]),
+        "photographer_username": pa.array([f"{f.lower()}{s.lower()}{k}" for f, s, k in zip(first, last, rng.integers(1, 999, size=n))]),
         "photographer_first_name": pa.array(first),
         "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
         "exif_camera_make": pa.array(opt(has_camera, [_CAMERAS[c][0] for c in camera])),

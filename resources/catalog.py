@@ -20,7 +20,6 @@ from resources.errors import ImageSearchError
 from resources.image_store import BUCKET_COUNT, bucket_of
 from resources.vector_store import VectorStore
 
-
 #: Relative distance from 1 within which an aspect ratio counts as square.
 SQUARE_TOLERANCE = 0.02
 #: Catalog columns copied from the photos table as they are (null where the release lacks them).

@@ -24,6 +24,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+from PIL import Image
+from publicsuffixlist import PublicSuffixList
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -33,11 +35,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     ResponseError,
 )
-from PIL import Image
-from publicsuffixlist import PublicSuffixList
 
 from resources import http_client
-
 from resources.config import Settings
 from resources.errors import ImageSearchError, TooLargeError, UnsupportedTypeError
 from resources.files import write_bytes

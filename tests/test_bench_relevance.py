@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from image_search.bench_relevance import query_set
+from resources.models.relevance import query_set
 from tests.cli import image_search, tiny_env
 from tests.pipeline import copy_home
 

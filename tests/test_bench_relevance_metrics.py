@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from image_search.bench_relevance import hold_out, ndcg_at_k, query_set, random_baseline, recall_at_k
+from resources.models.relevance import hold_out, ndcg_at_k, query_set, random_baseline, recall_at_k
 
 pytestmark = pytest.mark.unit
 

@@ -149,7 +149,7 @@ def test_judgements_take_good_marks_of_word_searches():
 
 
 def test_bench_relevance_takes_the_indexed_good_marks_of_saved_word_searches(tmp_path: Path):
-    from image_search.bench_relevance import marked_judgements
+    from resources.models.relevance import marked_judgements
 
     store = SavedStore(tmp_path)
     store.add(search("a"))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-
 from elasticsearch7 import Elasticsearch
 from elasticsearch7.exceptions import TransportError
 

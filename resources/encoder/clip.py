@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image
 
 from resources.config import Settings
+from resources.encoder import models
 from resources.encoder.batching import MicroBatcher
 from resources.encoder.decode import Preprocess, collect_decoded, load_prepared, prepare_image, read_for_gpu
 from resources.encoder.devices import resolve_device, resolve_precision, resolve_text_runtime
 from resources.encoder.gpu_decode import GpuJpegDecoder
-from resources.encoder import models
 from resources.encoder.models import content_hash, load_model
 from resources.encoder.runtime import TorchRuntime
 from resources.errors import ImageSearchError

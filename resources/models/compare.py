@@ -33,7 +33,7 @@ SPEED_PASSES = 3
 
 def conversion_judgements(settings: Settings, max_queries: int) -> dict[str, set[str]]:
     """The release's downloads after a search, as ``bench relevance`` reads them; empty without a conversions table."""
-    from image_search.bench_relevance import query_set
+    from resources.models.relevance import query_set
 
     path = settings.tables_dir / "conversions.parquet"
     if not path.is_file() or not settings.catalog_path.is_file():

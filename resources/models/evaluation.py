@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from image_search.bench_relevance import ndcg_at_k, recall_at_k
+from resources.models.relevance import ndcg_at_k, recall_at_k
 
 K = 10
 #: Bootstrap resamples of the queries; enough for a stable 2.5th/97.5th percentile.
