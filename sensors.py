@@ -31,10 +31,10 @@ from assets.partitions import photo_bucket
 from assets.saved_searches import saved_searches_partitions
 from jobs import TRIGGER_TAG, ingest_job, saved_searches_job, vectors_job
 from resources import http_client
-from resources.catalog import read_catalog
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
-from resources.image_store import BUCKET_KEYS
+from resources.images.image_store import BUCKET_KEYS
+from resources.release.catalog import read_catalog
 from resources.saved.store import SavedStore
 
 CATALOG = AssetKey("photo_catalog")
@@ -232,8 +232,11 @@ def saved_searches_sensor(context: SensorEvaluationContext, settings: ResourcePa
     index_changed = latest is not None and str(latest) != context.cursor
     targets = sorted(names) if index_changed else (added if latest is not None else [])
     requests = [
-        RunRequest(partition_key=name, run_key=f"saved-{latest}-{name}-{_created(store, name)}",
-                   tags={TRIGGER_TAG: "new_index" if index_changed else "saved_search_added"})
+        RunRequest(
+            partition_key=name,
+            run_key=f"saved-{latest}-{name}-{_created(store, name)}",
+            tags={TRIGGER_TAG: "new_index" if index_changed else "saved_search_added"},
+        )
         for name in targets
     ]
     changes = [saved_searches_partitions.build_add_request(added)] if added else []

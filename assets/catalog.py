@@ -1,6 +1,6 @@
 """``photo_catalog``: one row per photo with what search, attribution and filters need.
 
-Built by :func:`resources.catalog.build_catalog` from the photos, keywords and colors tables.
+Built by :func:`resources.release.catalog.build_catalog` from the photos, keywords and colors tables.
 The metadata counts the rows it skipped and what changed against the previous catalog; the
 blocking check ``photo_ids_unique`` stops the per-photo stages on an empty or repeated photo_id.
 """
@@ -20,9 +20,9 @@ from dagster import (
 
 from assets.metadata import column_schema, preview
 from assets.raw import colors, keywords, photos
-from resources.catalog import build_catalog, compare_catalogs
 from resources.config import Settings
-from resources.files import sweep, write_parquet
+from resources.release.catalog import build_catalog, compare_catalogs
+from resources.storage.files import sweep, write_parquet
 
 PHOTO_IDS_UNIQUE_CHECK = "photo_ids_unique"
 PREVIEW_COLUMNS = ["photo_id", "describe", "orientation", "dominant_color", "photographer_name", "bucket"]
@@ -51,7 +51,9 @@ def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settin
     if skips:
         context.log.warning(f"photo_catalog skipped rows: {skips}")
     if stats["empty_columns"]:
-        context.log.warning(f"no photo has a value for {', '.join(stats['empty_columns'])} (the release lacks them or left them empty)")
+        context.log.warning(
+            f"no photo has a value for {', '.join(stats['empty_columns'])} (the release lacks them or left them empty)"
+        )
     metadata = {
         "dagster/row_count": table.num_rows,
         "dagster/column_schema": column_schema(table.schema),
@@ -66,7 +68,12 @@ def photo_catalog(context: AssetExecutionContext, settings: ResourceParam[Settin
     return MaterializeResult(metadata=metadata)
 
 
-@asset_check(asset=photo_catalog, name=PHOTO_IDS_UNIQUE_CHECK, blocking=True, description="Every photo_id in the written catalog is non-empty and unique.")
+@asset_check(
+    asset=photo_catalog,
+    name=PHOTO_IDS_UNIQUE_CHECK,
+    blocking=True,
+    description="Every photo_id in the written catalog is non-empty and unique.",
+)
 def photo_ids_unique(settings: ResourceParam[Settings]) -> AssetCheckResult:
     """Read the catalog back and fail on an empty or repeated photo_id: every later stage keys on it."""
     ids = pq.read_table(settings.catalog_path, columns=["photo_id"])["photo_id"]

@@ -10,12 +10,12 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, MetadataValue,
 from assets.embeddings import image_embeddings
 from assets.partitions import photo_buckets
 from assets.search_index import search_index
-from resources.backends import open_backend
-from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.image_store import ImageStore
+from resources.images.image_store import ImageStore
+from resources.index import open_backend
 from resources.models.registry import serving_settings
-from resources.vector_store import VectorStore
+from resources.release.catalog import read_catalog
+from resources.vectors.vector_store import VectorStore
 
 VECTORS_COVER_IMAGES_CHECK = "vectors_cover_images"
 INDEX_MATCHES_CATALOG_CHECK = "index_matches_catalog"
@@ -62,7 +62,9 @@ def vectors_cover_images(context: AssetCheckExecutionContext, settings: Resource
             "vectors": len(vector_ids),
             "stored_without_vector": len(missing),
         },
-        description=None if not missing else (
+        description=None
+        if not missing
+        else (
             f"{len(missing)} stored image(s) have no {settings.image_model} vector ({_shown(missing)}): "
             "re-materialize image_embeddings for these buckets"
         ),
@@ -102,7 +104,9 @@ def index_matches_catalog(settings: ResourceParam[Settings]) -> AssetCheckResult
             "missing_from_index": len(absent),
             "backend": MetadataValue.text(backend.engine),
         },
-        description=None if passed else (
+        description=None
+        if passed
+        else (
             f"the index holds {indexed} photos where catalog ∩ vectors has {len(vector_ids)}"
             + (f"; missing: {_shown(absent)}" if absent else "")
             + ": re-materialize search_index"
@@ -134,7 +138,9 @@ def index_self_retrieval(settings: ResourceParam[Settings]) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not misses,
         metadata={"probed": len(rows), "not_first": len(misses)},
-        description=None if not misses else (
+        description=None
+        if not misses
+        else (
             f"{len(misses)} of {len(rows)} photos were not their own best match ({_shown(misses)}): "
             "the index's vectors do not match its ids; rebuild search_index"
         ),

@@ -1,6 +1,6 @@
 """``near_duplicates``: groups of photos whose image vectors are nearly the same picture.
 
-The grouping itself is :mod:`resources.duplicates`; the asset reads the catalog and the
+The grouping itself is :mod:`resources.vectors.duplicates`; the asset reads the catalog and the
 vectors, writes the groups, and records what it compared and found.
 """
 
@@ -22,12 +22,12 @@ from dagster import (
 
 from assets.automation import FOLLOW_PARENTS
 from assets.metadata import as_table
-from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.duplicates import GROUP_COLUMNS, component_roots, group_table, select_vectors, write_groups
 from resources.errors import ImageSearchError
-from resources.locks import holds_store_locks
-from resources.vector_store import load_embeddings
+from resources.release.catalog import read_catalog
+from resources.storage.locks import holds_store_locks
+from resources.vectors.duplicates import GROUP_COLUMNS, component_roots, group_table, select_vectors, write_groups
+from resources.vectors.vector_store import load_embeddings
 
 #: The check warns when one group holds more than this share of the photos: a sign the
 #: threshold is too low for the model (or the model maps everything to one place).
@@ -104,6 +104,7 @@ def near_duplicates_no_giant_group(settings: ResourceParam[Settings]) -> AssetCh
         passed=largest <= limit,
         severity=AssetCheckSeverity.WARN,
         metadata={"largest_group": largest, "limit": limit},
-        description=None if largest <= limit else f"largest group holds {largest} photos (limit {limit}): "
-        "raise IMAGE_SEARCH_DUPLICATE_THRESHOLD",
+        description=None
+        if largest <= limit
+        else f"largest group holds {largest} photos (limit {limit}): raise IMAGE_SEARCH_DUPLICATE_THRESHOLD",
     )

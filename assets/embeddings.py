@@ -2,7 +2,7 @@
 
 A run encodes only the photos of its buckets whose stored image has no vector for the
 current model yet, changed since, or whose vector came from a runtime the agreement gate
-did not accept; storage is :mod:`resources.vector_store`, the runtime and its gate
+did not accept; storage is :mod:`resources.vectors.vector_store`, the runtime and its gate
 :mod:`resources.encoder.selection`.
 """
 
@@ -30,15 +30,15 @@ from dagster import (
 from assets.automation import FOLLOW_CHECKED_PARENTS
 from assets.metadata import as_table
 from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
-from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.dagster_resources import ClipResource
 from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
 from resources.errors import ImageSearchError
-from resources.files import sweep
-from resources.image_store import ImageStore
-from resources.locks import holds_store_locks
-from resources.vector_store import ChunkWriter, VectorStore, chunk_schema, vectors_of
+from resources.images.image_store import ImageStore
+from resources.release.catalog import read_catalog
+from resources.storage.files import sweep
+from resources.storage.locks import holds_store_locks
+from resources.vectors.vector_store import ChunkWriter, VectorStore, chunk_schema, vectors_of
 
 #: Seconds between progress lines in the log.
 PROGRESS_EVERY_S = 10.0
@@ -106,7 +106,9 @@ def _encode(encoder, todo: list[tuple], writer: ChunkWriter, log) -> tuple[int, 
     ],
 )
 @holds_store_locks("embeddings")
-def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Settings], clip: ClipResource) -> MaterializeResult:
+def image_embeddings(
+    context: AssetExecutionContext, settings: ResourceParam[Settings], clip: ClipResource
+) -> MaterializeResult:
     """Encode the stored images of each bucket of the run that lack a current vector; resume after a crash."""
     buckets = list(context.partition_keys)
     try:
@@ -153,7 +155,9 @@ def image_embeddings(context: AssetExecutionContext, settings: ResourceParam[Set
             "skipped_up_to_date": total_stored - total_todo,
             "reencoded_for_runtime": sum(plan.other_runtime for plan in plans.values()),
             "decode_failures": len(failures),
-            "decode_failure_examples": as_table(pd.DataFrame(failures[:SHOWN_FAILURES], columns=["photo_id", "reason"])),
+            "decode_failure_examples": as_table(
+                pd.DataFrame(failures[:SHOWN_FAILURES], columns=["photo_id", "reason"])
+            ),
             "dimension": dim,
             "model": model_id,
             "device": encoder.device,
@@ -275,7 +279,9 @@ def vectors_valid(context: AssetCheckExecutionContext, settings: ResourceParam[S
     return AssetCheckResult(
         passed=not bad,
         metadata={"vectors": rows, "dimension": dim or 0, **problems},
-        description=None if not bad else (
+        description=None
+        if not bad
+        else (
             f"invalid vectors for {model_id}: {bad}: delete {store.root} "
             "for these buckets and re-materialize image_embeddings"
         ),

@@ -30,14 +30,14 @@ from dagster import (
 from PIL import Image
 
 from assets.partitions import BUCKETS_BACKFILL_POLICY, photo_buckets
-from resources.catalog import read_catalog
 from resources.config import Settings
-from resources.downloader import Downloader, FetchResult, is_transient
 from resources.errors import ImageSearchError
-from resources.files import sweep
-from resources.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
-from resources.locks import holds_store_locks
-from resources.pictures import open_image
+from resources.images.downloader import Downloader, FetchResult, is_transient
+from resources.images.image_store import LEDGER_SCHEMA, MANIFEST_SCHEMA, ImageStore
+from resources.images.pictures import open_image
+from resources.release.catalog import read_catalog
+from resources.storage.files import sweep
+from resources.storage.locks import holds_store_locks
 
 FAILURE_SHARE_CHECK = "failure_share"
 CONTACT_SHEET_SIZE = 4

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from resources.tables import PREVIEW_ROWS
+from resources.release.tables import PREVIEW_ROWS
 
 _KINDS = {"b": "bool", "i": "int", "u": "int", "f": "float"}
 #: Longer texts are cut in a preview, so metadata stays small.
@@ -40,4 +40,6 @@ def column_schema(schema: pa.Schema) -> TableSchema:
 def preview(table: pa.Table, columns: list[str] | None = None):
     """The first rows of ``columns`` (by default the first eight) as a Dagster table, long texts cut."""
     frame = table.select(columns or table.column_names[:8]).slice(0, PREVIEW_ROWS).to_pandas()
-    return as_table(frame.map(lambda v: v[: PREVIEW_CHARS - 1] + "…" if isinstance(v, str) and len(v) > PREVIEW_CHARS else v))
+    return as_table(
+        frame.map(lambda v: v[: PREVIEW_CHARS - 1] + "…" if isinstance(v, str) and len(v) > PREVIEW_CHARS else v)
+    )

@@ -7,7 +7,6 @@ shadow while the serving model answers. Compares and promotions are recorded as 
 materializations of ``model_release`` with their figures and who ran them.
 """
 
-
 import json
 from typing import Any
 

@@ -1,8 +1,8 @@
 """The raw release and its five documents, as typed Parquet tables.
 
 ``unsplash_release`` makes the release named by ``IMAGE_SEARCH_DATASET`` readable on local
-disk (``resources/release.py``); ``photos``, ``keywords``, ``collections``, ``conversions``
-and ``colors`` each make their document a typed table (``resources/tables.py``) and record
+disk (``resources/release/source.py``); ``photos``, ``keywords``, ``collections``, ``conversions``
+and ``colors`` each make their document a typed table (``resources/release/tables.py``) and record
 what was read and what was skipped.
 """
 
@@ -18,8 +18,8 @@ from dagster import (
 
 from assets.metadata import column_schema, preview
 from resources.config import Settings
-from resources.release import fetch_release, read_manifest
-from resources.tables import ingest_document
+from resources.release.source import fetch_release, read_manifest
+from resources.release.tables import ingest_document
 
 # --------------------------------------------------------------------------- the release
 
@@ -35,7 +35,9 @@ def unsplash_release(context: AssetExecutionContext, settings: ResourceParam[Set
     manifest = fetch_release(settings, context.log)
     missing = [doc for doc, files in manifest["files"].items() if not files]
     if missing:
-        context.log.warning(f"the release has no file for {', '.join(missing)} (looked for <name>.tsv* and <name>.csv*)")
+        context.log.warning(
+            f"the release has no file for {', '.join(missing)} (looked for <name>.tsv* and <name>.csv*)"
+        )
     context.log.info(f"the files have the columns of Unsplash Lite {manifest['release'] or 'an unknown release'}")
     metadata = {
         "source": manifest["source"],
@@ -66,7 +68,9 @@ def _document_asset(name: str):
         out_path = settings.tables_dir / f"{name}.parquet"
         stats = ingest_document(Path(manifest["documents_dir"]), name, out_path, context.log, manifest.get("release"))
         if stats["skipped_rows"]:
-            context.log.warning(f"{name}: skipped {stats['skipped_rows']} records with the wrong number of fields, e.g. {stats['skipped_examples'][0]}")
+            context.log.warning(
+                f"{name}: skipped {stats['skipped_rows']} records with the wrong number of fields, e.g. {stats['skipped_examples'][0]}"
+            )
         if stats["non_utf8_values"]:
             context.log.warning(f"{name}: replaced invalid UTF-8 bytes in {stats['non_utf8_values']} values")
         if stats["unparsed_values"]:

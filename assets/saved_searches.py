@@ -24,7 +24,7 @@ from dagster import (
 from assets.images import _contact_sheet
 from assets.metadata import as_table
 from resources.config import Settings
-from resources.image_store import ImageStore
+from resources.images.image_store import ImageStore
 from resources.saved import notify
 from resources.saved.refresh import dropped_good, new_matches
 from resources.saved.store import SavedStore
@@ -44,10 +44,13 @@ GOOD_MARKS_CHECK = "good_marks_in_top_k"
     kinds={"python"},
     code_version="1",
     description="Each saved search's top k on the published index, and the photos that entered it with the latest build.",
-    check_specs=[AssetCheckSpec(
-        GOOD_MARKS_CHECK, asset=ASSET,
-        description="Every photo marked good for the saved search is still in its top k (warns, naming them).",
-    )],
+    check_specs=[
+        AssetCheckSpec(
+            GOOD_MARKS_CHECK,
+            asset=ASSET,
+            description="Every photo marked good for the saved search is still in its top k (warns, naming them).",
+        )
+    ],
 )
 def saved_search_results(context: AssetExecutionContext, settings: ResourceParam[Settings]) -> MaterializeResult:
     """Re-run the partition's saved search, record what it finds and what is new, notify, check the good marks."""
@@ -55,7 +58,9 @@ def saved_search_results(context: AssetExecutionContext, settings: ResourceParam
     store = SavedStore(settings.home)
     results = saved.refresh(SearchService.from_settings(settings), store, name)
     new = new_matches(results)
-    context.log.info(f"saved search {name!r}: {len(results['top'])} results on build {results['build']}, {len(new)} new")
+    context.log.info(
+        f"saved search {name!r}: {len(results['top'])} results on build {results['build']}, {len(new)} new"
+    )
     notified = None
     if new and settings.notify_url:
         notified = notify.post(settings.notify_url, notify.payload(name, results["build"], new), logger=context.log)
@@ -63,25 +68,41 @@ def saved_search_results(context: AssetExecutionContext, settings: ResourceParam
     missing = dropped_good(results, marks)
     return MaterializeResult(
         metadata=_metadata(settings, results, new, marks, notified),
-        check_results=[AssetCheckResult(
-            check_name=GOOD_MARKS_CHECK,
-            passed=not missing,
-            severity=AssetCheckSeverity.WARN,
-            description=(
-                f"saved search {name!r}: photo(s) marked good no longer in its top {len(results['top'])} after build "
-                f"{results['build']}: {', '.join(missing)}" if missing else f"saved search {name!r}: every good mark in the top k"
-            ),
-            metadata={"search": name, "missing_good": ", ".join(missing), "good_marks": sum(m == "good" for m in marks.values())},
-        )],
+        check_results=[
+            AssetCheckResult(
+                check_name=GOOD_MARKS_CHECK,
+                passed=not missing,
+                severity=AssetCheckSeverity.WARN,
+                description=(
+                    f"saved search {name!r}: photo(s) marked good no longer in its top {len(results['top'])} after build "
+                    f"{results['build']}: {', '.join(missing)}"
+                    if missing
+                    else f"saved search {name!r}: every good mark in the top k"
+                ),
+                metadata={
+                    "search": name,
+                    "missing_good": ", ".join(missing),
+                    "good_marks": sum(m == "good" for m in marks.values()),
+                },
+            )
+        ],
     )
 
 
 def _metadata(settings: Settings, results: dict, new: list[dict], marks: dict[str, str], notified: bool | None) -> dict:
     fresh = {e["photo_id"] for e in new}
     rows = pd.DataFrame(
-        [{"rank": rank, "photo_id": e["photo_id"], "score": e["score"], "new": e["photo_id"] in fresh,
-          "mark": marks.get(e["photo_id"], ""), "link": e.get("photo_url") or ""}
-         for rank, e in enumerate(results["top"], start=1)],
+        [
+            {
+                "rank": rank,
+                "photo_id": e["photo_id"],
+                "score": e["score"],
+                "new": e["photo_id"] in fresh,
+                "mark": marks.get(e["photo_id"], ""),
+                "link": e.get("photo_url") or "",
+            }
+            for rank, e in enumerate(results["top"], start=1)
+        ],
         columns=["rank", "photo_id", "score", "new", "mark", "link"],
     )
     store = ImageStore(settings.images_dir)

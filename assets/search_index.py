@@ -4,17 +4,16 @@ A new build is written beside the published one and switched to only once it val
 so searches never see half an index and a failed build leaves the previous one serving.
 """
 
-
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ResourceParam, asset
 
 from assets.automation import FOLLOW_PARENTS
-from resources.backends import open_backend
-from resources.backends.base import BuildInfo
-from resources.catalog import index_inputs
 from resources.config import Settings, mask_url
 from resources.errors import ImageSearchError
-from resources.locks import holds_store_locks
+from resources.index import open_backend
+from resources.index.base import BuildInfo
 from resources.models.registry import serving_settings
+from resources.release.catalog import index_inputs
+from resources.storage.locks import holds_store_locks
 
 
 @asset(

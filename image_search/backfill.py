@@ -16,7 +16,7 @@ import os
 import time
 
 from resources.errors import ImageSearchError
-from resources.image_store import BUCKET_KEYS
+from resources.images.image_store import BUCKET_KEYS
 
 #: Seconds between two looks at the backfill while waiting.
 POLL_S = 2.0
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "launches them; with the Celery code location their steps run on the Celery workers.",
     )
     parser.add_argument("--select", required=True, help="asset selection, e.g. 'group:vectors'")
-    parser.add_argument("--partition-range", default=f"{BUCKET_KEYS[0]}...{BUCKET_KEYS[-1]}", help="e.g. b00...b63 (the default)")
+    parser.add_argument(
+        "--partition-range", default=f"{BUCKET_KEYS[0]}...{BUCKET_KEYS[-1]}", help="e.g. b00...b63 (the default)"
+    )
     parser.add_argument("--wait", action="store_true", help="report the backfill's runs until it ends")
     parser.set_defaults(handler=_backfill)
 
@@ -41,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def partition_names(partition_range: str) -> list[str]:
     """The bucket keys from the first to the last of ``first...last``, in order."""
     first, sep, last = partition_range.partition("...")
-    if not sep or first not in BUCKET_KEYS or last not in BUCKET_KEYS or BUCKET_KEYS.index(first) > BUCKET_KEYS.index(last):
+    if (
+        not sep
+        or first not in BUCKET_KEYS
+        or last not in BUCKET_KEYS
+        or BUCKET_KEYS.index(first) > BUCKET_KEYS.index(last)
+    ):
         raise ImageSearchError(
             f"--partition-range {partition_range!r} is not a range of buckets: use e.g. "
             f"{BUCKET_KEYS[0]}...{BUCKET_KEYS[-1]}"
@@ -109,7 +116,9 @@ def wait(instance, backfill_id: str) -> int:
                 print(f"image-search: run {run.run_id} ({start}...{end}) {run.status.value.lower()}", flush=True)
         if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
             ok = backfill.status == BulkActionStatus.COMPLETED_SUCCESS
-            print(f"image-search: backfill {backfill_id} {backfill.status.value.lower()} ({len(runs)} run(s))", flush=True)
+            print(
+                f"image-search: backfill {backfill_id} {backfill.status.value.lower()} ({len(runs)} run(s))", flush=True
+            )
             return 0 if ok else 1
         if not runs and not warned and time.monotonic() - started > NO_DAEMON_S:
             warned = True

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from resources.errors import ImageSearchError
 
@@ -20,7 +21,27 @@ from resources.errors import ImageSearchError
 OPENBLAS_THREAD_TIMEOUT = "4"
 
 #: Modules under image_search/ that add their subcommands through ``register(subparsers)``.
-COMMANDS = ("sample", "bench", "query", "api", "cluster", "materialize", "backfill", "saved_cli", "models_cli")
+COMMANDS = ("sample", "query", "api", "cluster", "materialize", "backfill", "saved_cli", "models_cli")
+#: The checkout this package runs from, if it does: benchmarks/ lives there, beside the package.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    """``bench``: the benchmarks of a checkout, or one line saying they need one (an installed wheel has none)."""
+    if (CHECKOUT / "benchmarks" / "harness.py").is_file():
+        if str(CHECKOUT) not in sys.path:
+            sys.path.append(str(CHECKOUT))
+        importlib.import_module("benchmarks.harness").register(sub)
+        return
+
+    def missing(_args: argparse.Namespace) -> int:
+        raise ImageSearchError(
+            "image-search bench runs from a checkout of the repository (benchmarks/ is not installed)"
+        )
+
+    parser = sub.add_parser("bench", help="benchmarks (from a checkout of the repository)")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=missing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"image_search.{name}").register(sub)
+    _register_bench(sub)
     return parser
 
 

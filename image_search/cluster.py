@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
-from resources.backends.base import BuildInfo, BuildReport, Filters
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.index.base import BuildInfo, BuildReport, Filters
 
 if TYPE_CHECKING:
-    from resources.backends.elasticsearch import ElasticsearchBackend
+    from resources.index.elasticsearch import ElasticsearchBackend
 
 #: The vectors' dimension: the default image model's (clip-ViT-B-32).
 DIM = 512
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImageSearchError(
             "IMAGE_SEARCH_ES_URL is not set: point it at the cluster to check, e.g. https://localhost:9200"
         )
-    from resources.backends.elasticsearch import ElasticsearchBackend
+    from resources.index.elasticsearch import ElasticsearchBackend
 
     scratch = f"{settings.index_name}_check_{secrets.token_hex(4)}"
     try:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(backend: "ElasticsearchBackend", settings: Settings) -> None:
     """What a build will send: server, plugins, engine, mapping, queries and score formulas."""
-    from resources.backends.elasticsearch import VECTOR_FIELD
+    from resources.index.elasticsearch import VECTOR_FIELD
 
     server, impl = backend.server, backend.impl
     print(f"cluster   {backend.url}: {server.label}")
@@ -161,7 +161,7 @@ def published(backend: "ElasticsearchBackend", alias: str) -> bool:
     """
     from elasticsearch7.exceptions import TransportError
 
-    from resources.backends.es_publish import stranger
+    from resources.index.es_publish import stranger
 
     try:
         if not backend.client.indices.exists(index=alias):
@@ -256,7 +256,7 @@ class Checks:
         return f"{DOCS} documents in {report.name} (created by {created}); its vector field reads back as {space}"
 
     def self_check(self) -> str:
-        """What the first build's own check measured before it published (resources/backends/es_verify.py)."""
+        """What the first build's own check measured before it published (resources/index/es_verify.py)."""
         return str(self.builds[0].details["verification"])
 
     def scores(self, filters: Filters | None) -> dict[str, float]:
@@ -337,7 +337,7 @@ class Checks:
         return f"{self.scratch} moved from {self.builds[0].name} to {second.name} in one request"
 
     def clean_up(self) -> str:
-        from resources.backends.es_publish import lock_index
+        from resources.index.es_publish import lock_index
 
         stamp = "20000101000000000000"
         self.planted = [f"{self.scratch}_v{stamp}", f"{self.scratch}_vnext_v{stamp}"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.locks import Wait
+from resources.storage.locks import Wait
 
 #: Seconds between two looks at the instance while the run goes.
 POLL_S = 1.0
@@ -76,7 +76,15 @@ def _materialize(args: argparse.Namespace) -> int:
     from resources.run_recovery import recover_dead_runs, run_of_worker
 
     timeout = Settings.from_env().lock_timeout
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "definitions", "--select", args.select]
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "definitions",
+        "--select",
+        args.select,
+    ]
     if args.partition:
         command += ["--partition", args.partition]
     if args.partition_range:
@@ -98,8 +106,16 @@ def _materialize(args: argparse.Namespace) -> int:
         report.run_id = report.run_id or run_of_worker(instance, child.pid, started, finished_too=True)
         report.update()
         if child.returncode != 0:
-            _print(report.failures() or [f"dagster asset materialize stopped (exit status {child.returncode}) before it ran anything"])
-            _print([f"the full log: {log}" + (f"; every event: the Dagster UI, run {report.run_id}" if report.run_id else "")])
+            _print(
+                report.failures()
+                or [f"dagster asset materialize stopped (exit status {child.returncode}) before it ran anything"]
+            )
+            _print(
+                [
+                    f"the full log: {log}"
+                    + (f"; every event: the Dagster UI, run {report.run_id}" if report.run_id else "")
+                ]
+            )
     return child.returncode
 
 
@@ -201,7 +217,11 @@ def _watch(instance, child: subprocess.Popen, started: float, timeout: float, re
         except unreachable as exc:
             if outage is None:
                 outage = time.monotonic()
-                _print([f"the instance's database does not answer ({_first_line(exc)}); the run goes on, looking again every {POLL_S:g} s"])
+                _print(
+                    [
+                        f"the instance's database does not answer ({_first_line(exc)}); the run goes on, looking again every {POLL_S:g} s"
+                    ]
+                )
             continue
         if outage is not None:
             _print([f"the instance's database answers again after {time.monotonic() - outage:.0f} s"])
@@ -221,10 +241,12 @@ def _look(instance, report: _RunReport, waits: dict, child: subprocess.Popen, st
         wait = waits.setdefault((blocked.pool, blocked.step_key), Wait(timeout, since=blocked.since, clock=time.time))
         holders = "; ".join(_holder(instance, holder) for holder in blocked.holders) or "no run (being handed over)"
         if wait.report_due():
-            _print([
-                f"{blocked.step_key} is waiting for a slot of pool {blocked.pool}, held by {holders}: "
-                f"{wait.waited:.0f} s so far, giving up after {timeout:g} s"
-            ])
+            _print(
+                [
+                    f"{blocked.step_key} is waiting for a slot of pool {blocked.pool}, held by {holders}: "
+                    f"{wait.waited:.0f} s so far, giving up after {timeout:g} s"
+                ]
+            )
         if wait.expired():
             raise ImageSearchError(
                 f"{blocked.step_key} waited {timeout:g} s for a slot of pool {blocked.pool}, held by {holders}: "

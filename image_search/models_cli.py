@@ -15,27 +15,33 @@ import socket
 import sys
 from typing import Any
 
-from image_search.bench import add_json_flag
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``models`` and its subcommands."""
     parser = sub.add_parser("models", help="candidate model pairs: add, list, rm, compare, promote, rollback")
     models = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    add = models.add_parser("add", help="register a candidate pair; refused when a model cannot load or the sizes differ")
+    add = models.add_parser(
+        "add", help="register a candidate pair; refused when a model cannot load or the sizes differ"
+    )
     add.add_argument("name", help="1-40 lowercase letters, digits or '-'")
-    add.add_argument("--image-model", required=True, help="sentence-transformers CLIP image model: a name or a local path")
-    add.add_argument("--text-model", required=True, help="the text model sharing its vector space: a name or a local path")
+    add.add_argument(
+        "--image-model", required=True, help="sentence-transformers CLIP image model: a name or a local path"
+    )
+    add.add_argument(
+        "--text-model", required=True, help="the text model sharing its vector space: a name or a local path"
+    )
     add.set_defaults(handler=run_add)
     listing = models.add_parser("list", help="the configured pair and every registered one, and which serves")
-    add_json_flag(listing)
+    listing.add_argument("--json", action="store_true", help="print the models as one JSON object")
     listing.set_defaults(handler=run_list)
     remove = models.add_parser("rm", help="unregister a pair and drop its shadow index (its vectors stay on disk)")
     remove.add_argument("name")
     remove.set_defaults(handler=run_rm)
-    compare = models.add_parser("compare", help="nDCG@10, recall@10 (95%% intervals), speed, latency and size of every built pair")
+    compare = models.add_parser(
+        "compare", help="nDCG@10, recall@10 (95%% intervals), speed, latency and size of every built pair"
+    )
     compare.add_argument("--max-queries", type=int, default=1000, help="judged queries used at most (default 1000)")
-    add_json_flag(compare)
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
     compare.set_defaults(handler=run_compare)
     promote = models.add_parser("promote", help="publish a pair's shadow build as the search index, in one atomic step")
     promote.add_argument("name")
@@ -97,7 +103,9 @@ def run_add(args: argparse.Namespace) -> int:
     dim = check_pair(settings, args.image_model, args.text_model)
     pair = Registry(settings).add(args.name, args.image_model, args.text_model, dim)
     _partition(pair.name, add=True)
-    print(f"registered {pair.name}: {pair.image_model} + {pair.text_model}, {dim}-d; the next refresh builds it in the shadow")
+    print(
+        f"registered {pair.name}: {pair.image_model} + {pair.text_model}, {dim}-d; the next refresh builds it in the shadow"
+    )
     return 0
 
 
@@ -161,7 +169,9 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
         )
         shown_languages = {lang: f for lang, f in (m.get("by_language") or {}).items() if f["queries"] >= MIN_QUERIES}
         for language, figures in shown_languages.items():
-            lines.append(f"  {language:<14} {figures['queries']:>4} {shown(figures['ndcg_at_10']):>24} {shown(figures['recall_at_10']):>24}")
+            lines.append(
+                f"  {language:<14} {figures['queries']:>4} {shown(figures['ndcg_at_10']):>24} {shown(figures['recall_at_10']):>24}"
+            )
     lines.append(f"(languages with at least {MIN_QUERIES} queries shown; every one in --json)")
     if result["not_built"]:
         lines.append(f"not built yet: {', '.join(result['not_built'])}")
@@ -173,7 +183,9 @@ def run_promote(args: argparse.Namespace) -> int:
 
     record = promote(_settings(), args.name, force=args.force)
     _record("promote", record)
-    print(f"{args.name} answers searches now (build {record['build']}); `image-search models rollback` returns to {record['previous']}")
+    print(
+        f"{args.name} answers searches now (build {record['build']}); `image-search models rollback` returns to {record['previous']}"
+    )
     return 0
 
 

@@ -15,8 +15,8 @@ import datetime as dt
 import json
 import sys
 
-from resources.backends.base import MODES, ORIENTATIONS, Filters, check_k
 from resources.errors import ImageSearchError
+from resources.index.base import MODES, ORIENTATIONS, Filters, check_k
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     term = "[WEIGHT*]WORDS|photo:ID|image:PATH"
     parser.add_argument(
-        "--plus", action="append", default=[], metavar=term,
+        "--plus",
+        action="append",
+        default=[],
+        metavar=term,
         help="also like this: words, an indexed photo or an image file, optionally weighted (repeatable)",
     )
-    parser.add_argument(
-        "--minus", action="append", default=[], metavar=term, help="but unlike this (repeatable)"
-    )
+    parser.add_argument("--minus", action="append", default=[], metavar=term, help="but unlike this (repeatable)")
     parser.add_argument("-k", type=int, default=10, help="how many results (1-1000, default 10)")
     parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
     parser.add_argument("--mode", choices=MODES, default="vector", help="text search mode (default vector)")
@@ -58,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
     duplicates = parser.add_mutually_exclusive_group()
     duplicates.add_argument(
-        "--hide-duplicates", dest="hide_duplicates", action="store_true", default=True,
+        "--hide-duplicates",
+        dest="hide_duplicates",
+        action="store_true",
+        default=True,
         help="show only the best photo of each near-duplicate group (the default)",
     )
     duplicates.add_argument(
@@ -124,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
         query, mode = {"parts": [t.as_dict() for t in terms]}, args.mode
         results = service.search_composed(
-            query_parts(terms), k=args.k, min_score=args.min_score, mode=args.mode, filters=filters,
+            query_parts(terms),
+            k=args.k,
+            min_score=args.min_score,
+            mode=args.mode,
+            filters=filters,
             collapse_duplicates=args.hide_duplicates,
         )
     elif args.image:
@@ -140,13 +148,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         query, mode = {"text": args.text}, args.mode
         results = service.search_text(
-            args.text, k=args.k, min_score=args.min_score, mode=args.mode, filters=filters,
+            args.text,
+            k=args.k,
+            min_score=args.min_score,
+            mode=args.mode,
+            filters=filters,
             collapse_duplicates=args.hide_duplicates,
         )
     if args.json:
         shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in vars(filters).items() if v}
         json.dump(
-            {"query": query, "mode": mode, "filters": shown, "results": [r.to_dict() for r in results], "model": service.answered_by()},
+            {
+                "query": query,
+                "mode": mode,
+                "filters": shown,
+                "results": [r.to_dict() for r in results],
+                "model": service.answered_by(),
+            },
             sys.stdout,
             ensure_ascii=False,
         )
@@ -162,7 +180,11 @@ def print_table(results: list, mode: str) -> None:
         print("no results (try another query, a lower --min-score or fewer filters)")
         return
     score_label = {"keyword": "bm25", "hybrid": "rrf"}.get(mode, "cosine")
-    header = f"{'#':>4}  {score_label:>7}  " + ("cosine   " if mode == "hybrid" else "") + f"{'photo_id':<14} photographer        keywords"
+    header = (
+        f"{'#':>4}  {score_label:>7}  "
+        + ("cosine   " if mode == "hybrid" else "")
+        + f"{'photo_id':<14} photographer        keywords"
+    )
     print(header)
     for rank, r in enumerate(results, start=1):
         cosine = "" if mode != "hybrid" else (f"{r.cosine:7.3f}  " if r.cosine is not None else f"{'-':>7}  ")

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.errors import ImageSearchError
-from resources.files import Staged
-from resources.lite_format import DOCUMENTS, LATEST_RELEASE, RELEASES, columns_of
+from resources.release.lite_format import DOCUMENTS, LATEST_RELEASE, RELEASES, columns_of
+from resources.storage.files import Staged
 
 #: Colour names with the RGB each stands for; the names are also Unsplash colour keywords.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -68,7 +68,13 @@ _PLACES = (
 )
 _FIRST_NAMES = "Anna Ben Chen Dana Emil Fatima Goran Hana Ivan Julia Kenji Lea Mateo Nora Omar Priya Zoë 美咲".split()
 _LAST_NAMES = "Smith Müller Wang Silva Kowalski Nguyen Okafor Rossi Tanaka Dubois Larsen Haddad O'Brien 山田".split()
-_CAMERAS = (("Canon", "EOS 5D Mark IV"), ("NIKON CORPORATION", "NIKON D750"), ("SONY", "ILCE-7M3"), ("FUJIFILM", "X-T3"), ("Apple", "iPhone 12 Pro"))
+_CAMERAS = (
+    ("Canon", "EOS 5D Mark IV"),
+    ("NIKON CORPORATION", "NIKON D750"),
+    ("SONY", "ILCE-7M3"),
+    ("FUJIFILM", "X-T3"),
+    ("Apple", "iPhone 12 Pro"),
+)
 _COUNTRIES = "US GB DE FR JP CN BR IN CA AU ES IT NL SE KR MX".split()
 
 #: Free text as people type it, one case of the CSV rules each (the last has them all).
@@ -91,8 +97,14 @@ _TEXT_SHARE = 0.03
 _TRICKY_SHARE = 0.002
 #: Columns whose values may need CSV quoting; every other column holds ids, numbers, flags or timestamps.
 _FREE_TEXT = {
-    "photo_description", "ai_description", "photographer_first_name", "photographer_last_name",
-    "photo_location_name", "photo_location_city", "keyword", "collection_title",
+    "photo_description",
+    "ai_description",
+    "photographer_first_name",
+    "photographer_last_name",
+    "photo_location_name",
+    "photo_location_city",
+    "keyword",
+    "collection_title",
 }
 _BASE83 = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~"))
 #: File name of the planted near-duplicate pairs (original photo_id, copy photo_id).
@@ -124,7 +136,9 @@ def _spread(rng: np.random.Generator, total: int, n: int, cap: int, floor: int =
     if n == 0 or total == 0:
         return np.zeros(n, dtype=np.int64)
     if total > n * cap:
-        raise ImageSearchError(f"{total} rows cannot be spread over {n} photos at most {cap} each: ask for fewer rows or more photos")
+        raise ImageSearchError(
+            f"{total} rows cannot be spread over {n} photos at most {cap} each: ask for fewer rows or more photos"
+        )
     base = min(floor, total // n)
     counts = base + rng.multinomial(total - base * n, np.full(n, 1.0 / n))
     excess = np.maximum(counts - cap, 0)
@@ -186,7 +200,9 @@ class _DocumentWriter:
             values = columns[name] if columns[name].type == pa.string() else columns[name].cast(pa.string())
             fields.append(_csv_field(values) if name in _FREE_TEXT else values)
         lines = pc.binary_join_element_wise(
-            pc.binary_join_element_wise(*fields, "\t", null_handling="replace", null_replacement=""), pa.scalar(""), "\n"
+            pc.binary_join_element_wise(*fields, "\t", null_handling="replace", null_replacement=""),
+            pa.scalar(""),
+            "\n",
         )
         offsets = np.frombuffer(lines.buffers()[1], np.int32, count=len(lines) + 1, offset=lines.offset * 4)
         data = memoryview(lines.buffers()[2])
@@ -195,7 +211,7 @@ class _DocumentWriter:
             if self.rows == self.bounds[self._part + 1]:
                 self._next_part()
             take = min(len(lines) - done, self.bounds[self._part + 1] - self.rows)
-            self._file.write(data[offsets[done]:offsets[done + take]])
+            self._file.write(data[offsets[done] : offsets[done + take]])
             done += take
             self.rows += take
 
@@ -290,8 +306,14 @@ def write_release(
     collections = 3 * photos if collections is None else collections
     conversions = 10 * photos if conversions is None else conversions
     colors = (3 * photos if colors is None else colors) if "colors" in documents else 0
-    for name, value in (("photos", photos), ("keywords", keywords), ("collections", collections),
-                        ("conversions", conversions), ("colors", colors), ("duplicates", duplicates)):
+    for name, value in (
+        ("photos", photos),
+        ("keywords", keywords),
+        ("collections", collections),
+        ("conversions", conversions),
+        ("colors", colors),
+        ("duplicates", duplicates),
+    ):
         if value < 0:
             raise ImageSearchError(f"--{name} {value} is negative: give a count of 0 or more")
     if photos < 1:
@@ -299,7 +321,9 @@ def write_release(
     if parts < 1:
         raise ImageSearchError(f"--parts {parts}: give 1 or more")
     if duplicates >= photos:
-        raise ImageSearchError(f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}")
+        raise ImageSearchError(
+            f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}"
+        )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,8 +333,12 @@ def write_release(
 
     # The last `duplicates` photos copy the design (and later the image) of an earlier one.
     design_of = np.arange(photos)
-    originals = rng.choice(photos - duplicates, size=duplicates, replace=duplicates > photos - duplicates) if duplicates else np.array([], dtype=int)
-    design_of[photos - duplicates:] = originals
+    originals = (
+        rng.choice(photos - duplicates, size=duplicates, replace=duplicates > photos - duplicates)
+        if duplicates
+        else np.array([], dtype=int)
+    )
+    design_of[photos - duplicates :] = originals
     designs = [_design(int(d)) for d in design_of]
 
     def writer(document: str, total: int) -> _DocumentWriter:
@@ -329,17 +357,25 @@ def write_release(
     keyword_counts = _spread(rng, keywords, photos, 2 + len(VOCABULARY))
     _write_keywords(writer("keywords", keywords), rng, photo_ids, designs, keyword_counts, release_version)
     _write_collections(writer("collections", collections), rng, text_rng, photo_ids, collections)
-    _write_conversions(writer("conversions", conversions), rng, text_rng, photo_ids, designs, keyword_counts, conversions)
+    _write_conversions(
+        writer("conversions", conversions), rng, text_rng, photo_ids, designs, keyword_counts, conversions
+    )
     if "colors" in documents:
         _write_colors(writer("colors", colors), rng, photo_ids, designs, colors)
     _write_docs(out, release_version)
 
     summary = {
-        "photos": photos, "keywords": keywords, "collections": collections,
-        "conversions": conversions, "colors": colors, "release_version": release_version,
+        "photos": photos,
+        "keywords": keywords,
+        "collections": collections,
+        "conversions": conversions,
+        "colors": colors,
+        "release_version": release_version,
         "files": {doc: file_names(release_version, doc, parts) for doc in documents},
-        "photo_ids": list(photo_ids), "designs": dict(zip(photo_ids, designs)),
-        "duplicates": pairs, "images_dir": str(images_dir) if images else None,
+        "photo_ids": list(photo_ids),
+        "designs": dict(zip(photo_ids, designs)),
+        "duplicates": pairs,
+        "images_dir": str(images_dir) if images else None,
     }
     if models:
         from image_search.tiny_models import write_tiny_models
@@ -365,7 +401,9 @@ def _free_text(rng: np.random.Generator, plain: list[str | None], tricky: tuple[
     return pa.array(values, pa.string())
 
 
-def _write_photos(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, images_dir: Path, image_base_url: str | None) -> None:
+def _write_photos(
+    writer: _DocumentWriter, rng, text_rng, photo_ids, designs, images_dir: Path, image_base_url: str | None
+) -> None:
     n = len(photo_ids)
     # 60% landscape, 30% portrait, 10% (nearly) square, as on Unsplash.
     kind = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
@@ -391,40 +429,48 @@ def _write_photos(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, im
     has_camera = camera >= 0
     place_names = [_PLACES[p][0] if p >= 0 else None for p in place]
     descriptions = opt(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])
-    writer.write({
-        "photo_id": pa.array(photo_ids, pa.string()),
-        "photo_url": pa.array([f"https://unsplash.com/photos/{pid}" for pid in photo_ids]),
-        "photo_image_url": pa.array(image_urls),
-        "photo_submitted_at": _timestamps(rng, n),
-        "photo_featured": pa.array(np.where(rng.random(n) < 0.9, "t", "f")),
-        "photo_width": pa.array(width),
-        "photo_height": pa.array(height),
-        "photo_aspect_ratio": pa.array(np.round(width / height, 2)),
-        "photo_description": _free_text(text_rng, descriptions, TRICKY_TEXTS),
-        "photographer_username": pa.array([f"{f.lower()}{s.lower()}{k}" for f, s, k in zip(first, last, rng.integers(1, 999, size=n))]),
-        "photographer_first_name": pa.array(first),
-        "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
-        "exif_camera_make": pa.array(opt(has_camera, [_CAMERAS[c][0] for c in camera])),
-        "exif_camera_model": pa.array(opt(has_camera, [_CAMERAS[c][1] for c in camera])),
-        "exif_iso": pa.array(opt(has_camera, rng.choice([100, 200, 400, 800, 1600], size=n).tolist()), pa.int64()),
-        "exif_aperture_value": pa.array(opt(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
-        "exif_focal_length": pa.array(opt(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
-        "exif_exposure_time": pa.array(opt(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
-        "photo_location_name": _free_text(text_rng, place_names, TRICKY_TEXTS),
-        "photo_location_latitude": pa.array(opt(has_place, [_PLACES[p][3] for p in place]), pa.float64()),
-        "photo_location_longitude": pa.array(opt(has_place, [_PLACES[p][4] for p in place]), pa.float64()),
-        "photo_location_country": pa.array(opt(has_place, [_PLACES[p][1] for p in place])),
-        "photo_location_city": pa.array(opt(has_place, [_PLACES[p][2] for p in place])),
-        "stats_views": pa.array(rng.integers(100, 5_000_000, size=n)),
-        "stats_downloads": pa.array(rng.integers(0, 50_000, size=n)),
-        "ai_description": pa.array([f"{_article(a)} {a} {s} on {_article(bg)} {bg} background" for bg, s, a in designs]),
-        "ai_primary_landmark_name": pa.array(opt(landmark, ["Eiffel Tower"] * n)),
-        "ai_primary_landmark_latitude": pa.array(opt(landmark, [48.8584] * n), pa.float64()),
-        "ai_primary_landmark_longitude": pa.array(opt(landmark, [2.2945] * n), pa.float64()),
-        "ai_primary_landmark_confidence": pa.array(opt(landmark, [f"{c:.6f}" for c in rng.uniform(0.5, 1, n)])),
-        # A 4 x 3 component BlurHash: size flag "L", then 27 base-83 digits (blurha.sh).
-        "blur_hash": pa.array(["L" + "".join(row) for row in _BASE83[text_rng.integers(0, len(_BASE83), size=(n, 27))]]),
-    })
+    writer.write(
+        {
+            "photo_id": pa.array(photo_ids, pa.string()),
+            "photo_url": pa.array([f"https://unsplash.com/photos/{pid}" for pid in photo_ids]),
+            "photo_image_url": pa.array(image_urls),
+            "photo_submitted_at": _timestamps(rng, n),
+            "photo_featured": pa.array(np.where(rng.random(n) < 0.9, "t", "f")),
+            "photo_width": pa.array(width),
+            "photo_height": pa.array(height),
+            "photo_aspect_ratio": pa.array(np.round(width / height, 2)),
+            "photo_description": _free_text(text_rng, descriptions, TRICKY_TEXTS),
+            "photographer_username": pa.array(
+                [f"{f.lower()}{s.lower()}{k}" for f, s, k in zip(first, last, rng.integers(1, 999, size=n))]
+            ),
+            "photographer_first_name": pa.array(first),
+            "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
+            "exif_camera_make": pa.array(opt(has_camera, [_CAMERAS[c][0] for c in camera])),
+            "exif_camera_model": pa.array(opt(has_camera, [_CAMERAS[c][1] for c in camera])),
+            "exif_iso": pa.array(opt(has_camera, rng.choice([100, 200, 400, 800, 1600], size=n).tolist()), pa.int64()),
+            "exif_aperture_value": pa.array(opt(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
+            "exif_focal_length": pa.array(opt(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
+            "exif_exposure_time": pa.array(opt(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
+            "photo_location_name": _free_text(text_rng, place_names, TRICKY_TEXTS),
+            "photo_location_latitude": pa.array(opt(has_place, [_PLACES[p][3] for p in place]), pa.float64()),
+            "photo_location_longitude": pa.array(opt(has_place, [_PLACES[p][4] for p in place]), pa.float64()),
+            "photo_location_country": pa.array(opt(has_place, [_PLACES[p][1] for p in place])),
+            "photo_location_city": pa.array(opt(has_place, [_PLACES[p][2] for p in place])),
+            "stats_views": pa.array(rng.integers(100, 5_000_000, size=n)),
+            "stats_downloads": pa.array(rng.integers(0, 50_000, size=n)),
+            "ai_description": pa.array(
+                [f"{_article(a)} {a} {s} on {_article(bg)} {bg} background" for bg, s, a in designs]
+            ),
+            "ai_primary_landmark_name": pa.array(opt(landmark, ["Eiffel Tower"] * n)),
+            "ai_primary_landmark_latitude": pa.array(opt(landmark, [48.8584] * n), pa.float64()),
+            "ai_primary_landmark_longitude": pa.array(opt(landmark, [2.2945] * n), pa.float64()),
+            "ai_primary_landmark_confidence": pa.array(opt(landmark, [f"{c:.6f}" for c in rng.uniform(0.5, 1, n)])),
+            # A 4 x 3 component BlurHash: size flag "L", then 27 base-83 digits (blurha.sh).
+            "blur_hash": pa.array(
+                ["L" + "".join(row) for row in _BASE83[text_rng.integers(0, len(_BASE83), size=(n, 27))]]
+            ),
+        }
+    )
     writer.close()
 
 
@@ -481,16 +527,18 @@ def _write_keywords(writer: _DocumentWriter, rng, photo_ids, designs, counts: np
         keyword = pc.if_else(stray, pc.binary_join_element_wise(keyword, pa.scalar(" "), pa.scalar("")), keyword)
         by_user = (rank < 2) | (rng.random(n) < 0.15) | ((rank == 2) & (photo_index < len(TRICKY_KEYWORDS)))
         source = rng.choice(["photographer", "admin", "unknown"], size=n, p=[0.8, 0.15, 0.05])
-        writer.write({
-            "photo_id": pa.array(photo_ids[photo_index], pa.string()),
-            "keyword": keyword,
-            "ai_service_1_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.3),
-            "ai_service_2_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.5),
-            "suggested_by_user": pa.array(np.where(by_user, "t", "f")),
-            "user_suggestion_source": pa.array(np.where(by_user, source, None), pa.string()),
-            "suggested_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.4, "t", "f")),
-            "confirmed_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.2, "t", "f")),
-        })
+        writer.write(
+            {
+                "photo_id": pa.array(photo_ids[photo_index], pa.string()),
+                "keyword": keyword,
+                "ai_service_1_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.3),
+                "ai_service_2_confidence": pa.array(np.round(rng.uniform(floor, 100, n), 6), mask=rng.random(n) < 0.5),
+                "suggested_by_user": pa.array(np.where(by_user, "t", "f")),
+                "user_suggestion_source": pa.array(np.where(by_user, source, None), pa.string()),
+                "suggested_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.4, "t", "f")),
+                "confirmed_by_ai_service_3": pa.array(np.where(rng.random(n) < 0.2, "t", "f")),
+            }
+        )
     writer.close()
 
 
@@ -501,21 +549,27 @@ def _write_collections(writer: _DocumentWriter, rng, text_rng, photo_ids, total:
     numbered = (np.arange(collection_count) + 1_000_000).astype(str).astype(object)
     topic = text_rng.random(collection_count) < 0.1
     ids = np.where(topic, _ids(text_rng, collection_count), numbered)
-    names = _free_text(text_rng, [titles[k % len(titles)] for k in range(collection_count)], TRICKY_TEXTS).to_numpy(zero_copy_only=False)
+    names = _free_text(text_rng, [titles[k % len(titles)] for k in range(collection_count)], TRICKY_TEXTS).to_numpy(
+        zero_copy_only=False
+    )
     for start, stop in _chunks(total):
         n = stop - start
         collection = rng.integers(0, collection_count, size=n)
-        writer.write({
-            "photo_id": pa.array(photo_ids[rng.integers(0, len(photo_ids), size=n)], pa.string()),
-            "collection_id": pa.array(ids[collection], pa.string()),
-            "collection_title": pa.array(names[collection], pa.string()),
-            "photo_collected_at": _timestamps(rng, n),
-            "collection_type": pa.array(np.where(topic[collection], "topic", "collection")),
-        })
+        writer.write(
+            {
+                "photo_id": pa.array(photo_ids[rng.integers(0, len(photo_ids), size=n)], pa.string()),
+                "collection_id": pa.array(ids[collection], pa.string()),
+                "collection_title": pa.array(names[collection], pa.string()),
+                "photo_collected_at": _timestamps(rng, n),
+                "collection_type": pa.array(np.where(topic[collection], "topic", "collection")),
+            }
+        )
     writer.close()
 
 
-def _write_conversions(writer: _DocumentWriter, rng, text_rng, photo_ids, designs, keyword_counts: np.ndarray, total: int) -> None:
+def _write_conversions(
+    writer: _DocumentWriter, rng, text_rng, photo_ids, designs, keyword_counts: np.ndarray, total: int
+) -> None:
     """Downloads after a search (the only conversion type, DOCS.md): each pairs a photo with one of its own keywords."""
     users = _ids(rng, max(1, total // 20), length=32)
     with_keywords = np.flatnonzero(keyword_counts)
@@ -533,17 +587,23 @@ def _write_conversions(writer: _DocumentWriter, rng, text_rng, photo_ids, design
         keyword[typed] = searches[text_rng.integers(0, len(searches), size=int(typed.sum()))]
         if start == 0:
             keyword[: len(searches)] = searches[:n]
-        writer.write({
-            "converted_at": _timestamps(rng, n),
-            "conversion_type": pa.array(np.full(n, "download")),
-            "keyword": pa.array(keyword, pa.string()),
-            "photo_id": pa.array(photo_ids[photo_index], pa.string()),
-            "anonymous_user_id": pa.array(users[rng.integers(0, len(users), size=n)], pa.string()),
-            "conversion_country": pa.array(np.array(_COUNTRIES, dtype=object)[rng.integers(0, len(_COUNTRIES), size=n)], pa.string()),
-            "device_type": pa.array(rng.choice(["desktop", "mobile", "tablet"], size=n, p=[0.6, 0.35, 0.05])),
-            "search_orientation_filter": pa.array(rng.choice(["all", "landscape", "portrait"], size=n, p=[0.8, 0.12, 0.08])),
-            "search_ordering": pa.array(rng.choice(["popular", "recent"], size=n, p=[0.9, 0.1])),
-        })
+        writer.write(
+            {
+                "converted_at": _timestamps(rng, n),
+                "conversion_type": pa.array(np.full(n, "download")),
+                "keyword": pa.array(keyword, pa.string()),
+                "photo_id": pa.array(photo_ids[photo_index], pa.string()),
+                "anonymous_user_id": pa.array(users[rng.integers(0, len(users), size=n)], pa.string()),
+                "conversion_country": pa.array(
+                    np.array(_COUNTRIES, dtype=object)[rng.integers(0, len(_COUNTRIES), size=n)], pa.string()
+                ),
+                "device_type": pa.array(rng.choice(["desktop", "mobile", "tablet"], size=n, p=[0.6, 0.35, 0.05])),
+                "search_orientation_filter": pa.array(
+                    rng.choice(["all", "landscape", "portrait"], size=n, p=[0.8, 0.12, 0.08])
+                ),
+                "search_ordering": pa.array(rng.choice(["popular", "recent"], size=n, p=[0.9, 0.1])),
+            }
+        )
     writer.close()
 
 
@@ -557,7 +617,9 @@ def _write_colors(writer: _DocumentWriter, rng, photo_ids, designs, total: int) 
         bg, _, accent = designs[i]
         order = [bg, accent] + [c for c in names if c not in (bg, accent)]
         chosen.append(order[r])
-    coverage = np.round(np.where(rank == 0, 60.0, np.where(rank == 1, 25.0, 10.0 / (rank + 1))) + rng.uniform(0, 1, total), 4)
+    coverage = np.round(
+        np.where(rank == 0, 60.0, np.where(rank == 1, 25.0, 10.0 / (rank + 1))) + rng.uniform(0, 1, total), 4
+    )
     rgb = np.array([PALETTE[c] for c in chosen], dtype=np.int64).reshape(-1, 3)
     order = rng.permutation(total)
     table = {
@@ -576,10 +638,12 @@ def _write_colors(writer: _DocumentWriter, rng, photo_ids, designs, total: int) 
 
 def _write_docs(out: Path, release_version: str) -> None:
     (out / "README.md").write_text(
-        f"# Synthetic Unsplash Lite {release_version} release\n\nWritten by `image-search sample`; every value is made up.\n", encoding="utf-8"
+        f"# Synthetic Unsplash Lite {release_version} release\n\nWritten by `image-search sample`; every value is made up.\n",
+        encoding="utf-8",
     )
     (out / "DOCS.md").write_text(
-        "# Columns\n\n" + "".join(f"## {doc}\n\n{', '.join(cols)}\n\n" for doc, cols in columns_of(release_version).items()),
+        "# Columns\n\n"
+        + "".join(f"## {doc}\n\n{', '.join(cols)}\n\n" for doc, cols in columns_of(release_version).items()),
         encoding="utf-8",
     )
     (out / "TERMS.md").write_text("Synthetic data: no terms beyond the project's licence.\n", encoding="utf-8")
@@ -595,12 +659,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--conversions", type=int, help="conversion rows (default 10 per photo)")
     parser.add_argument("--colors", type=int, help="colour rows (default 3 per photo)")
     parser.add_argument("--duplicates", type=int, default=0, help="near-copies of other photos to plant (default 0)")
-    parser.add_argument("--release-version", default=LATEST_RELEASE, choices=RELEASES,
-                        help=f"the release whose documents, columns and file names to write (default {LATEST_RELEASE})")
+    parser.add_argument(
+        "--release-version",
+        default=LATEST_RELEASE,
+        choices=RELEASES,
+        help=f"the release whose documents, columns and file names to write (default {LATEST_RELEASE})",
+    )
     parser.add_argument("--parts", type=int, default=1, help="files per document, each with the header (default 1)")
     parser.add_argument("--image-base-url", help="serve images from this URL instead of file:// URLs")
     parser.add_argument("--no-images", dest="images", action="store_false", help="write the documents only")
-    parser.add_argument("--models", action="store_true", help="also write tiny random CLIP and text models under DIR/models")
+    parser.add_argument(
+        "--models", action="store_true", help="also write tiny random CLIP and text models under DIR/models"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(handler=_run)
 
@@ -608,14 +678,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     summary = write_release(
-        args.dir, photos=args.photos, keywords=args.keywords, collections=args.collections,
-        conversions=args.conversions, colors=args.colors, duplicates=args.duplicates,
-        image_base_url=args.image_base_url, images=args.images, models=args.models, seed=args.seed,
-        release_version=args.release_version, parts=args.parts,
+        args.dir,
+        photos=args.photos,
+        keywords=args.keywords,
+        collections=args.collections,
+        conversions=args.conversions,
+        colors=args.colors,
+        duplicates=args.duplicates,
+        image_base_url=args.image_base_url,
+        images=args.images,
+        models=args.models,
+        seed=args.seed,
+        release_version=args.release_version,
+        parts=args.parts,
     )
     counts = {doc: summary[doc] for doc in DOCUMENTS}
     counts["release_version"] = summary["release_version"]
     counts["duplicates"] = len(summary["duplicates"])
-    print(json.dumps({"dir": str(args.dir), **counts, "models_dir": summary.get("models_dir"),
-                      "seconds": round(time.perf_counter() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "dir": str(args.dir),
+                **counts,
+                "models_dir": summary.get("models_dir"),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
     return 0

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from resources.backends.base import MODES, ORIENTATIONS
 from resources.errors import ImageSearchError
+from resources.index.base import MODES, ORIENTATIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +62,12 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--country", help="country of the photo's location (any case)")
     parser.add_argument("--since", metavar="YYYY-MM-DD", help="submitted on or after this day")
     parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
-    parser.add_argument("--show-duplicates", dest="hide_duplicates", action="store_false",
-                        help="keep near-duplicates (hidden by default)")
+    parser.add_argument(
+        "--show-duplicates",
+        dest="hide_duplicates",
+        action="store_false",
+        help="keep near-duplicates (hidden by default)",
+    )
 
 
 def _read_image(path: str) -> bytes:
@@ -98,8 +102,15 @@ def search_from(args: argparse.Namespace):
         query = {"like": args.like}
     else:
         query = {"text": args.text}
-    search = SavedSearch(name=args.name, query=query, mode=args.mode, k=args.k, filters=filters,
-                         min_score=args.min_score, hide_duplicates=args.hide_duplicates)
+    search = SavedSearch(
+        name=args.name,
+        query=query,
+        mode=args.mode,
+        k=args.k,
+        filters=filters,
+        min_score=args.min_score,
+        hide_duplicates=args.hide_duplicates,
+    )
     return search, images
 
 

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from resources.files import Staged
+from resources.storage.files import Staged
 
 DIM = 512
 #: The vocabulary size of the real text student's tokenizer (distilbert-base-multilingual-cased).

@@ -29,11 +29,27 @@ class ConfigError(ImageSearchError):
 
 #: Query parameters that carry a credential: signed URLs of S3 (SigV4 and V2), Google Cloud
 #: Storage and Azure SAS, and the usual token and key names. Compared case-insensitively.
-SECRET_QUERY_PARAMETERS = frozenset({
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "awsaccesskeyid",
-    "x-goog-signature", "x-goog-credential", "googleaccessid", "sig", "token", "access_token",
-    "api_key", "apikey", "key", "password", "secret", "client_secret",
-})
+SECRET_QUERY_PARAMETERS = frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "signature",
+        "awsaccesskeyid",
+        "x-goog-signature",
+        "x-goog-credential",
+        "googleaccessid",
+        "sig",
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "secret",
+        "client_secret",
+    }
+)
 
 
 def mask_url(url: str | None) -> str:
@@ -76,10 +92,16 @@ class Settings(BaseSettings):
         "clip-ViT-B-32-multilingual-v1", description="multilingual text model for queries: a name or a local path"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`cpu`, `cuda` or `auto`")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="`fp32`, `bf16`, `fp16` or `auto` (bf16 on CPUs with bf16 support, fp16 on GPU, else fp32)")
-    text_runtime: Literal["auto", "onnx", "torch"] = Field("auto", description="what runs the text model for queries: `onnx` (ONNX Runtime, float32 on the CPU), `torch`, or `auto` (`onnx` on a CPU in fp32, else `torch`; see [searching](docs/searching.md#text-queries-on-a-cpu))")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="`fp32`, `bf16`, `fp16` or `auto` (bf16 on CPUs with bf16 support, fp16 on GPU, else fp32)"
+    )
+    text_runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="what runs the text model for queries: `onnx` (ONNX Runtime, float32 on the CPU), `torch`, or `auto` (`onnx` on a CPU in fp32, else `torch`; see [searching](docs/searching.md#text-queries-on-a-cpu))",
+    )
     runtime: Literal["auto", "torch", "openvino"] = Field(
-        "auto", description="what runs the image model in the pipeline: `openvino` (int8, built from the model and used only where its vectors agree with fp32 on the user's photos), `torch`, or `auto` (`openvino` on a CPU where it is installed, else `torch`; see [images and embeddings](docs/images-and-embeddings.md))"
+        "auto",
+        description="what runs the image model in the pipeline: `openvino` (int8, built from the model and used only where its vectors agree with fp32 on the user's photos), `torch`, or `auto` (`openvino` on a CPU where it is installed, else `torch`; see [images and embeddings](docs/images-and-embeddings.md))",
     )
     runtime_calibration_images: int = Field(
         300, ge=1, description="stored photos the faster image runtime is calibrated on when it is built"
@@ -87,53 +109,111 @@ class Settings(BaseSettings):
     runtime_gate_images: int = Field(
         200, ge=2, description="held-out stored photos on which the faster image runtime must agree with fp32"
     )
-    backend: Literal["local", "elasticsearch"] = Field("local", description="`local` (embedded, no server) or `elasticsearch`")
-    es_url: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch URL; credentials in it are never printed")
-    es_username: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch user name, if not in the URL")
-    es_password: str | None = Field(None, repr=False, description="Elasticsearch/OpenSearch password, if not in the URL; never printed")
-    es_api_key: str | None = Field(None, repr=False, description="Elasticsearch API key, if not in the URL; never printed")
-    es_engine: str = Field("auto", description="which engine's mapping and query to use: `auto`, `escloud`, `opensearch` or `elasticsearch` (see [backends](docs/backends.md); run `image-search cluster check` before the first build)")
+    backend: Literal["local", "elasticsearch"] = Field(
+        "local", description="`local` (embedded, no server) or `elasticsearch`"
+    )
+    es_url: str | None = Field(
+        None, repr=False, description="Elasticsearch/OpenSearch URL; credentials in it are never printed"
+    )
+    es_username: str | None = Field(
+        None, repr=False, description="Elasticsearch/OpenSearch user name, if not in the URL"
+    )
+    es_password: str | None = Field(
+        None, repr=False, description="Elasticsearch/OpenSearch password, if not in the URL; never printed"
+    )
+    es_api_key: str | None = Field(
+        None, repr=False, description="Elasticsearch API key, if not in the URL; never printed"
+    )
+    es_engine: str = Field(
+        "auto",
+        description="which engine's mapping and query to use: `auto`, `escloud`, `opensearch` or `elasticsearch` (see [backends](docs/backends.md); run `image-search cluster check` before the first build)",
+    )
     es_verify_certs: bool = Field(True, description="TLS certificate verification; `false` is an explicit opt-out")
     es_ca_certs: str | None = Field(None, description="a CA bundle for a private certificate authority")
-    es_max_error_share: float = Field(0.01, description="a build fails (and the published index keeps serving) above this share of documents the cluster refuses as invalid (documents refused for overload, HTTP 429, are retried, never counted)")
-    es_build_timeout: float = Field(10800.0, gt=0, description="seconds an Elasticsearch/OpenSearch build may take: bulk requests refused as overloaded (HTTP 429) are retried with backoff until then, and its build lock expires after it")
+    es_max_error_share: float = Field(
+        0.01,
+        description="a build fails (and the published index keeps serving) above this share of documents the cluster refuses as invalid (documents refused for overload, HTTP 429, are retried, never counted)",
+    )
+    es_build_timeout: float = Field(
+        10800.0,
+        gt=0,
+        description="seconds an Elasticsearch/OpenSearch build may take: bulk requests refused as overloaded (HTTP 429) are retried with backoff until then, and its build lock expires after it",
+    )
     index_name: str = Field(
-        "image_search", validation_alias=f"{ENV_PREFIX}INDEX", description="the alias the search index is published under"
+        "image_search",
+        validation_alias=f"{ENV_PREFIX}INDEX",
+        description="the alias the search index is published under",
     )
     download_concurrency: int = Field(32, ge=1, description="parallel image downloads")
     download_timeout: float = Field(20.0, description="seconds per image request")
-    imgix_params: str = Field("w=640&q=80&fm=jpg&fit=max", description="size parameters asked of Unsplash's imgix image URLs")
-    max_download_failure_share: float = Field(0.05, description="the images check fails above this share of failed downloads")
-    ann_min_docs: int = Field(200_000, ge=1, description="the local backend adds an approximate (faiss IVF-flat) index from this many documents; below it kNN is exact")
-    duplicate_threshold: float = Field(
-        0.94, gt=0, le=1, description="cosine similarity of image vectors at or above which two photos count as near-duplicates"
+    imgix_params: str = Field(
+        "w=640&q=80&fm=jpg&fit=max", description="size parameters asked of Unsplash's imgix image URLs"
     )
-    refresh_cron: str = Field("0 3 * * *", description="when the scheduled refresh runs (cron, UTC; see [operations](docs/operations.md))")
-    release_poll_seconds: int = Field(600, ge=30, description="how often the new-release sensor looks at `IMAGE_SEARCH_DATASET`")
-    lock_timeout: float = Field(3600.0, description="seconds a run waits for another run writing the same bucket or index, or holding the pool slot it needs (`image-search materialize`), before it fails (see [after a crash](docs/operations.md#after-a-crash))")
+    max_download_failure_share: float = Field(
+        0.05, description="the images check fails above this share of failed downloads"
+    )
+    ann_min_docs: int = Field(
+        200_000,
+        ge=1,
+        description="the local backend adds an approximate (faiss IVF-flat) index from this many documents; below it kNN is exact",
+    )
+    duplicate_threshold: float = Field(
+        0.94,
+        gt=0,
+        le=1,
+        description="cosine similarity of image vectors at or above which two photos count as near-duplicates",
+    )
+    refresh_cron: str = Field(
+        "0 3 * * *", description="when the scheduled refresh runs (cron, UTC; see [operations](docs/operations.md))"
+    )
+    release_poll_seconds: int = Field(
+        600, ge=30, description="how often the new-release sensor looks at `IMAGE_SEARCH_DATASET`"
+    )
+    lock_timeout: float = Field(
+        3600.0,
+        description="seconds a run waits for another run writing the same bucket or index, or holding the pool slot it needs (`image-search materialize`), before it fails (see [after a crash](docs/operations.md#after-a-crash))",
+    )
     stale_run_seconds: float = Field(
-        3600.0, ge=0, description="on an instance shared by several machines (not the default SQLite one), a started run that has logged nothing for this long counts as dead"
+        3600.0,
+        ge=0,
+        description="on an instance shared by several machines (not the default SQLite one), a started run that has logged nothing for this long counts as dead",
     )
     buckets_per_run: int = Field(
-        64, ge=1, le=64, description="photo buckets per run when a backfill of the images and vectors is cut into runs, so that several workers share it (see [scaling out](docs/scaling.md))"
+        64,
+        ge=1,
+        le=64,
+        description="photo buckets per run when a backfill of the images and vectors is cut into runs, so that several workers share it (see [scaling out](docs/scaling.md))",
     )
-    embed_batch_size: int = Field(0, ge=0, description="images per model call when encoding; 0 is automatic: 32 on CPU, 512 on GPU")
-    decode_workers: int = Field(0, ge=0, description="threads (CPU) or processes (GPU) decoding images in parallel with the model; 0 is one per CPU core")
+    embed_batch_size: int = Field(
+        0, ge=0, description="images per model call when encoding; 0 is automatic: 32 on CPU, 512 on GPU"
+    )
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        description="threads (CPU) or processes (GPU) decoding images in parallel with the model; 0 is one per CPU core",
+    )
     gpu_decode: bool = Field(True, description="decode JPEGs on the GPU (needs torchvision) when encoding on CUDA")
-    query_batching: bool = Field(True, description="encode concurrent queries together in one model call (see [docs/api.md](docs/api.md))")
+    query_batching: bool = Field(
+        True, description="encode concurrent queries together in one model call (see [docs/api.md](docs/api.md))"
+    )
     query_batch_max: int = Field(32, ge=1, le=1024, description="most queries encoded in one model call")
     query_batch_window_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a model call waits for more queries once two are waiting"
     )
     api_key: SecretStr | None = Field(
-        None, repr=False, description="the key HTTP API callers send as `X-API-Key`; required to listen beyond 127.0.0.1; never printed"
+        None,
+        repr=False,
+        description="the key HTTP API callers send as `X-API-Key`; required to listen beyond 127.0.0.1; never printed",
     )
     api_cors_origins: str | None = Field(
         None, description="browser origins allowed to call the HTTP API, comma-separated (CORS off when empty)"
     )
-    api_request_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an HTTP API search may take before it answers 503")
+    api_request_timeout: float = Field(
+        30.0, gt=0, le=3600, description="seconds an HTTP API search may take before it answers 503"
+    )
     notify_url: str | None = Field(
-        None, repr=False,
+        None,
+        repr=False,
         description="where each refresh POSTs a saved search's new matches as JSON, retried, never failing a run (see [saved searches](docs/saved-searches.md)); credentials masked",
     )
     api_hosts: str | None = Field(
@@ -144,7 +224,9 @@ class Settings(BaseSettings):
         64, ge=1, le=10_000, description="HTTP API searches running at once; more are answered 503 with `Retry-After`"
     )
     api_header_timeout: float = Field(
-        10.0, gt=0, le=600,
+        10.0,
+        gt=0,
+        le=600,
         description="seconds an HTTP API client may take to send a request's headers, or pause while sending its body",
     )
 
@@ -155,7 +237,9 @@ class Settings(BaseSettings):
             raise ConfigError(_explain(exc.errors()[0])) from None
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         """Only the keyword arguments: the environment is read by :meth:`from_env`, nowhere else."""
         return (init_settings,)
 

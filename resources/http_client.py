@@ -46,7 +46,9 @@ class RequestFailed(Exception):
         self.status = status
 
 
-def pool(*, timeout: float, maxsize: int = 1, accept: str = "*/*", max_redirects: int = MAX_REDIRECTS) -> urllib3.PoolManager:
+def pool(
+    *, timeout: float, maxsize: int = 1, accept: str = "*/*", max_redirects: int = MAX_REDIRECTS
+) -> urllib3.PoolManager:
     """A keep-alive pool for ``maxsize`` threads: TLS verified, redirects followed, no retries of its own.
 
     Retries are :func:`retrying`'s alone, so each attempt is one request that a caller can
@@ -143,7 +145,12 @@ class Validators:
         if response.status == 206:
             length = headers.get("Content-Range", "").rpartition("/")[2].strip()
             length = "" if length == "*" else length
-        return cls(f"{parts.scheme}://{parts.hostname}{unquote(parts.path)}", headers.get("ETag", ""), headers.get("Last-Modified", ""), length)
+        return cls(
+            f"{parts.scheme}://{parts.hostname}{unquote(parts.path)}",
+            headers.get("ETag", ""),
+            headers.get("Last-Modified", ""),
+            length,
+        )
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Validators | None":

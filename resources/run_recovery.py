@@ -21,7 +21,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.runs import SqliteRunStorage
 
 from resources.config import Settings
-from resources.processes import pid_running
+from resources.storage.processes import pid_running
 
 IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
@@ -51,7 +51,11 @@ def dead_reason(instance: DagsterInstance, run_id: str) -> str | None:
     latest = instance.get_records_for_run(run_id, ascending=False, limit=1).records
     idle = time.time() - latest[0].timestamp if latest else 0.0
     stale_after = Settings.from_env().stale_run_seconds
-    return f"it has logged nothing for {idle:.0f} s (IMAGE_SEARCH_STALE_RUN_SECONDS={stale_after:g})" if idle >= stale_after else None
+    return (
+        f"it has logged nothing for {idle:.0f} s (IMAGE_SEARCH_STALE_RUN_SECONDS={stale_after:g})"
+        if idle >= stale_after
+        else None
+    )
 
 
 def describe_run(run: DagsterRun | None, run_id: str) -> str:
@@ -95,12 +99,16 @@ def recover_dead_runs(instance: DagsterInstance) -> list[str]:
             f"Marked failed by image-search: {reason}.",
             JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
         )
-        lines.append(f"recovered {describe_run(run, run.run_id)}: {reason}; marked failed, {_freed(instance, run.run_id, held[run.run_id])}")
+        lines.append(
+            f"recovered {describe_run(run, run.run_id)}: {reason}; marked failed, {_freed(instance, run.run_id, held[run.run_id])}"
+        )
     for run_id in sorted(instance.event_log_storage.get_concurrency_run_ids() - in_progress):
         run = instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             ended = "was deleted" if run is None else f"ended ({run.status.value})"
-            lines.append(f"recovered {describe_run(run, run_id)}: it {ended} without releasing its pool slots; {_freed(instance, run_id, held[run_id])}")
+            lines.append(
+                f"recovered {describe_run(run, run_id)}: it {ended} without releasing its pool slots; {_freed(instance, run_id, held[run_id])}"
+            )
     return lines
 
 
@@ -149,4 +157,8 @@ class LocalRunLauncher(DefaultRunLauncher):
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         reason = dead_reason(self._instance, run.run_id)
-        return CheckRunHealthResult(WorkerStatus.RUNNING) if reason is None else CheckRunHealthResult(WorkerStatus.FAILED, reason)
+        return (
+            CheckRunHealthResult(WorkerStatus.RUNNING)
+            if reason is None
+            else CheckRunHealthResult(WorkerStatus.FAILED, reason)
+        )

@@ -52,7 +52,7 @@ materialize 'group:ingestion'
 materialize 'group:vectors' --partition-range b00...b63
 materialize 'group:search'
 
-photos=$("$BIN/python" -c "from resources.config import Settings; from resources.backends import open_backend; print(open_backend(Settings.from_env()).count())")
+photos=$("$BIN/python" -c "from resources.config import Settings; from resources.index import open_backend; print(open_backend(Settings.from_env()).count())")
 echo "make demo: done, $photos photos searchable. Dagster's full log: $log"
 if [[ "${SERVE:-1}" != "1" ]]; then
     echo "make demo: SERVE=0, so no servers. Try: $BIN/image-search query \"a dog on the beach\""

@@ -63,7 +63,7 @@ fi
 run_bench() {  # $1: label, rest: environment assignments
     local label=$1; shift
     step "bench embed, $label"
-    env "$@" "$PYTHON" -m image_search.bench_embed --images "$WORK/images" --make "$COUNT" \
+    env "$@" "$PYTHON" -m benchmarks.embed --images "$WORK/images" --make "$COUNT" \
         --model "$WORK/models/clip" --device cuda --batch-size "$BATCH" --workers "$WORKERS" \
         --baseline-limit "$BASELINE" --json | tee "$WORK/$label.json"
 }

@@ -35,7 +35,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from resources.backends.base import MAX_K, Filters, Mode
 from resources.config import Settings, env_variable
 from resources.errors import (
     ImageSearchError,
@@ -45,6 +44,7 @@ from resources.errors import (
     UnavailableError,
     UnsupportedTypeError,
 )
+from resources.index.base import MAX_K, Filters, Mode
 from search_app import saved_api
 from search_app.api_connections import server_options
 from search_app.api_models import (
@@ -327,7 +327,12 @@ async def more_like_this(
     """Photos nearest to an indexed photo (the photo itself first)."""
     results, model = await searches.run(
         service.with_model,
-        service.more_like_this, photo_id, k=k, min_score=min_score, filters=filters, collapse_duplicates=hide_duplicates
+        service.more_like_this,
+        photo_id,
+        k=k,
+        min_score=min_score,
+        filters=filters,
+        collapse_duplicates=hide_duplicates,
     )
     return search_response({"like": photo_id}, "like", filters, results, model)
 

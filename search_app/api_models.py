@@ -18,8 +18,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from resources.backends.base import MAX_K, ORIENTATIONS, BuildInfo, Filters
 from resources.errors import ImageSearchError
+from resources.index.base import MAX_K, ORIENTATIONS, BuildInfo, Filters
 from search_app.compose import Term, parse_expression
 from search_app.parts import MAX_PARTS, PHOTO_ID, QueryPart
 from search_app.service import SearchResult

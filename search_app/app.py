@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from resources.backends.base import MODES, ORIENTATIONS, Filters
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.index.base import MODES, ORIENTATIONS, Filters
 from resources.saved.store import SavedStore
 from search_app import saved_page
 from search_app.saved import filters_dict
@@ -108,7 +108,9 @@ def _parse_url(params: Any) -> tuple[dict[str, Any], list[str]]:
         if orientation in ORIENTATIONS:
             values["orientation"] = orientation
         else:
-            problems.append(f"orientation={orientation!r} in the address is not one of {', '.join(ORIENTATIONS)}: ignored.")
+            problems.append(
+                f"orientation={orientation!r} in the address is not one of {', '.join(ORIENTATIONS)}: ignored."
+            )
     for name, cast, low, high in (("k", int, 1, MAX_SHOWN), ("min_score", float, 0.0, 1.0)):
         raw = params.get(name)
         if raw is None:
@@ -226,19 +228,34 @@ def _controls() -> Filters:
     """The sidebar: mode, number of results, minimum score and filters."""
     with st.sidebar:
         st.header("Search options")
-        st.radio("Mode", MODES, key="mode", horizontal=True, help="How words are matched: by meaning (vector), "
-                 "by keyword (BM25 on the photo's keywords and descriptions), or both fused (hybrid).")
+        st.radio(
+            "Mode",
+            MODES,
+            key="mode",
+            horizontal=True,
+            help="How words are matched: by meaning (vector), "
+            "by keyword (BM25 on the photo's keywords and descriptions), or both fused (hybrid).",
+        )
         st.slider("Number of results", 1, MAX_SHOWN, key="k")
-        st.slider("Minimum score", 0.0, 1.0, step=0.01, key="min_score",
-                  help="Results scoring below this are left out (cosine similarity for vector search).")
+        st.slider(
+            "Minimum score",
+            0.0,
+            1.0,
+            step=0.01,
+            key="min_score",
+            help="Results scoring below this are left out (cosine similarity for vector search).",
+        )
         st.subheader("Filters")
         st.selectbox("Orientation", (ANY, *ORIENTATIONS), key="orientation")
         st.text_input("Colour", key="color", placeholder="e.g. blue")
         st.text_input("Country", key="country", placeholder="e.g. Iceland")
         st.date_input("Submitted on or after", key="since", format="YYYY-MM-DD")
         st.date_input("Submitted on or before", key="until", format="YYYY-MM-DD")
-        st.toggle("Hide duplicates", key="hide_duplicates",
-                  help="Show one photo per group of near-identical photos (the best-ranked one).")
+        st.toggle(
+            "Hide duplicates",
+            key="hide_duplicates",
+            help="Show one photo per group of near-identical photos (the best-ranked one).",
+        )
     state = st.session_state
     return Filters(
         orientation=None if state.orientation == ANY else state.orientation,
@@ -253,9 +270,7 @@ def _show_results(results: list[SearchResult], what: str, min_score: float, keyw
     """The result grid, or a message saying nothing passed."""
     if not results:
         cut = f" with a score of at least {min_score:.2f}" if min_score else ""
-        st.warning(
-            f"No photo matches {what}{cut}. Lower the minimum score, loosen the filters, or try other words."
-        )
+        st.warning(f"No photo matches {what}{cut}. Lower the minimum score, loosen the filters, or try other words.")
         return
     st.subheader(f"{len(results)} results for {what}")
     columns = st.columns(COLUMNS)
@@ -293,8 +308,13 @@ def _show_result(result: SearchResult, keyword: bool) -> None:
     if result.describe:
         describe = result.describe if len(result.describe) <= 160 else result.describe[:157] + "..."
         st.caption(_escape(describe))
-    st.button("More like this", key=f"like-{result.photo_id}", on_click=_start_more_like_this,
-              args=(result.photo_id,), width="stretch")
+    st.button(
+        "More like this",
+        key=f"like-{result.photo_id}",
+        on_click=_start_more_like_this,
+        args=(result.photo_id,),
+        width="stretch",
+    )
 
 
 def _without_source(results: list[SearchResult], photo_id: str, k: int) -> list[SearchResult]:
@@ -317,7 +337,11 @@ def _run(search: Callable[[SearchService], list[SearchResult]], settings: Settin
         with st.spinner(label):
             results = search(service)
         model = service.answered_by()
-        st.caption(_escape(f"Answered by model {model['name'] or 'unregistered'}: {model['image_model']} + {model['text_model']}, {model['dim']}-d"))
+        st.caption(
+            _escape(
+                f"Answered by model {model['name'] or 'unregistered'}: {model['image_model']} + {model['text_model']}, {model['dim']}-d"
+            )
+        )
     except ImageSearchError as exc:
         st.error(_message(str(exc)))
         return None
@@ -352,20 +376,36 @@ def main() -> None:
         text_column, button_column = st.columns([5, 1], vertical_alignment="bottom")
         text_column.text_input("Search in any language", key="q", placeholder="e.g. a dog on the beach / 海边的狗")
         button_column.form_submit_button("Search", on_click=_start_text_search, width="stretch")
-    upload = st.file_uploader("...or search with a photo", type=list(UPLOAD_TYPES),
-                              key=f"upload-{st.session_state.upload_round}", on_change=_start_upload_search)
+    upload = st.file_uploader(
+        "...or search with a photo",
+        type=list(UPLOAD_TYPES),
+        key=f"upload-{st.session_state.upload_round}",
+        on_change=_start_upload_search,
+    )
 
     state = st.session_state
-    st.text_input("Without", key="without", placeholder="e.g. people / 人",
-                  help="Steer any search away from these words (a negative part of a composed query).")
+    st.text_input(
+        "Without",
+        key="without",
+        placeholder="e.g. people / 人",
+        help="Steer any search away from these words (a negative part of a composed query).",
+    )
     if state.like:
-        st.text_input("More like this, and…", key="also", placeholder="e.g. at night / 夜晚",
-                      help="Add words to the photo you started from (a positive part of a composed query).")
+        st.text_input(
+            "More like this, and…",
+            key="also",
+            placeholder="e.g. at night / 夜晚",
+            help="Add words to the photo you started from (a positive part of a composed query).",
+        )
     also, without = state.also.strip(), state.without.strip()
     _write_url({name: state[name] for name in URL_DEFAULTS}, state.like)
     # A minimum of 0 means no cut, so random test models (cosines around 0) still show results.
-    options = {"k": state.k, "min_score": state.min_score or None, "filters": filters,
-               "collapse_duplicates": state.hide_duplicates}
+    options = {
+        "k": state.k,
+        "min_score": state.min_score or None,
+        "filters": filters,
+        "collapse_duplicates": state.hide_duplicates,
+    }
     keyword = False
     # A photo cannot be matched by keywords: in keyword mode its words join it by fusion (hybrid).
     photo_mode = "hybrid" if state.mode == "keyword" else state.mode
@@ -408,8 +448,14 @@ def main() -> None:
         return
     if results is not None:
         _show_results(results, what, state.min_score, keyword)
-        search = {"query": query, "mode": mode, "k": state.k, "filters": filters_dict(filters),
-                  "min_score": state.min_score or None, "hide_duplicates": state.hide_duplicates}
+        search = {
+            "query": query,
+            "mode": mode,
+            "k": state.k,
+            "filters": filters_dict(filters),
+            "min_score": state.min_score or None,
+            "hide_duplicates": state.hide_duplicates,
+        }
         saved_page.save_box(store, lambda: _load_service(settings, _settings_key(settings)), search, images)
 
 

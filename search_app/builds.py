@@ -11,8 +11,8 @@ import contextvars
 import functools
 from typing import Any, Callable
 
-from resources.backends.base import SearchBackend
 from resources.errors import ImageSearchError, NotFoundError, ServerSideError, UnavailableError
+from resources.index.base import SearchBackend
 
 
 class OneBuild:

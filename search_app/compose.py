@@ -103,13 +103,13 @@ class _Reader:
         start = self.at
         while self.at < len(self.text) and not self.text[self.at].isspace():
             self.at += 1
-        return self.text[start:self.at]
+        return self.text[start : self.at]
 
     def at_term_boundary(self) -> bool:
         """True where bare words stop: the end, an operator, a quote, a weight or a prefixed term."""
         if self.done():
             return True
-        rest = self.text[self.at:]
+        rest = self.text[self.at :]
         return rest[0] in "+-" or rest[0] in _QUOTES or bool(_WEIGHT.match(rest)) or bool(_PREFIX.match(rest))
 
 
@@ -140,7 +140,7 @@ def _term(reader: _Reader, sign: float, *, whole_words: bool) -> Term:
         if not value.strip():
             raise reader.fail(body, f"give a {'photo id' if kind == 'photo' else 'file path'} after {kind}:")
     elif whole_words:
-        kind, value = "words", reader.text[reader.at:].strip()
+        kind, value = "words", reader.text[reader.at :].strip()
         reader.at = len(reader.text)
     elif reader.peek() in _QUOTES:
         kind, value = "words", reader.quoted()
@@ -151,7 +151,7 @@ def _term(reader: _Reader, sign: float, *, whole_words: bool) -> Term:
         while not reader.at_term_boundary():
             words.append(reader.bare())
         value = " ".join(words)
-    return Term(kind, value, sign * weight, reader.text[start:reader.at].strip())
+    return Term(kind, value, sign * weight, reader.text[start : reader.at].strip())
 
 
 def parse_expression(expression: str) -> list[Term]:

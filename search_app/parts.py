@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from resources.errors import ImageSearchError, NotFoundError, TooLargeError
-from resources.pictures import decoded_rgb, open_image
+from resources.images.pictures import decoded_rgb, open_image
 
 #: The largest query image accepted from a file or an upload (the CLI, the HTTP API); the
-#: pixel cap is :data:`resources.pictures.MAX_PIXELS`, read from the header before decoding.
+#: pixel cap is :data:`resources.images.pictures.MAX_PIXELS`, read from the header before decoding.
 MAX_QUERY_IMAGE_BYTES = 50 * 1024 * 1024
 #: The most parts one composed query may have: enough for any phrasing a person writes,
 #: few enough that a caller cannot make one query encode hundreds of images.
@@ -108,7 +108,7 @@ def check_parts(parts: list[QueryPart]) -> list[QueryPart]:
 def load_query_image(image: Image.Image | bytes | str | os.PathLike, *, draft_to: int | None = None) -> Image.Image:
     """An RGB image from a PIL image, raw bytes or a file path; a bad one raises ImageSearchError.
 
-    Bytes and files go through :func:`resources.pictures.decoded_rgb`, as downloaded photos
+    Bytes and files go through :func:`resources.images.pictures.decoded_rgb`, as downloaded photos
     do (a byte cap, JPEG, PNG or WebP only, a pixel cap read before decoding, a real decode,
     EXIF rotation, conversion to RGB), so an upload is never trusted. ``draft_to`` lets a
     large JPEG decode at reduced scale, to the size the model resizes to.

@@ -11,8 +11,8 @@ import datetime as dt
 import io
 from typing import Any
 
-from resources.backends.base import Filters
 from resources.errors import ImageSearchError
+from resources.index.base import Filters
 from resources.saved.refresh import dropped_good, new_matches, next_results, unseen
 from resources.saved.store import SavedSearch, SavedStore
 from search_app.parts import check_photo_id
@@ -40,14 +40,22 @@ def _parts(search: SavedSearch, store: SavedStore, images: list[bytes] | None) -
     for part in search.query["parts"]:
         image = part.get("image")
         data = None if image is None else (images[image] if images is not None else store.image(search.name, image))
-        parts.append(QueryPart(text=part.get("text"), photo_id=part.get("photo_id"), image=data, weight=part.get("weight", 1.0)))
+        parts.append(
+            QueryPart(text=part.get("text"), photo_id=part.get("photo_id"), image=data, weight=part.get("weight", 1.0))
+        )
     return parts
 
 
-def run(service: SearchService, store: SavedStore, search: SavedSearch, images: list[bytes] | None = None) -> list[SearchResult]:
+def run(
+    service: SearchService, store: SavedStore, search: SavedSearch, images: list[bytes] | None = None
+) -> list[SearchResult]:
     """The search's results on the published index; ``images`` stand in for its stored images before it is saved."""
-    options = {"k": search.k, "min_score": search.min_score, "filters": filters_of(search),
-               "collapse_duplicates": search.hide_duplicates}
+    options = {
+        "k": search.k,
+        "min_score": search.min_score,
+        "filters": filters_of(search),
+        "collapse_duplicates": search.hide_duplicates,
+    }
     kind, value = search.kind, search.query[search.kind]
     if kind == "text":
         return service.search_text(value, mode=search.mode, **options)
@@ -60,8 +68,12 @@ def run(service: SearchService, store: SavedStore, search: SavedSearch, images: 
 
 def entry(result: SearchResult) -> dict[str, Any]:
     """What a results record keeps of a result: its id, score and links."""
-    return {"photo_id": result.photo_id, "score": round(float(result.score), 6),
-            "photo_url": result.photo_url, "image_url": result.image_url}
+    return {
+        "photo_id": result.photo_id,
+        "score": round(float(result.score), 6),
+        "photo_url": result.photo_url,
+        "image_url": result.image_url,
+    }
 
 
 def as_jpeg(data: bytes) -> bytes:
@@ -87,7 +99,9 @@ def refresh(service: SearchService, store: SavedStore, name: str) -> dict[str, A
     top = [entry(r) for r in run(service, store, search)]
 
     def record(previous: dict | None) -> dict[str, Any]:
-        if store.get(name) != search:  # read again under the search's lock: the old query's results are not the new one's
+        if (
+            store.get(name) != search
+        ):  # read again under the search's lock: the old query's results are not the new one's
             raise ImageSearchError(
                 f"saved search {name!r} was removed and saved again while it was refreshed: its next refresh covers it"
             )
@@ -134,7 +148,14 @@ def overview(store: SavedStore) -> tuple[list[dict[str, Any]], list[str]]:
         except ImageSearchError as exc:
             problems.append(str(exc))
             results, looked = None, set()
-        rows.append({"name": search.name, "search": search.label(), "k": search.k,
-                     "build": (results or {}).get("build"), "new": len(new_matches(results)),
-                     "unseen": len(unseen(results, looked))})
+        rows.append(
+            {
+                "name": search.name,
+                "search": search.label(),
+                "k": search.k,
+                "build": (results or {}).get("build"),
+                "new": len(new_matches(results)),
+                "unseen": len(unseen(results, looked)),
+            }
+        )
     return rows, problems

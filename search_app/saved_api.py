@@ -20,9 +20,9 @@ from fastapi import APIRouter, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.backends.base import MAX_K, ORIENTATIONS, Mode
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.index.base import MAX_K, ORIENTATIONS, Mode
 from resources.saved.store import SavedSearch, SavedStore
 from search_app import saved
 from search_app.api_models import PhotoId
@@ -90,8 +90,15 @@ def _search(body: NewSaved) -> tuple[SavedSearch, list[bytes]]:
     if any(number >= len(images) for number in named):
         raise ImageSearchError(f"the query names an image beyond the {len(images)} given in images")
     filters = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in body.filters.model_dump().items() if v}
-    search = SavedSearch(name=body.name, query=given, mode=body.mode, k=body.k, filters=filters,
-                         min_score=body.min_score, hide_duplicates=body.hide_duplicates)
+    search = SavedSearch(
+        name=body.name,
+        query=given,
+        mode=body.mode,
+        k=body.k,
+        filters=filters,
+        min_score=body.min_score,
+        hide_duplicates=body.hide_duplicates,
+    )
     return search, images
 
 

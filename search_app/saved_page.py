@@ -50,10 +50,14 @@ def _save(store: SavedStore, service: Callable[[], SearchService], search: dict[
         st.session_state["saved_message"] = ("error", str(exc))
         return
     st.session_state["saved_message"] = (
-        "success", f"Saved “{kept.name}”: each refresh of the index now looks for new photos for it.")
+        "success",
+        f"Saved “{kept.name}”: each refresh of the index now looks for new photos for it.",
+    )
 
 
-def save_box(store: SavedStore, service: Callable[[], SearchService], search: dict[str, Any], images: list[bytes]) -> None:
+def save_box(
+    store: SavedStore, service: Callable[[], SearchService], search: dict[str, Any], images: list[bytes]
+) -> None:
     """A name box and a Save button that keep the search on the page (``search``: a :class:`SavedSearch` less its name)."""
     with st.form("save", border=False):
         name_column, button_column = st.columns([5, 1], vertical_alignment="bottom")
@@ -105,10 +109,20 @@ def _entry(store, service, name, entry, fresh, marks, show_result) -> None:
         st.caption(str(exc))
     mark = marks.get(photo_id)
     up, down = st.columns(2)
-    up.button("👍" + (" good" if mark == "good" else ""), key=f"good-{photo_id}", width="stretch",
-              on_click=_mark, args=(store, service, name, photo_id, None if mark == "good" else "good"))
-    down.button("👎" + (" bad" if mark == "bad" else ""), key=f"bad-{photo_id}", width="stretch",
-                on_click=_mark, args=(store, service, name, photo_id, None if mark == "bad" else "bad"))
+    up.button(
+        "👍" + (" good" if mark == "good" else ""),
+        key=f"good-{photo_id}",
+        width="stretch",
+        on_click=_mark,
+        args=(store, service, name, photo_id, None if mark == "good" else "good"),
+    )
+    down.button(
+        "👎" + (" bad" if mark == "bad" else ""),
+        key=f"bad-{photo_id}",
+        width="stretch",
+        on_click=_mark,
+        args=(store, service, name, photo_id, None if mark == "bad" else "bad"),
+    )
 
 
 def query_of(parts: list | None, single: dict[str, Any]) -> dict[str, Any]:

@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from resources.backends import BUILD_HINT, open_backend
-from resources.backends.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from resources.config import Settings
-from resources.downloader import with_imgix_params
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
-from resources.image_store import ImageStore
+from resources.images.downloader import with_imgix_params
+from resources.images.image_store import ImageStore
+from resources.index import BUILD_HINT, open_backend
+from resources.index.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
 from search_app.builds import OneBuild, one_build, request_view
 from search_app.parts import (  # noqa: F401 - re-exported: the service is where callers find a query's parts
     MAX_PARTS,
@@ -208,7 +208,13 @@ class SearchService:
 
         info = self.build_info()
         name = Registry(self.settings).name_of(info.image_model, info.text_model)
-        return {"name": name, "image_model": info.image_model, "text_model": info.text_model, "dim": info.dim, "build": info.name}
+        return {
+            "name": name,
+            "image_model": info.image_model,
+            "text_model": info.text_model,
+            "dim": info.dim,
+            "build": info.name,
+        }
 
     @one_build
     def with_model(self, search: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:

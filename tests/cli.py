@@ -28,14 +28,22 @@ def clean_env(**settings: str | os.PathLike) -> dict[str, str]:
 def tiny_env(home: Path, tiny_models: tuple[Path, Path], **settings: str | os.PathLike) -> dict[str, str]:
     """:func:`clean_env` over ``home`` with the tiny models, plus ``settings``."""
     return clean_env(
-        IMAGE_SEARCH_HOME=home, IMAGE_SEARCH_IMAGE_MODEL=tiny_models[0], IMAGE_SEARCH_TEXT_MODEL=tiny_models[1], **settings
+        IMAGE_SEARCH_HOME=home,
+        IMAGE_SEARCH_IMAGE_MODEL=tiny_models[0],
+        IMAGE_SEARCH_TEXT_MODEL=tiny_models[1],
+        **settings,
     )
 
 
 def image_search(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """``image-search ARGS`` with ``env``, its output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "image_search.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+        [sys.executable, "-m", "image_search.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
     )
 
 

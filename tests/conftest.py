@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -12,21 +14,27 @@ from image_search.tiny_models import write_tiny_models
 from resources.config import Settings
 from search_app.service import SearchService
 
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
 LAYERS = ("unit", "integration", "e2e")
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse to run a test that is not in exactly one layer, so ``pytest -m unit`` misses nothing by accident."""
+    """Mark each test with the layer its folder names (tests/<layer>/), and refuse one outside a layer folder."""
     wrong = []
     for item in items:
-        layers = sorted({mark.name for mark in item.iter_markers() if mark.name in LAYERS})
-        if len(layers) != 1:
-            wrong.append(f"{item.nodeid}: {', '.join(layers) or 'no layer'}")
+        layer = item.path.parent.name
+        if layer in LAYERS and item.path.parent.parent == TESTS:
+            item.add_marker(getattr(pytest.mark, layer))
+        else:
+            wrong.append(item.nodeid)
     if wrong:
         raise pytest.UsageError(
-            f"every test needs exactly one layer marker ({', '.join(LAYERS)}); add "
-            f"`pytestmark = pytest.mark.<layer>` to its file (docs/testing.md). Not so: {'; '.join(wrong[:5])}"
+            f"every test lives in one layer folder ({', '.join(f'tests/{layer}/' for layer in LAYERS)}; "
+            f"docs/testing.md). Not so: {'; '.join(wrong[:5])}"
             + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
         )
 
@@ -119,6 +127,18 @@ def settings(search_home: Path) -> Settings:
 @pytest.fixture(scope="module")
 def service(settings: Settings) -> SearchService:
     return SearchService.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def client(service: SearchService, settings: Settings, one_torch_thread) -> Iterator[TestClient]:
+    """The keyless HTTP API over the module's ``service``, called as a local program calls it (Host 127.0.0.1)."""
+    from fastapi.testclient import TestClient
+
+    from search_app.api import create_app
+    from tests.http_fixtures import LOCAL
+
+    with TestClient(create_app(service, settings), base_url=LOCAL, raise_server_exceptions=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

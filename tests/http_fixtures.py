@@ -401,8 +401,16 @@ class ZipServer:
     streams its files does.
     """
 
-    def __init__(self, body: bytes, cut_at: int | None = None, cuts: int = 1, status: int = 200,
-                 etag: str | None = '"v1"', last_modified: str | None = None, head_length: bool = True):
+    def __init__(
+        self,
+        body: bytes,
+        cut_at: int | None = None,
+        cuts: int = 1,
+        status: int = 200,
+        etag: str | None = '"v1"',
+        last_modified: str | None = None,
+        head_length: bool = True,
+    ):
         self.body, self.cut_at, self.cuts, self.status = body, cut_at, cuts, status
         self.etag, self.last_modified, self.head_length = etag, last_modified, head_length
         self.requests: list[str | None] = []
@@ -432,7 +440,9 @@ class ZipServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+                start = (
+                    int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+                )
                 if self.headers.get("If-Range") not in (None, server.etag, server.last_modified):
                     start = 0
                 self.send_response(206 if start else 200)

@@ -91,7 +91,7 @@ def kill_group(child: subprocess.Popen) -> None:
 _HOLD_LOCK = """
 import sys
 from pathlib import Path
-from resources.locks import store_lock
+from resources.storage.locks import store_lock
 with store_lock(Path(sys.argv[1]), sys.argv[2], timeout=5, run_id=sys.argv[3] or None):
     print("held", flush=True)
     sys.stdin.readline()
@@ -103,7 +103,11 @@ def hold_lock(lock: Path, what: str = "images bucket b05", run_id: str | None = 
     root = HOOK_DIR.parents[1]
     child = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(lock), what, run_id or ""],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert child.stdout.readline().strip() == "held"
     return child

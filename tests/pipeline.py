@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from image_search.sample import write_release
-from resources import duplicates
-from resources.backends import open_backend
-from resources.backends.base import BuildInfo
-from resources.backends.local import LocalBackend
-from resources.catalog import index_inputs
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.vector_store import load_embeddings
+from resources.index import open_backend
+from resources.index.base import BuildInfo
+from resources.index.local import LocalBackend
+from resources.release.catalog import index_inputs
+from resources.vectors import duplicates
+from resources.vectors.vector_store import load_embeddings
 from search_app.service import SearchService
 
 

@@ -54,7 +54,6 @@ class EncodedBatch:
     failures: list[tuple[int, str]] = field(default_factory=list)
 
 
-
 class ClipEncoder:
     """Image and text encoder into one CLIP space; models load on first use, once per process."""
 

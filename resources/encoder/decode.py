@@ -1,6 +1,6 @@
 """Image files to the model's input on the CPU: open, decode (JPEGs at a reduced DCT scale), resize, crop.
 
-Every file the encoder reads is opened by :func:`resources.pictures.open_image`, the one safe
+Every file the encoder reads is opened by :func:`resources.images.pictures.open_image`, the one safe
 opener (JPEG, PNG or WebP only, the pixel cap read from the header). A file that cannot be decoded is a per-file failure with a short reason, never
 fatal to its batch.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resources.pictures import is_upright, open_image, upright_rgb
+from resources.images.pictures import is_upright, open_image, upright_rgb
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,6 @@ class Preprocess:
     crop: int = 224
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-
 
 
 def prepare_image(image: Image.Image, pre: Preprocess) -> np.ndarray:

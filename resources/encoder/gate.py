@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.files import write_text
+from resources.storage.files import write_text
 
 MIN_COSINE = 0.99
 MIN_TOP10_OVERLAP = 0.9
@@ -70,8 +70,17 @@ def top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = NEIGHBO
 def judge(runtime: str, precision: str, model_hash: str, reference: np.ndarray, candidate: np.ndarray) -> GateReport:
     """Compare ``candidate``'s unit rows with fp32's ``reference`` rows of the same photos and give the verdict."""
     if len(reference) < 2:
-        return GateReport(runtime, precision, model_hash, len(reference), 0.0, 0.0, 0.0, False,
-                          "fewer than 2 stored photos to compare on: store more photos first")
+        return GateReport(
+            runtime,
+            precision,
+            model_hash,
+            len(reference),
+            0.0,
+            0.0,
+            0.0,
+            False,
+            "fewer than 2 stored photos to compare on: store more photos first",
+        )
     cosines = np.sum(reference * candidate, axis=1)
     cos_min, overlap = float(cosines.min()), top_k_overlap(reference, candidate)
     passed = cos_min >= MIN_COSINE and overlap >= MIN_TOP10_OVERLAP
@@ -80,8 +89,17 @@ def judge(runtime: str, precision: str, model_hash: str, reference: np.ndarray, 
         if passed
         else f"disagrees with PyTorch fp32 (needs cosine_min >= {MIN_COSINE} and top10_overlap >= {MIN_TOP10_OVERLAP})"
     )
-    return GateReport(runtime, precision, model_hash, len(reference), round(cos_min, 5),
-                      round(float(cosines.mean()), 5), round(overlap, 4), passed, reason)
+    return GateReport(
+        runtime,
+        precision,
+        model_hash,
+        len(reference),
+        round(cos_min, 5),
+        round(float(cosines.mean()), 5),
+        round(overlap, 4),
+        passed,
+        reason,
+    )
 
 
 def split_sample(paths: list[str], held_out: int, calibration: int) -> tuple[list[str], list[str]]:

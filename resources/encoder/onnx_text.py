@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from resources.files import scratch_folder, sweep
+from resources.storage.files import scratch_folder, sweep
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from resources.encoder.decode import Preprocess
-from resources.files import scratch_folder, sweep
+from resources.storage.files import scratch_folder, sweep
 
 log = logging.getLogger(__name__)
 

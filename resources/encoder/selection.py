@@ -56,6 +56,7 @@ def resolve_runtime(setting: str, device: str) -> str:
 
 def prepared_pixels(paths: Sequence[str], pre: Preprocess, workers: int) -> np.ndarray:
     """The model input of every decodable file in ``paths``, stacked (undecodable files are left out)."""
+
     def one(path: str):
         try:
             return load_prepared(path, pre)
@@ -114,10 +115,17 @@ def select(encoder, sample_paths: Sequence[str], held_out: int, calibration: int
     elif report is None:
         pre = encoder.preprocess
         gate_paths, calibration_paths = split_sample([str(p) for p in sample_paths], held_out, calibration)
-        log.info("building the %s image runtime: %d photos to calibrate on, %d held out for the gate",
-                 FAST[0], len(calibration_paths), len(gate_paths))
+        log.info(
+            "building the %s image runtime: %d photos to calibrate on, %d held out for the gate",
+            FAST[0],
+            len(calibration_paths),
+            len(gate_paths),
+        )
         runtime, report = build_and_judge(
-            encoder.clip, pre, folder, encoder.model_hash,
+            encoder.clip,
+            pre,
+            folder,
+            encoder.model_hash,
             prepared_pixels(gate_paths, pre, encoder.decode_workers),
             prepared_pixels(calibration_paths, pre, encoder.decode_workers),
         )

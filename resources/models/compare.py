@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from resources.catalog import read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.image_store import ImageStore
+from resources.images.image_store import ImageStore
 from resources.models import evaluation as ev
 from resources.models.registry import ModelPair, Registry
 from resources.models.release import evaluation_backend, open_encoder
-from resources.vector_store import VectorStore
+from resources.release.catalog import read_catalog
+from resources.vectors.vector_store import VectorStore
 
 #: Queries timed one by one for the latency figure.
 LATENCY_QUERIES = 20
@@ -163,7 +163,10 @@ def refusal(result: dict[str, Any], name: str) -> str | None:
     worse = [m for m in ev.METRICS if verdicts.get(m, {}).get("result") == ev.WORSE]
     if not worse:
         return None
-    shown = ", ".join(f"{m} {verdicts[m]['difference']['mean']:+.3f} (95% interval up to {verdicts[m]['difference']['high']:+.3f})" for m in worse)
+    shown = ", ".join(
+        f"{m} {verdicts[m]['difference']['mean']:+.3f} (95% interval up to {verdicts[m]['difference']['high']:+.3f})"
+        for m in worse
+    )
     return (
         f"promotion of {name!r} refused: on {result['queries']} judged queries it answers worse than "
         f"{result['serving']!r} ({shown}); pass --force to promote anyway"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from resources.backends import model_backend
 from resources.config import Settings
 from resources.errors import ImageSearchError
+from resources.index import model_backend
 from resources.models.compare import compare, refusal
 from resources.models.registry import ModelPair, Registry
 from resources.models.release import switch

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.files import write_text
-from resources.locks import store_lock
+from resources.storage.files import write_text
+from resources.storage.locks import store_lock
 
 #: The name of the configured pair; no registered model may take it.
 CONFIGURED = "default"
@@ -70,13 +70,15 @@ class Registry:
         except FileNotFoundError:
             return {"models": {}, "serving": None, "previous": None}
         except (OSError, ValueError) as exc:
-            raise ImageSearchError(f"the model registry {self.path} is unreadable ({exc}): restore it or delete it") from None
+            raise ImageSearchError(
+                f"the model registry {self.path} is unreadable ({exc}): restore it or delete it"
+            ) from None
         state.setdefault("models", {})
         return state
 
     def configured(self) -> ModelPair:
         """The pair the settings name, as :data:`CONFIGURED`; its size is its stored vectors' (0 before any)."""
-        from resources.vector_store import VectorStore
+        from resources.vectors.vector_store import VectorStore
 
         dim = VectorStore.for_settings(self.settings).dimension() or 0
         return ModelPair(CONFIGURED, self.settings.image_model, self.settings.text_model, dim)
@@ -135,7 +137,9 @@ class Registry:
             raise ImageSearchError(f"{CONFIGURED!r} names the configured models: choose another name")
         with self._change() as state:
             if name in state["models"]:
-                raise ImageSearchError(f"a model named {name!r} is registered already: remove it first or pick another name")
+                raise ImageSearchError(
+                    f"a model named {name!r} is registered already: remove it first or pick another name"
+                )
             added = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             pair = ModelPair(name, image_model, text_model, int(dim), added)
             state["models"][name] = asdict(pair)
@@ -145,7 +149,9 @@ class Registry:
         """Unregister ``name``; refused for the serving pair and for the configured one."""
         with self._change() as state:
             if name == CONFIGURED:
-                raise ImageSearchError(f"{CONFIGURED!r} is the configured pair: change IMAGE_SEARCH_IMAGE_MODEL instead")
+                raise ImageSearchError(
+                    f"{CONFIGURED!r} is the configured pair: change IMAGE_SEARCH_IMAGE_MODEL instead"
+                )
             if name not in state["models"]:
                 raise ImageSearchError(f"no registered model named {name!r} (see `image-search models list`)")
             if state.get("serving") == name:

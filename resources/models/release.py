@@ -1,7 +1,7 @@
 """A model change as a release: check a pair, encode its vectors, build it in the shadow, promote, roll back.
 
-Each registered pair gets its vectors in its own folder (:mod:`resources.vector_store` keys
-folders by image model) and its own shadow index (:func:`resources.backends.model_backend`),
+Each registered pair gets its vectors in its own folder (:mod:`resources.vectors.vector_store` keys
+folders by image model) and its own shadow index (:func:`resources.index.model_backend`),
 while the published index keeps serving. Promotion publishes the candidate's shadow build
 under the search alias (local: ``index/CURRENT``) with :meth:`SearchBackend.adopt`, one
 atomic step; the build that served is first kept under its own model's shadow index, so a
@@ -14,16 +14,16 @@ import time
 from contextlib import ExitStack
 from typing import Any, Callable
 
-from resources.backends import model_backend, open_backend
-from resources.backends.base import BuildInfo, BuildProgress, BuildReport, SearchBackend
-from resources.catalog import index_inputs, read_catalog
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.files import sweep
-from resources.image_store import ImageStore
-from resources.locks import store_lock
+from resources.images.image_store import ImageStore
+from resources.index import model_backend, open_backend
+from resources.index.base import BuildInfo, BuildProgress, BuildReport, SearchBackend
 from resources.models.registry import ModelPair, Registry, pair_settings
-from resources.vector_store import VectorStore
+from resources.release.catalog import index_inputs, read_catalog
+from resources.storage.files import sweep
+from resources.storage.locks import store_lock
+from resources.vectors.vector_store import VectorStore
 
 Log = Callable[[str], None]
 
@@ -46,7 +46,10 @@ def check_pair(settings: Settings, image_model: str, text_model: str) -> int:
         encoder.encode_texts(["a photo"])
         return encoder.dim
     except ImageSearchError as exc:
-        for variable, option in (("IMAGE_SEARCH_IMAGE_MODEL", "--image-model"), ("IMAGE_SEARCH_TEXT_MODEL", "--text-model")):
+        for variable, option in (
+            ("IMAGE_SEARCH_IMAGE_MODEL", "--image-model"),
+            ("IMAGE_SEARCH_TEXT_MODEL", "--text-model"),
+        ):
             exc = ImageSearchError(str(exc).replace(variable, option))
         raise exc from None
 
@@ -96,7 +99,9 @@ def build_shadow(settings: Settings, pair: ModelPair, progress: BuildProgress | 
     """Build ``pair``'s index from the catalog and its vectors into its shadow index; the published one is untouched."""
     documents, vectors = index_inputs(pair_settings(settings, pair))
     if len(documents) == 0:
-        raise ImageSearchError(f"no catalog photo has a vector of model {pair.name} ({pair.image_model}): encode it first")
+        raise ImageSearchError(
+            f"no catalog photo has a vector of model {pair.name} ({pair.image_model}): encode it first"
+        )
     info = BuildInfo.for_vectors(pair.image_model, pair.text_model, vectors)
     return model_backend(settings, pair.name).build(documents, vectors, info, progress)
 

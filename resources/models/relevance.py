@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from resources.keyword_index import tokenize
+from resources.index.keyword_index import tokenize
 
 
 def recall_at_k(ranked: list[str], relevant: set[str], k: int) -> float:

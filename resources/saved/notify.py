@@ -33,8 +33,13 @@ def payload(name: str, build: str, new: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def post(
-    url: str, body: dict[str, Any], *, attempts: int = ATTEMPTS, timeout: float = TIMEOUT_S,
-    initial_s: float = http_client.BACKOFF_INITIAL_S, logger=log,
+    url: str,
+    body: dict[str, Any],
+    *,
+    attempts: int = ATTEMPTS,
+    timeout: float = TIMEOUT_S,
+    initial_s: float = http_client.BACKOFF_INITIAL_S,
+    logger=log,
 ) -> bool:
     """POST ``body`` as JSON to ``url``; True when it was taken (2xx), else False after one warning."""
     parts = urlsplit(url)

@@ -7,8 +7,8 @@ good or bad), ``results.json`` (the latest refresh's top k and the build before 
 of different searches apart and confines a damaged file to its own search.
 
 Every change is a read-modify-write under ``<home>/locks/saved/<name>.lock``
-(:func:`resources.locks.store_lock`: ``flock``, which also holds between machines sharing
-``IMAGE_SEARCH_HOME``) that replaces the file atomically (:mod:`resources.files`), so the
+(:func:`resources.storage.locks.store_lock`: ``flock``, which also holds between machines sharing
+``IMAGE_SEARCH_HOME``) that replaces the file atomically (:mod:`resources.storage.files`), so the
 page, the API, the CLI and the pipeline never lose each other's entries. A file that is
 not valid JSON is moved aside as ``<file>.corrupt-<time>`` and named in one line; it is
 never overwritten.
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resources import files
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
-from resources.locks import store_lock
+from resources.storage import files
+from resources.storage.locks import store_lock
 
 #: Letters, digits, spaces, ``-`` and ``_``: no path character, no dot, so a name is always one folder.
 NAME = re.compile(r"\w[\w -]{0,62}\w|\w")
@@ -154,7 +154,8 @@ class SavedStore:
         if not self.root.is_dir():
             return []
         return sorted(
-            entry.name for entry in os.scandir(self.root)
+            entry.name
+            for entry in os.scandir(self.root)
             if NAME.fullmatch(entry.name) and os.path.isfile(os.path.join(entry.path, "search.json"))
         )
 
@@ -300,7 +301,9 @@ class SavedStore:
         except ValueError:
             aside = path.with_name(f"{path.name}.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}")
             if not _move_aside_if_unchanged(path, read, aside):
-                raise UnavailableError(f"saved search {name!r}: {path.name} was being replaced while it was read; try again")
+                raise UnavailableError(
+                    f"saved search {name!r}: {path.name} was being replaced while it was read; try again"
+                )
             raise CorruptFileError(  # named under the home: the HTTP API shows this line to its callers (CWE-209)
                 f"saved search {name!r}: {path.name} is not valid JSON; it was kept aside as "
                 f"{aside.relative_to(self.home)} under IMAGE_SEARCH_HOME and the search goes on without it (save or mark again)"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from resources.backends.base import BuildInfo
-from resources.backends.elasticsearch import ElasticsearchBackend
 from resources.config import Settings
+from resources.index.base import BuildInfo
+from resources.index.elasticsearch import ElasticsearchBackend
 from tests.es_fake.server import FakeSearchServer
 
 DIM = 16
@@ -57,7 +57,7 @@ def corpus(n: int = N, dim: int = DIM, seed: int = 0) -> tuple[pd.DataFrame, np.
 
 
 def builds(fake: FakeSearchServer) -> set[str]:
-    """The fake's indices but the builds' lock index (resources/backends/es_publish.py), which stays for the next build."""
+    """The fake's indices but the builds' lock index (resources/index/es_publish.py), which stays for the next build."""
     return {name for name in fake.indices if not name.endswith("_build_lock")}
 
 

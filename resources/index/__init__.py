@@ -1,0 +1,36 @@
+"""Search backends: one interface (:mod:`.base`), one class per engine, chosen by ``IMAGE_SEARCH_BACKEND``."""
+
+from __future__ import annotations
+
+from resources.config import Settings
+from resources.index.base import SearchBackend
+
+#: How to build the index, for every "nothing published yet" message.
+BUILD_HINT = "build it with `make demo`, or run the Dagster jobs ingest_release, update_vectors and publish_index"
+
+
+def open_backend(settings: Settings) -> SearchBackend:
+    """The backend ``settings.backend`` names; the Elasticsearch client is imported only when chosen."""
+    if settings.backend == "elasticsearch":
+        from resources.index.elasticsearch import ElasticsearchBackend
+
+        return ElasticsearchBackend(settings)
+    from resources.index.local import LocalBackend
+
+    return LocalBackend(settings)
+
+
+def model_backend(settings: Settings, model_name: str) -> SearchBackend:
+    """The shadow index of registered model ``model_name`` on the configured engine; the service never searches it.
+
+    Local: its own folder ``index/models/<name>/``; Elasticsearch/OpenSearch: its own alias
+    ``<IMAGE_SEARCH_INDEX>-model-<name>``. Builds there are published by the model release's
+    promotion with :meth:`SearchBackend.adopt` (issue #27).
+    """
+    if settings.backend == "elasticsearch":
+        from resources.index.elasticsearch import ElasticsearchBackend
+
+        return ElasticsearchBackend(settings.replace(index_name=f"{settings.index_name}-model-{model_name}"))
+    from resources.index.local import LocalBackend
+
+    return LocalBackend(settings, root=settings.index_dir / "models" / model_name)

@@ -1,0 +1,1 @@
+"""Storage primitives every stage shares: atomic files, locks, and whether a recorded process lives."""
