@@ -96,7 +96,11 @@ def quantize_openvino(model, calibration: np.ndarray):
 
     data = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     keep_float = nncf.IgnoredScope(patterns=FLOAT_LAYERS, validate=False)
-    # NNCF draws its progress bars on stdout, which belongs to the command's own output (--json).
+    # NNCF draws its progress bars on stdout, which belongs to the command's own output (--json);
+    # its logger's handler holds the stdout it found at import, which a redirect does not reach.
+    for handler in logging.getLogger("nncf").handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setStream(sys.stderr)
     with redirect_stdout(sys.stderr):
         return nncf.quantize(
             model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=keep_float
