@@ -244,6 +244,26 @@ def test_a_symlinked_model_bin_is_replaced_not_written_through(good, broken_buil
     assert outside.read_bytes() == before and not weights.is_symlink()
 
 
+@pytest.mark.parametrize("level", ["hash", "runtime"])
+def test_a_symlinked_cache_folder_is_refused_not_written_or_swept_through(tiny_models, photos, tmp_path, level):
+    """A link planted as ``<hash>/`` or ``openvino-int8/`` would take the build's files and its sweep of old temporaries elsewhere."""
+    import os
+    import time
+
+    encoder = _encoder(tiny_models[0], tmp_path / "runtimes")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "openvino-int8" if level == "hash" else elsewhere).mkdir(parents=True)
+    old_temporary = (elsewhere / "openvino-int8" if level == "hash" else elsewhere) / ".precious.tmp"
+    old_temporary.write_text("not the runtime's")
+    os.utime(old_temporary, (time.time() - 7200, time.time() - 7200))
+    link = _folder(encoder).parent if level == "hash" else _folder(encoder)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere)
+    report = encoder.select_image_runtime(photos, HELD_OUT, CALIBRATION)
+    assert not report.passed and "symbolic link" in report.reason and encoder.runtime_label[0] == "torch"
+    assert old_temporary.exists() and not list(elsewhere.rglob("model.*"))
+
+
 # --- machines with different CPUs sharing one home ---
 
 

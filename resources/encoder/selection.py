@@ -172,7 +172,11 @@ def select(encoder, sample_paths: Sequence[str], held_out: int, calibration: int
     ir, verdicts = cached_build(folder, encoder.model_hash)
     report = next((r for r in verdicts if r.judged_on == judging_environment()), None)
     runtime = None
-    if report is not None and report.passed:
+    if link := next((p for p in (folder.parent, folder) if p.is_symlink()), None):
+        # A link planted here would take the build's writes, and its sweep, to another folder.
+        report = GateReport(*FAST, encoder.model_hash, 0, 0.0, 0.0, 0.0, False,
+                            f"{link} is a symbolic link, not a folder: remove it to build the runtime there")
+    elif report is not None and report.passed:
         runtime = OpenVinoRuntime(ir, FAST[1])
     elif report is None:
         pre = encoder.preprocess
