@@ -307,3 +307,20 @@ def test_vectors_of_a_runtime_with_no_passing_verdict_are_re_encoded(tmp_path):
     assert sorted(item[0] for item in plan.todo) == ["c", "d", "e"] and plan.other_runtime == 3
     plan = store.plan_encoding("b00", images, list(rows), accepts=lambda by: by[0] == "torch")
     assert sorted(item[0] for item in plan.todo) == ["b", "c", "d", "e"]
+
+
+def test_a_model_changed_in_place_re_encodes_the_old_contents_vectors(tmp_path):
+    """Same model id (a path), new weights: vectors the old content made must not mix with the new one's."""
+    images = ImageStore(tmp_path / "images")
+    store = VectorStore(tmp_path / "embeddings", "/models/clip")
+    for photo_id, made_by in {"old": "hash-a", "new": "hash-b", "legacy": None}.items():
+        path = images.path_for(photo_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"jpeg")
+        writer = store.writer(4, ("torch", "fp32"), made_by)
+        writer.add("b00", photo_id, np.eye(1, 4, dtype=np.float32)[0], path.stat().st_size, path.stat().st_mtime_ns)
+        writer.flush()
+    plan = store.plan_encoding("b00", images, ["old", "new", "legacy"], accepts=lambda by: True, model_hash="hash-b")
+    assert [item[0] for item in plan.todo] == ["old"] and plan.other_model == 1 and plan.other_runtime == 0
+    assert store.compact("b00", plan.stored, 4) == 3
+    assert store.plan_encoding("b00", images, ["old", "new", "legacy"], model_hash="hash-b").todo[0][0] == "old"
