@@ -137,7 +137,9 @@ def image_embeddings(
 
     todo = [(bucket, *item) for bucket in buckets for item in plans[bucket].todo]
     started = time.monotonic()
-    encoded, failures = _encode(encoder, todo, store.writer(dim, encoder.runtime_label), context.log)
+    encoded, failures = _encode(
+        encoder, todo, store.writer(dim, encoder.runtime_label, encoder.model_hash), context.log
+    )
     vectors_total = sum(store.compact(bucket, plans[bucket].stored, dim) for bucket in buckets)
     elapsed = time.monotonic() - started
     throughput = encoded / elapsed if encoded and elapsed > 0 else 0.0
@@ -154,6 +156,7 @@ def image_embeddings(
             "encoded": encoded,
             "skipped_up_to_date": total_stored - total_todo,
             "reencoded_for_runtime": sum(plan.other_runtime for plan in plans.values()),
+            "reencoded_for_model_change": sum(plan.other_model for plan in plans.values()),
             "decode_failures": len(failures),
             "decode_failure_examples": as_table(
                 pd.DataFrame(failures[:SHOWN_FAILURES], columns=["photo_id", "reason"])
@@ -187,6 +190,7 @@ def _plan(settings: Settings, encoder, store: VectorStore, images: ImageStore, c
             images,
             catalog.loc[catalog["bucket"] == bucket, "photo_id"].tolist(),
             accepts=lambda made_by: made_by[0] == "torch" or made_by in accepted,
+            model_hash=encoder.model_hash,
         )
         for bucket in buckets
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,10 @@ class GateReport:
     top10_overlap: float
     passed: bool
     reason: str
+    #: :func:`~resources.encoder.runtime.ir_digest` of the build judged, and where it was judged
+    #: (:func:`~resources.encoder.selection.judging_environment`): the verdict is about those only.
+    model_digest: str = ""
+    judged_on: str = ""
 
     def save(self, path: Path) -> None:
         """Write the report as JSON (atomically: a reader never sees half of it)."""
@@ -44,11 +48,15 @@ class GateReport:
 
     @classmethod
     def read(cls, path: Path) -> "GateReport | None":
-        """The report saved at ``path``, or ``None`` when there is none or it is unreadable."""
+        """The report saved at ``path``, or ``None`` when there is none, it is unreadable or a field has the wrong type."""
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            report = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+        kinds = {"str": str, "int": int, "float": (int, float), "bool": bool}
+        if any(not isinstance(getattr(report, field.name), kinds[field.type]) for field in fields(cls)):
+            return None
+        return report
 
 
 def top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = NEIGHBOURS) -> float:

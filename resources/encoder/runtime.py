@@ -4,11 +4,14 @@
 device computes natively. :class:`OpenVinoRuntime` runs the same image tower compiled by
 OpenVINO, int8-quantized by NNCF on the user's own photos; the pixels' normalisation
 and the final L2 normalisation are part of its graph. Building it
-(:func:`build_openvino`) takes the PyTorch model; loading it needs only the cached files.
+(:func:`build_openvino`) takes the PyTorch model; loading it needs only the cached files,
+read once into memory (:func:`read_ir`) so that the bytes a verdict's digest vouches for
+are the bytes compiled, whatever another writer renames into the folder meanwhile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -93,18 +96,24 @@ def quantize_openvino(model, calibration: np.ndarray):
 
     data = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     keep_float = nncf.IgnoredScope(patterns=FLOAT_LAYERS, validate=False)
-    # NNCF draws its progress bars on stdout, which belongs to the command's own output (--json).
+    # NNCF draws its progress bars on stdout, which belongs to the command's own output (--json);
+    # its logger's handler holds the stdout it found at import, which a redirect does not reach.
+    for handler in logging.getLogger("nncf").handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setStream(sys.stderr)
     with redirect_stdout(sys.stderr):
         return nncf.quantize(
             model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=keep_float
         )
 
 
-def build_openvino(clip, pre: Preprocess, calibration: np.ndarray, target: Path) -> None:
+def build_openvino(clip, pre: Preprocess, calibration: np.ndarray, target: Path) -> tuple[bytes, bytes]:
     """Convert the image tower to OpenVINO, quantize it to int8 and save ``target`` (.xml, with its .bin).
 
     Written in a scratch folder beside ``target`` and renamed into place, the weights
-    first, so a reader never finds half a model.
+    first. The two renames are two steps, so a reader may still find one file of another
+    build beside the other: returns the IR's bytes as written, which the gate judges and
+    whose :func:`ir_digest` its verdict records.
     """
     import openvino as ov
     import torch
@@ -117,8 +126,31 @@ def build_openvino(clip, pre: Preprocess, calibration: np.ndarray, target: Path)
     sweep(target.parent)
     with scratch_folder(target) as folder:
         ov.save_model(model, folder / target.name, compress_to_fp16=False)
+        written = read_ir(folder / target.name)
         os.replace(folder / target.with_suffix(".bin").name, target.with_suffix(".bin"))
         os.replace(folder / target.name, target)
+    return written
+
+
+def read_ir(xml: Path) -> tuple[bytes, bytes]:
+    """The bytes of an OpenVINO IR: ``xml`` and the ``.bin`` beside it (``OSError`` when either cannot be read)."""
+    return Path(xml).read_bytes(), Path(xml).with_suffix(".bin").read_bytes()
+
+
+def ir_digest(ir: tuple[bytes, bytes]) -> str:
+    """A SHA-256 of an IR's two files: what a gate verdict is about."""
+    digest = hashlib.sha256()
+    for part in ir:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def inference_hint() -> str:
+    """The precision OpenVINO computes the float layers in here: bf16 where the CPU has it natively, else f32."""
+    from resources.encoder.devices import cpu_supports_bf16
+
+    return "bf16" if cpu_supports_bf16() else "f32"
 
 
 class OpenVinoRuntime:
@@ -126,16 +158,14 @@ class OpenVinoRuntime:
 
     name = "openvino"
 
-    def __init__(self, path: Path, precision: str = "int8"):
+    def __init__(self, ir: tuple[bytes, bytes], precision: str = "int8"):
+        """Compile ``ir`` (the .xml and .bin bytes, see :func:`read_ir`) for this CPU."""
         import openvino as ov
 
-        self.path, self.precision = Path(path), precision
+        self.precision = precision
         core = ov.Core()
-        # bf16 for the layers NNCF leaves in floating point, where the CPU computes it natively.
-        from resources.encoder.devices import cpu_supports_bf16
-
-        hint = "bf16" if cpu_supports_bf16() else "f32"
-        self._compiled = core.compile_model(str(self.path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        model = core.read_model(ir[0], ir[1])
+        self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_hint()})
 
     def __call__(self, pixels) -> np.ndarray:
         """Unit vectors of a ``N x H x W x 3`` uint8 batch."""

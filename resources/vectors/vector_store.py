@@ -1,9 +1,10 @@
 """The vector store: one unit image vector per photo and model, as Parquet chunks per bucket.
 
 Layout: ``embeddings/<model key>/<bucket>/part-<n>.parquet``, each row a photo_id, its
-vector, the model id, the fingerprint of the image it was encoded from, and the image
+vector, the model id, the fingerprint of the image it was encoded from, the image
 runtime and precision that made the vector (chunks written before those two columns
-existed read as PyTorch's, precision unknown). Chunks are
+existed read as PyTorch's, precision unknown), and the content hash of the model's image
+tower (null in older chunks): a model changed in place, under the same id, re-encodes. Chunks are
 written whole and renamed into place, so a killed writer loses at most the chunk it was
 filling; a later chunk supersedes an earlier one's row for the same photo.
 """
@@ -48,6 +49,7 @@ def chunk_schema(dim: int) -> pa.Schema:
             ("image_mtime_ns", pa.int64()),
             ("runtime", pa.string()),
             ("precision", pa.string()),
+            ("model_hash", pa.string()),
         ]
     )
 
@@ -77,7 +79,7 @@ def _present(part: Path, columns: list[str] | None) -> list[str] | None:
 
 
 def _in_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``, missing or null runtime columns (old chunks) as :data:`OLD_CHUNK_RUNTIME`."""
+    """``table`` cast to ``schema``, missing or null runtime columns (old chunks) as :data:`OLD_CHUNK_RUNTIME`, no model hash as null."""
     for name, old in zip(("runtime", "precision"), OLD_CHUNK_RUNTIME):
         present = name in table.column_names
         column = table.column(name).cast(pa.string()) if present else pa.nulls(len(table), pa.string())
@@ -86,6 +88,8 @@ def _in_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
             table = table.set_column(table.column_names.index(name), name, filled)
         else:
             table = table.append_column(name, filled)
+    if "model_hash" not in table.column_names:
+        table = table.append_column("model_hash", pa.nulls(len(table), pa.string()))
     return table.select(schema.names).cast(schema)
 
 
@@ -100,12 +104,14 @@ class EncodingPlan:
     """A bucket's stored images (photo_id -> path, bytes, mtime) and those lacking a current vector.
 
     ``other_runtime`` counts the photos re-encoded only because the runtime that made
-    their vector is not one of those accepted.
+    their vector is not one of those accepted, ``other_model`` those whose vector another
+    content of the model (changed in place, same id) made.
     """
 
     stored: dict[str, tuple[Path, int, int]]
     todo: list[tuple[str, Path, int, int]]
     other_runtime: int = 0
+    other_model: int = 0
 
 
 class VectorStore:
@@ -159,13 +165,16 @@ class VectorStore:
         images: ImageStore,
         photo_ids: list[str],
         accepts: Callable[[tuple[str, str]], bool] | None = None,
+        model_hash: str | None = None,
     ) -> EncodingPlan:
         """Which of ``photo_ids`` have a stored image, and which of those need a (new) vector.
 
         A photo needs one when the store has no vector for it, the vector was encoded from
         another file (its size or modification time differ), or ``accepts`` refuses the
         (runtime, precision) that made it: vectors the agreement gate found interchangeable
-        are kept when the runtime changes (``None`` accepts every runtime).
+        are kept when the runtime changes (``None`` accepts every runtime). With
+        ``model_hash``, a vector recorded as made by another content of the model needs one
+        too (chunks without the record are kept).
         """
         stored = {}
         for photo_id in photo_ids:
@@ -173,22 +182,28 @@ class VectorStore:
             if path is not None:
                 stat = path.stat()
                 stored[photo_id] = (path, stat.st_size, stat.st_mtime_ns)
-        existing = self.read_bucket(bucket, ["photo_id", "image_bytes", "image_mtime_ns", "runtime", "precision"])
-        known, made_by = {}, {}
+        existing = self.read_bucket(
+            bucket, ["photo_id", "image_bytes", "image_mtime_ns", "runtime", "precision", "model_hash"]
+        )
+        known, made_by, hashes = {}, {}, {}
         if existing is not None:
             latest = existing.take(_latest_rows(existing)).to_pydict()
             known = dict(zip(latest["photo_id"], zip(latest["image_bytes"], latest["image_mtime_ns"])))
             runtimes = latest.get("runtime") or [None] * len(latest["photo_id"])
             precisions = latest.get("precision") or [None] * len(latest["photo_id"])
             made_by = {pid: runtime_of(r, p) for pid, r, p in zip(latest["photo_id"], runtimes, precisions)}
+            hashes = dict(zip(latest["photo_id"], latest.get("model_hash") or [None] * len(latest["photo_id"])))
         fresh = {pid for pid, info in stored.items() if known.get(pid) == (info[1], info[2])}
-        refused = {pid for pid in fresh if accepts is not None and not accepts(made_by[pid])}
-        todo = [(pid, *info) for pid, info in stored.items() if pid not in fresh or pid in refused]
-        return EncodingPlan(stored, todo, len(refused))
+        stale = {pid for pid in fresh if model_hash and hashes.get(pid) not in (None, model_hash)}
+        refused = {pid for pid in fresh - stale if accepts is not None and not accepts(made_by[pid])}
+        todo = [(pid, *info) for pid, info in stored.items() if pid not in fresh or pid in refused | stale]
+        return EncodingPlan(stored, todo, len(refused), len(stale))
 
-    def writer(self, dim: int, runtime: tuple[str, str] = ("torch", "")) -> "ChunkWriter":
-        """A writer of ``dim``-dimensional vectors made by ``runtime`` (name, precision) into this store."""
-        return ChunkWriter(self, dim, runtime)
+    def writer(
+        self, dim: int, runtime: tuple[str, str] = ("torch", ""), model_hash: str | None = None
+    ) -> "ChunkWriter":
+        """A writer of ``dim``-dimensional vectors made by ``runtime`` (name, precision) from the model content ``model_hash``."""
+        return ChunkWriter(self, dim, runtime, model_hash)
 
     def compact(self, bucket: str, keep: set[str] | dict, dim: int) -> int:
         """Rewrite a bucket's chunks as one: the latest vector of each photo in ``keep``. Returns its rows."""
@@ -246,10 +261,12 @@ class VectorStore:
 class ChunkWriter:
     """Buffers encoded vectors per bucket and writes each bucket's rows as chunks of ``CHUNK_ROWS``."""
 
-    def __init__(self, store: VectorStore, dim: int, runtime: tuple[str, str] = ("torch", "")):
+    def __init__(
+        self, store: VectorStore, dim: int, runtime: tuple[str, str] = ("torch", ""), model_hash: str | None = None
+    ):
         self.store = store
         self.schema = chunk_schema(dim)
-        self.runtime = runtime
+        self.runtime, self.model_hash = runtime, model_hash
         self._bucket: str | None = None
         self._rows: list[tuple[str, np.ndarray, int, int]] = []
 
@@ -277,6 +294,7 @@ class ChunkWriter:
                 pa.array([row[3] for row in rows], pa.int64()),
                 pa.array([self.runtime[0]] * len(rows), pa.string()),
                 pa.array([self.runtime[1]] * len(rows), pa.string()),
+                pa.array([self.model_hash] * len(rows), pa.string()),
             ],
             schema=self.schema,
         )

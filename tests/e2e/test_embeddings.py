@@ -175,6 +175,30 @@ def test_a_changed_image_is_re_encoded_and_a_new_model_re_encodes_everything(hom
     assert len(load_embeddings(settings, str(tiny_models[0]))[0]) == len(stored)
 
 
+def test_a_model_changed_in_place_re_encodes_every_vector_its_old_content_made(
+    home, tiny_models, tmp_path, monkeypatch
+):
+    """The same IMAGE_SEARCH_IMAGE_MODEL path with new weights (a fine-tune saved over it): no old vector may stay."""
+    import torch
+    from transformers import CLIPModel
+
+    import resources.encoder.models as models_module
+
+    model = tmp_path / "clip"
+    shutil.copytree(tiny_models[0], model)
+    models = (model, tiny_models[1])
+    stored = _stored_ids(home)
+    assert _metadata(run_embeddings(home, models, runtime="torch"))["encoded"] == len(stored)
+    changed = CLIPModel.from_pretrained(model)
+    with torch.no_grad():
+        changed.visual_projection.weight.mul_(-1.0)
+    changed.save_pretrained(model)
+    monkeypatch.setattr(models_module, "MODELS", {})
+    meta = _metadata(run_embeddings(home, models, runtime="torch"))
+    assert meta["encoded"] == len(stored) and meta["reencoded_for_model_change"] == len(stored)
+    assert _metadata(run_embeddings(home, models, runtime="torch"))["encoded"] == 0
+
+
 def test_bad_images_in_the_store_are_counted_and_the_run_goes_on(home, tiny_models):
     """The images asset stores only normalised JPEGs; here files are overwritten in the store
     directly, as a foreign or older writer could leave them."""
@@ -224,6 +248,7 @@ def test_vectors_valid_takes_the_dimension_from_the_store_and_needs_no_model(hom
             "image_mtime_ns": rows["image_mtime_ns"],
             "runtime": pa.array(["torch"] * len(rows)),
             "precision": pa.array(["fp32"] * len(rows)),
+            "model_hash": pa.nulls(len(rows), pa.string()),
         },
         schema=chunk_schema(8),
     )

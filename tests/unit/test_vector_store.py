@@ -44,7 +44,7 @@ def test_chunks_from_before_the_runtime_columns_read_as_pytorch_and_compact_into
     store = VectorStore(tmp_path / "embeddings", "model")
     images = _stored(tmp_path, ["a", "b"])
     stats = [images.path_for(p).stat() for p in "ab"]
-    old_schema = pa.schema([f for f in chunk_schema(DIM) if f.name not in ("runtime", "precision")])
+    old_schema = pa.schema([f for f in chunk_schema(DIM) if f.name not in ("runtime", "precision", "model_hash")])
     old = pa.table(
         [
             pa.array(["a", "b"]),
