@@ -287,3 +287,17 @@ def broken_quantization(monkeypatch) -> None:
         return real(broken, pre)
 
     monkeypatch.setattr(runtime_module, "pixel_tower", one_bit)
+
+
+def count_builds(monkeypatch) -> list[Path]:
+    """Record the target of every real build of the faster runtime."""
+    from resources.encoder import selection
+
+    built, real = [], selection.build_openvino
+
+    def counting(clip, pre, calibration, target):
+        built.append(target)
+        return real(clip, pre, calibration, target)
+
+    monkeypatch.setattr(selection, "build_openvino", counting)
+    return built

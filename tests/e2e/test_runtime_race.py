@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.test_image_runtime import broken_quantization, count_builds
 
 from benchmarks.embed import write_bench_images
 from resources.encoder.clip import ClipEncoder
 from tests.pause import PausePoint
+from tests.pipeline import broken_quantization, count_builds
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 

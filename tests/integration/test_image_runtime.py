@@ -16,26 +16,13 @@ import pytest
 import torch
 
 import resources.encoder.models as models_module
-import resources.encoder.selection as selection
 from benchmarks.embed import write_bench_images
 from image_search.tiny_models import write_tiny_models
 from resources.encoder.clip import ClipEncoder
 from resources.encoder.gate import MIN_COSINE, MIN_TOP10_OVERLAP
-from tests.pipeline import broken_quantization
+from tests.pipeline import broken_quantization, count_builds
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
-
-
-def count_builds(monkeypatch) -> list[Path]:
-    """Record the target of every real build of the faster runtime."""
-    built, real = [], selection.build_openvino
-
-    def counting(clip, pre, calibration, target):
-        built.append(target)
-        return real(clip, pre, calibration, target)
-
-    monkeypatch.setattr(selection, "build_openvino", counting)
-    return built
 
 
 def write_2021_layout(source: Path, target: Path) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.test_image_runtime import broken_quantization, count_builds
 
 import resources.encoder.models as models_module
 import resources.encoder.selection as selection
@@ -26,6 +25,7 @@ from resources.encoder.clip import ClipEncoder
 from resources.encoder.gate import GateReport
 from resources.images.image_store import ImageStore
 from resources.vectors.vector_store import VectorStore
+from tests.pipeline import broken_quantization, count_builds
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
