@@ -61,53 +61,21 @@ def write_release(
     names), ``photo_ids``, ``designs`` (photo_id -> (background, shape, accent)),
     ``duplicates`` (planted pairs), ``images_dir`` and, with ``models``, ``models_dir``.
     """
-    if release_version not in RELEASES:
-        raise ImageSearchError(f"--release-version {release_version} is not one of {', '.join(RELEASES)}")
+    counts = _row_counts(photos, keywords, collections, conversions, colors, duplicates, parts, release_version)
     documents = columns_of(release_version)
-    keywords = 20 * photos if keywords is None else keywords
-    collections = 3 * photos if collections is None else collections
-    conversions = 10 * photos if conversions is None else conversions
-    colors = (3 * photos if colors is None else colors) if "colors" in documents else 0
-    for name, value in (
-        ("photos", photos),
-        ("keywords", keywords),
-        ("collections", collections),
-        ("conversions", conversions),
-        ("colors", colors),
-        ("duplicates", duplicates),
-    ):
-        if value < 0:
-            raise ImageSearchError(f"--{name} {value} is negative: give a count of 0 or more")
-    if photos < 1:
-        raise ImageSearchError("--photos must be at least 1")
-    if parts < 1:
-        raise ImageSearchError(f"--parts {parts}: give 1 or more")
-    if duplicates >= photos:
-        raise ImageSearchError(
-            f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}"
-        )
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     text_rng = np.random.default_rng([seed, 1])
     photo_ids = random_ids(rng, photos)
-
-    # The last `duplicates` photos copy the design (and later the image) of an earlier one.
-    design_of = np.arange(photos)
-    originals = (
-        rng.choice(photos - duplicates, size=duplicates, replace=duplicates > photos - duplicates)
-        if duplicates
-        else np.array([], dtype=int)
-    )
-    design_of[photos - duplicates :] = originals
+    design_of, originals = _planted(rng, photos, duplicates)
     designs = [design(int(d)) for d in design_of]
 
-    def writer(document: str, total: int) -> DocumentWriter:
-        return DocumentWriter(out, document, release_version, total, parts)
+    def writer(document: str) -> DocumentWriter:
+        return DocumentWriter(out, document, release_version, counts[document], parts)
 
     images_dir = out / "images"
-    write_photos(writer("photos", photos), rng, text_rng, photo_ids, designs, images_dir, image_base_url)
+    write_photos(writer("photos"), rng, text_rng, photo_ids, designs, images_dir, image_base_url)
     if images:
         images_dir.mkdir(exist_ok=True)
         write_images(images_dir, rng, photo_ids, designs, design_of, photos - duplicates)
@@ -116,22 +84,16 @@ def write_release(
         f.write("original_photo_id\tcopy_photo_id\n")
         f.writelines(f"{a}\t{b}\n" for a, b in pairs)
 
-    keyword_counts = spread(rng, keywords, photos, 2 + len(VOCABULARY))
-    write_keywords(writer("keywords", keywords), rng, photo_ids, designs, keyword_counts, release_version)
-    write_collections(writer("collections", collections), rng, text_rng, photo_ids, collections)
-    write_conversions(
-        writer("conversions", conversions), rng, text_rng, photo_ids, designs, keyword_counts, conversions
-    )
+    keyword_counts = spread(rng, counts["keywords"], photos, 2 + len(VOCABULARY))
+    write_keywords(writer("keywords"), rng, photo_ids, designs, keyword_counts, release_version)
+    write_collections(writer("collections"), rng, text_rng, photo_ids, counts["collections"])
+    write_conversions(writer("conversions"), rng, text_rng, photo_ids, designs, keyword_counts, counts["conversions"])
     if "colors" in documents:
-        write_colors(writer("colors", colors), rng, photo_ids, designs, colors)
+        write_colors(writer("colors"), rng, photo_ids, designs, counts["colors"])
     _write_docs(out, release_version)
 
     summary = {
-        "photos": photos,
-        "keywords": keywords,
-        "collections": collections,
-        "conversions": conversions,
-        "colors": colors,
+        **counts,
         "release_version": release_version,
         "files": {doc: file_names(release_version, doc, parts) for doc in documents},
         "photo_ids": list(photo_ids),
@@ -145,6 +107,55 @@ def write_release(
         write_tiny_models(out / "models")
         summary["models_dir"] = str(out / "models")
     return summary
+
+
+def _row_counts(
+    photos: int,
+    keywords: int | None,
+    collections: int | None,
+    conversions: int | None,
+    colors: int | None,
+    duplicates: int,
+    parts: int,
+    release_version: str,
+) -> dict[str, int]:
+    """The rows of each document, unset ones scaled with ``photos``; a one-line error for an impossible request."""
+    if release_version not in RELEASES:
+        raise ImageSearchError(f"--release-version {release_version} is not one of {', '.join(RELEASES)}")
+    counts = {
+        "photos": photos,
+        "keywords": 20 * photos if keywords is None else keywords,
+        "collections": 3 * photos if collections is None else collections,
+        "conversions": 10 * photos if conversions is None else conversions,
+        "colors": (3 * photos if colors is None else colors) if "colors" in columns_of(release_version) else 0,
+    }
+    for name, value in (*counts.items(), ("duplicates", duplicates)):
+        if value < 0:
+            raise ImageSearchError(f"--{name} {value} is negative: give a count of 0 or more")
+    if photos < 1:
+        raise ImageSearchError("--photos must be at least 1")
+    if parts < 1:
+        raise ImageSearchError(f"--parts {parts}: give 1 or more")
+    if duplicates >= photos:
+        raise ImageSearchError(
+            f"--duplicates {duplicates} needs more photos than that: use fewer than --photos {photos}"
+        )
+    return counts
+
+
+def _planted(rng: np.random.Generator, photos: int, duplicates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which design each photo has, and the originals of the planted copies.
+
+    The last ``duplicates`` photos copy the design (and later the image) of an earlier one.
+    """
+    design_of = np.arange(photos)
+    originals = (
+        rng.choice(photos - duplicates, size=duplicates, replace=duplicates > photos - duplicates)
+        if duplicates
+        else np.array([], dtype=int)
+    )
+    design_of[photos - duplicates :] = originals
+    return design_of, originals
 
 
 def _write_docs(out: Path, release_version: str) -> None:

@@ -120,22 +120,48 @@ class DocumentWriter:
             self.rows += take
 
     def close(self) -> None:
+        """Finish the document: every remaining part file is written (with its header) and committed."""
         while self._part < len(self.paths) - 1:
             self._next_part()
         self._file.close()
         self._staged.commit()
 
 
-def write_photos(
-    writer: DocumentWriter, rng, text_rng, photo_ids, designs, images_dir: Path, image_base_url: str | None
-) -> None:
-    n = len(photo_ids)
-    # 60% landscape, 30% portrait, 10% (nearly) square, as on Unsplash.
+def _photo_sizes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights of ``n`` photos: 60% landscape, 30% portrait, 10% (nearly) square, as on Unsplash."""
     kind = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
     long_side = rng.choice([3000, 4000, 4912, 5472, 6000, 6720], size=n)
     short_side = (long_side * rng.choice([2 / 3, 3 / 4, 9 / 16, 4 / 5], size=n)).astype(np.int64)
     width = np.where(kind == 0, long_side, np.where(kind == 1, short_side, long_side))
     height = np.where(kind == 0, short_side, np.where(kind == 1, long_side, long_side - rng.integers(0, 20, size=n)))
+    return width, height
+
+
+def _where(mask, values) -> list:
+    """``values`` where ``mask`` holds, missing (``None``) elsewhere."""
+    return [v if m else None for m, v in zip(mask, values)]
+
+
+def _exif_columns(rng: np.random.Generator, camera: np.ndarray) -> dict[str, pa.Array]:
+    """The EXIF columns of photos taken with ``camera`` (an index into :data:`CAMERAS`; -1: no EXIF)."""
+    n = len(camera)
+    has_camera = camera >= 0
+    return {
+        "exif_camera_make": pa.array(_where(has_camera, [CAMERAS[c][0] for c in camera])),
+        "exif_camera_model": pa.array(_where(has_camera, [CAMERAS[c][1] for c in camera])),
+        "exif_iso": pa.array(_where(has_camera, rng.choice([100, 200, 400, 800, 1600], size=n).tolist()), pa.int64()),
+        "exif_aperture_value": pa.array(_where(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
+        "exif_focal_length": pa.array(_where(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
+        "exif_exposure_time": pa.array(_where(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
+    }
+
+
+def write_photos(
+    writer: DocumentWriter, rng, text_rng, photo_ids, designs, images_dir: Path, image_base_url: str | None
+) -> None:
+    """Photo rows: sizes, photographers, places, cameras and descriptions drawn per photo, its image URL."""
+    n = len(photo_ids)
+    width, height = _photo_sizes(rng, n)
     if image_base_url:
         base = image_base_url.rstrip("/")
         image_urls = [f"{base}/{pid}.jpg" for pid in photo_ids]
@@ -147,13 +173,9 @@ def write_photos(
     camera = rng.integers(-1, len(CAMERAS), size=n)  # -1: no EXIF
     landmark = rng.random(n) < 0.1
 
-    def opt(mask, values):
-        return [v if m else None for m, v in zip(mask, values)]
-
     has_place = place >= 0
-    has_camera = camera >= 0
     place_names = [PLACES[p][0] if p >= 0 else None for p in place]
-    descriptions = opt(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])
+    descriptions = _where(rng.random(n) < 0.6, [f"{a} {s} shapes on {bg}" for bg, s, a in designs])
     writer.write(
         {
             "photo_id": pa.array(photo_ids, pa.string()),
@@ -169,27 +191,22 @@ def write_photos(
                 [f"{f.lower()}{s.lower()}{k}" for f, s, k in zip(first, last, rng.integers(1, 999, size=n))]
             ),
             "photographer_first_name": pa.array(first),
-            "photographer_last_name": pa.array(opt(rng.random(n) < 0.95, last)),
-            "exif_camera_make": pa.array(opt(has_camera, [CAMERAS[c][0] for c in camera])),
-            "exif_camera_model": pa.array(opt(has_camera, [CAMERAS[c][1] for c in camera])),
-            "exif_iso": pa.array(opt(has_camera, rng.choice([100, 200, 400, 800, 1600], size=n).tolist()), pa.int64()),
-            "exif_aperture_value": pa.array(opt(has_camera, rng.choice(["1.8", "2.8", "4.0", "5.6", "8.0"], size=n))),
-            "exif_focal_length": pa.array(opt(has_camera, rng.choice(["24.0", "35.0", "50.0", "85.0"], size=n))),
-            "exif_exposure_time": pa.array(opt(has_camera, rng.choice(["1/60", "1/250", "1/1000", "2"], size=n))),
+            "photographer_last_name": pa.array(_where(rng.random(n) < 0.95, last)),
+            **_exif_columns(rng, camera),
             "photo_location_name": free_text(text_rng, place_names, TRICKY_TEXTS),
-            "photo_location_latitude": pa.array(opt(has_place, [PLACES[p][3] for p in place]), pa.float64()),
-            "photo_location_longitude": pa.array(opt(has_place, [PLACES[p][4] for p in place]), pa.float64()),
-            "photo_location_country": pa.array(opt(has_place, [PLACES[p][1] for p in place])),
-            "photo_location_city": pa.array(opt(has_place, [PLACES[p][2] for p in place])),
+            "photo_location_latitude": pa.array(_where(has_place, [PLACES[p][3] for p in place]), pa.float64()),
+            "photo_location_longitude": pa.array(_where(has_place, [PLACES[p][4] for p in place]), pa.float64()),
+            "photo_location_country": pa.array(_where(has_place, [PLACES[p][1] for p in place])),
+            "photo_location_city": pa.array(_where(has_place, [PLACES[p][2] for p in place])),
             "stats_views": pa.array(rng.integers(100, 5_000_000, size=n)),
             "stats_downloads": pa.array(rng.integers(0, 50_000, size=n)),
             "ai_description": pa.array(
                 [f"{_article(a)} {a} {s} on {_article(bg)} {bg} background" for bg, s, a in designs]
             ),
-            "ai_primary_landmark_name": pa.array(opt(landmark, ["Eiffel Tower"] * n)),
-            "ai_primary_landmark_latitude": pa.array(opt(landmark, [48.8584] * n), pa.float64()),
-            "ai_primary_landmark_longitude": pa.array(opt(landmark, [2.2945] * n), pa.float64()),
-            "ai_primary_landmark_confidence": pa.array(opt(landmark, [f"{c:.6f}" for c in rng.uniform(0.5, 1, n)])),
+            "ai_primary_landmark_name": pa.array(_where(landmark, ["Eiffel Tower"] * n)),
+            "ai_primary_landmark_latitude": pa.array(_where(landmark, [48.8584] * n), pa.float64()),
+            "ai_primary_landmark_longitude": pa.array(_where(landmark, [2.2945] * n), pa.float64()),
+            "ai_primary_landmark_confidence": pa.array(_where(landmark, [f"{c:.6f}" for c in rng.uniform(0.5, 1, n)])),
             # A 4 x 3 component BlurHash: size flag "L", then 27 base-83 digits (blurha.sh).
             "blur_hash": pa.array(
                 ["L" + "".join(row) for row in _BASE83[text_rng.integers(0, len(_BASE83), size=(n, 27))]]

@@ -107,7 +107,7 @@ class Build:
 
     @property
     def screen(self) -> np.ndarray | None:
-        """The float16 copy of the vectors (memory-mapped), or ``None`` for a build below ``_SCREEN_MIN_DOCS``."""
+        """The float16 copy of the vectors (memory-mapped), or ``None`` for a build below :data:`SCREEN_MIN_DOCS`."""
         if self.screen_meta is None:
             return None
         with self._lock:
@@ -222,6 +222,7 @@ def validated(documents: pd.DataFrame, vectors: np.ndarray, info: BuildInfo) -> 
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as ``.npy``, flushed to disk before the build holding it is published."""
     with open(path, "wb") as fh:
         np.save(fh, array)
         fh.flush()
