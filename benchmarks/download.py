@@ -19,7 +19,8 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.images.downloader import Downloader
 
-SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "http_fixtures.py"
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_SCRIPT = ROOT / "tests" / "http_fixtures.py"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,9 @@ def _start_server(images: int, latency_ms: float) -> tuple[subprocess.Popen, str
     if not SERVER_SCRIPT.is_file():
         raise ImageSearchError(f"bench download needs {SERVER_SCRIPT}: run it from a source checkout")
     server = subprocess.Popen(
-        [sys.executable, str(SERVER_SCRIPT), "--images", str(images), "--latency-ms", str(latency_ms)],
+        # Run as a module from the checkout's root, so that it imports its siblings (tests/images.py).
+        [sys.executable, "-m", "tests.http_fixtures", "--images", str(images), "--latency-ms", str(latency_ms)],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )

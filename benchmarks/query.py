@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from resources.config import Settings
     from resources.errors import ImageSearchError
     from resources.index.base import BuildInfo
-    from resources.index.local import LocalBackend, exact_top10
+    from resources.index.local import LocalBackend
+    from resources.index.local_build import exact_top10
 
     if args.docs < 100 or args.queries < 10:
         raise ImageSearchError("bench query needs --docs >= 100 and --queries >= 10")

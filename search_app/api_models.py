@@ -22,7 +22,7 @@ from resources.errors import ImageSearchError
 from resources.index.base import MAX_K, ORIENTATIONS, BuildInfo, Filters
 from search_app.compose import Term, parse_expression
 from search_app.parts import MAX_PARTS, PHOTO_ID, QueryPart
-from search_app.service import SearchResult
+from search_app.results import SearchResult
 
 PROBLEM = "application/problem+json"
 API_KEY_HEADER = "X-API-Key"

@@ -22,8 +22,9 @@ from resources.errors import ImageSearchError
 from resources.index.base import MODES, ORIENTATIONS, Filters
 from resources.saved.store import SavedStore
 from search_app import saved_page
+from search_app.results import SearchResult
 from search_app.saved import filters_dict
-from search_app.service import QueryPart, SearchResult, SearchService, load_query_image
+from search_app.service import QueryPart, SearchService, load_query_image
 
 #: Extensions the upload widget offers; the service checks the content whatever the name says.
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")

@@ -16,7 +16,8 @@ from resources.index.base import Filters
 from resources.saved.refresh import dropped_good, new_matches, next_results, unseen
 from resources.saved.store import SavedSearch, SavedStore
 from search_app.parts import check_photo_id
-from search_app.service import QueryPart, SearchResult, SearchService, load_query_image
+from search_app.results import SearchResult
+from search_app.service import QueryPart, SearchService, load_query_image
 
 FILTER_NAMES = ("orientation", "color", "country", "since", "until")
 

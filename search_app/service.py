@@ -13,8 +13,6 @@ import functools
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -23,7 +21,6 @@ from PIL import Image
 
 from resources.config import Settings
 from resources.errors import ImageSearchError, NotFoundError, UnavailableError
-from resources.images.downloader import with_imgix_params
 from resources.images.image_store import ImageStore
 from resources.index import BUILD_HINT, open_backend
 from resources.index.base import MAX_K, MODES, BuildInfo, Filters, Hit, Mode, SearchBackend, check_k
@@ -37,10 +34,9 @@ from search_app.parts import (  # noqa: F401 - re-exported: the service is where
     check_query_image,
     load_query_image,
 )
+from search_app.results import SearchResult, one_per_group, result_of, rrf_fuse
 
 log = logging.getLogger(__name__)
-
-RRF_K = 60
 
 
 class ModelMismatchError(UnavailableError):
@@ -63,62 +59,6 @@ def _draft_size(encoder: Encoder) -> int | None:
     """The shorter side the encoder resizes images to, so a large JPEG can decode straight to it."""
     pre = getattr(encoder, "preprocess", None)
     return getattr(pre, "size", None)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One photo found, with what a result list shows and links to.
-
-    ``score`` is the cosine similarity (vector, image and more-like-this searches), the BM25
-    score (keyword mode) or the reciprocal rank fusion score (hybrid mode, the cosine then in
-    ``cosine``).
-    """
-
-    photo_id: str
-    score: float
-    cosine: float | None
-    describe: str | None
-    image_url: str | None
-    local_path: Path | None
-    photo_url: str | None
-    photographer_name: str | None
-    photographer_username: str | None
-    photographer_url: str | None
-    photo_description: str | None = None
-    ai_description: str | None = None
-    orientation: str | None = None
-    colors: list[str] = field(default_factory=list)
-    country: str | None = None
-    submitted_at: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready values."""
-        data = asdict(self)
-        data["local_path"] = None if self.local_path is None else str(self.local_path)
-        return data
-
-
-def rrf_fuse(*ranked: list[str], depth_k: int = RRF_K) -> dict[str, float]:
-    """Reciprocal rank fusion: per photo, the sum over lists of 1/(depth_k + rank), ranks from 1."""
-    fused: dict[str, float] = {}
-    for ids in ranked:
-        for rank, photo_id in enumerate(ids, start=1):
-            fused[photo_id] = fused.get(photo_id, 0.0) + 1.0 / (depth_k + rank)
-    return fused
-
-
-def one_per_group(results: list[SearchResult], groups: dict[str, int]) -> list[SearchResult]:
-    """``results`` in order, without any photo whose duplicate group already has a better-ranked one."""
-    seen: set[int] = set()
-    kept = []
-    for result in results:
-        group = groups.get(result.photo_id)
-        if group is not None:
-            if group in seen:
-                continue
-            seen.add(group)
-        kept.append(result)
-    return kept
 
 
 def _open_encoder(settings: Settings) -> Encoder:
@@ -414,7 +354,7 @@ class SearchService:
     def photo(self, photo_id: str) -> SearchResult:
         """An indexed photo's record, as a result scored by its similarity to itself (1.0)."""
         fields, _ = self._indexed(photo_id)
-        return self._result(Hit(photo_id=photo_id, score=1.0, fields=fields), 1.0)
+        return result_of(Hit(photo_id=photo_id, score=1.0, fields=fields), 1.0, self.settings, self.store)
 
     def _indexed(self, photo_id: str) -> tuple[dict[str, Any], np.ndarray]:
         """The stored fields and vector of an indexed photo; a one-line error when it is not indexed."""
@@ -485,28 +425,5 @@ class SearchService:
             cut_value = hit.score if cosines is None else cosine
             if min_score is not None and (cut_value is None or cut_value < min_score):
                 continue
-            results.append(self._result(hit, cosine))
+            results.append(result_of(hit, cosine, self.settings, self.store))
         return results
-
-    def _result(self, hit: Hit, cosine: float | None) -> SearchResult:
-        f = hit.fields
-        username = f.get("photographer_username")
-        image_url = f.get("photo_image_url")
-        return SearchResult(
-            photo_id=hit.photo_id,
-            score=float(hit.score),
-            cosine=cosine,
-            describe=f.get("describe"),
-            image_url=with_imgix_params(image_url, self.settings.imgix_params) if image_url else None,
-            local_path=self.store.local_path(hit.photo_id),
-            photo_url=f.get("photo_url"),
-            photographer_name=f.get("photographer_name"),
-            photographer_username=username,
-            photographer_url=f"https://unsplash.com/@{username}" if username else None,
-            photo_description=f.get("photo_description"),
-            ai_description=f.get("ai_description"),
-            orientation=f.get("orientation"),
-            colors=list(f.get("colors") or []),
-            country=f.get("photo_location_country"),
-            submitted_at=f.get("photo_submitted_at"),
-        )

@@ -31,6 +31,14 @@ HEADER_TIMEOUT_S = 1.0
 #: How long a test waits for an answer that must come; far above what it takes, so it never races.
 ANSWER_S = 30
 
+#: The one origin the attacked server allows by CORS (:func:`attacked_settings`).
+APP_ORIGIN = "http://app.example"
+
+
+def attacked_settings(settings: Settings) -> Settings:
+    """The keyless server the attack tests share: loopback only, also answering ``search.lan`` and CORS for :data:`APP_ORIGIN`."""
+    return settings.replace(api_header_timeout=HEADER_TIMEOUT_S, api_hosts="search.lan", api_cors_origins=APP_ORIGIN)
+
 
 @contextmanager
 def serving(service: SearchService, settings: Settings) -> Iterator[int]:

@@ -28,7 +28,7 @@ from resources.dagster_resources import ClipResource, SettingsResource
 from resources.encoder.clip import ClipEncoder
 from resources.images.image_store import ImageStore
 from resources.vectors.vector_store import VectorStore, chunk_schema, load_embeddings, model_key
-from tests.http_fixtures import cmyk_jpeg, exif_rotated_jpeg, jpeg_bytes, palette_png_transparent, png16, webp_bytes
+from tests.images import cmyk_jpeg, exif_rotated_jpeg, jpeg_bytes, palette_png_transparent, png16, webp_bytes
 from tests.pause import PausePoint
 
 ALL_BUCKETS = {"dagster/asset_partition_range_start": "b00", "dagster/asset_partition_range_end": "b63"}

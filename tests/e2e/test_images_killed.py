@@ -13,7 +13,8 @@ from pathlib import Path
 
 from assets.partitions import photo_bucket
 from resources.images.image_store import ImageStore
-from tests.http_fixtures import FaultServer, jpeg_bytes
+from tests.http_fixtures import FaultServer
+from tests.images import jpeg_bytes
 from tests.pipeline import run_images, write_catalog
 
 REPO = Path(__file__).resolve().parents[2]

@@ -174,7 +174,7 @@ def test_hundreds_of_idle_and_trickling_sockets_leave_a_normal_client_served_and
 
 
 def test_images_and_ids_that_must_not_be_decoded_or_looked_up(port: int):
-    from tests.http_fixtures import bomb_png
+    from tests.images import bomb_png
 
     eps = io.BytesIO()
     Image.new("RGB", (16, 16)).save(eps, format="EPS")

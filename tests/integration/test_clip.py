@@ -14,7 +14,7 @@ from resources.encoder.clip import PREFETCH_BATCHES, ClipEncoder
 from resources.encoder.decode import Preprocess, prepare_image
 from resources.encoder.devices import cpu_supports_bf16, resolve_device, resolve_precision
 from resources.errors import ImageSearchError
-from tests.http_fixtures import (
+from tests.images import (
     animated_gif,
     cmyk_jpeg,
     exif_rotated_jpeg,

@@ -25,8 +25,8 @@ from resources.images.downloader import (
     with_imgix_params,
 )
 from resources.images.image_store import ImageStore
-from tests.http_fixtures import (
-    FaultServer,
+from tests.http_fixtures import FaultServer, standard_faults
+from tests.images import (
     animated_gif,
     bomb_png,
     cmyk_jpeg,
@@ -34,7 +34,6 @@ from tests.http_fixtures import (
     jpeg_bytes,
     palette_png_transparent,
     png16,
-    standard_faults,
     webp_bytes,
 )
 

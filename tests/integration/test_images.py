@@ -12,7 +12,8 @@ from PIL import Image
 from assets.images import FAILURE_SHARE_CHECK
 from assets.partitions import photo_bucket
 from resources.images.image_store import ImageStore
-from tests.http_fixtures import FaultServer, jpeg_bytes, standard_faults
+from tests.http_fixtures import FaultServer, standard_faults
+from tests.images import jpeg_bytes
 from tests.pipeline import run_images, write_catalog
 
 TIMEOUT_S = 0.5

@@ -23,7 +23,8 @@ import sensors
 from assets.catalog import PHOTO_IDS_UNIQUE_CHECK
 from assets.partitions import photo_bucket
 from assets.raw import colors, keywords, photos, unsplash_release
-from image_search.sample import TRICKY_TEXTS, write_release
+from image_search.sample import write_release
+from image_search.sample_values import TRICKY_TEXTS
 from resources.errors import ImageSearchError
 from resources.release.lite_format import COLUMNS, DOCUMENTS, RELEASES, columns_of
 from resources.release.source import download

@@ -16,7 +16,8 @@ from resources.errors import ImageSearchError
 from resources.images.image_store import ImageStore
 from resources.index.base import Filters
 from resources.index.local import LocalBackend
-from search_app.service import MAX_K, ModelMismatchError, SearchService, rrf_fuse
+from search_app.results import rrf_fuse
+from search_app.service import MAX_K, ModelMismatchError, SearchService
 
 
 def _a_word(catalog: pd.DataFrame) -> tuple[str, set[str]]:

@@ -17,7 +17,8 @@ from resources.config import Settings
 from resources.errors import ImageSearchError
 from resources.index import open_backend
 from resources.index.base import BuildInfo, Filters
-from resources.index.local import _SCREEN_MIN_DOCS, IndexNotBuiltError, LocalBackend, exact_top10
+from resources.index.local import IndexNotBuiltError, LocalBackend
+from resources.index.local_build import SCREEN_MIN_DOCS, exact_top10
 
 N = 600
 DIM = 512
@@ -283,7 +284,7 @@ def test_approximate_index_recall_against_exact(tmp_path: Path):
 
 def test_exact_search_screens_in_float16_and_still_orders_near_ties_like_float32(tmp_path: Path):
     """Neighbours whose cosines differ by less than float16 can resolve still come back in float32 order."""
-    n = _SCREEN_MIN_DOCS + 1_000
+    n = SCREEN_MIN_DOCS + 1_000
     docs, vectors = synthetic_documents(n, seed=4), clustered_vectors(n, DIM, clusters=64, seed=4)
     rng = np.random.default_rng(4)
     queries = clustered_vectors(3, DIM, clusters=64, seed=5)

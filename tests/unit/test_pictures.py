@@ -18,7 +18,7 @@ from resources.images.pictures import (
     to_rgb,
     upright_rgb,
 )
-from tests.http_fixtures import exif_rotated_jpeg, palette_png_transparent, png16
+from tests.images import exif_rotated_jpeg, palette_png_transparent, png16
 
 
 def test_16_bit_is_scaled_not_clipped():
@@ -93,7 +93,7 @@ def test_formats_outside_jpeg_png_webp_are_refused_without_reaching_their_decode
 
 
 def test_a_small_file_declaring_too_many_pixels_is_refused_from_its_header(monkeypatch):
-    from tests.http_fixtures import bomb_png
+    from tests.images import bomb_png
 
     data = bomb_png(6400, 6400)
     assert len(data) < 10_000 and 6400 * 6400 > MAX_PIXELS

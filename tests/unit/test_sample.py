@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_search.sample import PALETTE, PLANTED_DUPLICATES, TRICKY_KEYWORDS, TRICKY_TEXTS, write_release
+from image_search.sample import PLANTED_DUPLICATES, write_release
+from image_search.sample_values import PALETTE, TRICKY_KEYWORDS, TRICKY_TEXTS
 from resources.errors import ImageSearchError
 from resources.release.lite_format import DOCUMENTS, RELEASES, columns_of
 from tests.pipeline import release_rows
