@@ -50,13 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--minus", action="append", default=[], metavar=term, help="but unlike this (repeatable)")
     parser.add_argument("-k", type=int, default=10, help="how many results (1-1000, default 10)")
-    parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
-    parser.add_argument("--mode", choices=MODES, default="vector", help="text search mode (default vector)")
-    parser.add_argument("--orientation", choices=ORIENTATIONS)
-    parser.add_argument("--color", help="a colour keyword, e.g. red")
-    parser.add_argument("--country", help="country of the photo's location (any case)")
-    parser.add_argument("--since", metavar="YYYY-MM-DD", help="submitted on or after this day")
-    parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
+    add_filter_options(parser)
     duplicates = parser.add_mutually_exclusive_group()
     duplicates.add_argument(
         "--hide-duplicates",
@@ -70,6 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
+
+
+def add_filter_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that runs a search takes besides its query: score cut-off, mode and filters."""
+    parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
+    parser.add_argument("--mode", choices=MODES, default="vector", help="text search mode (default vector)")
+    parser.add_argument("--orientation", choices=ORIENTATIONS)
+    parser.add_argument("--color", help="a colour keyword, e.g. red")
+    parser.add_argument("--country", help="country of the photo's location (any case)")
+    parser.add_argument("--since", metavar="YYYY-MM-DD", help="submitted on or after this day")
+    parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
 
 
 def _day(value: str | None, option: str) -> dt.date | None:

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from image_search.query import add_filter_options
 from resources.errors import ImageSearchError
-from resources.index.base import MODES, ORIENTATIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,13 +55,7 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plus", action="append", default=[], metavar=term, help="also like this (repeatable)")
     parser.add_argument("--minus", action="append", default=[], metavar=term, help="but unlike this (repeatable)")
     parser.add_argument("-k", type=int, default=10, help="how many results it watches (1-1000, default 10)")
-    parser.add_argument("--min-score", type=float, default=None, help="drop results below this cosine similarity")
-    parser.add_argument("--mode", choices=MODES, default="vector", help="text search mode (default vector)")
-    parser.add_argument("--orientation", choices=ORIENTATIONS)
-    parser.add_argument("--color", help="a colour keyword, e.g. red")
-    parser.add_argument("--country", help="country of the photo's location (any case)")
-    parser.add_argument("--since", metavar="YYYY-MM-DD", help="submitted on or after this day")
-    parser.add_argument("--until", metavar="YYYY-MM-DD", help="submitted on or before this day")
+    add_filter_options(parser)
     parser.add_argument(
         "--show-duplicates",
         dest="hide_duplicates",

@@ -84,3 +84,18 @@ def assert_normal_client_served(port: int, headers: dict[str, str] | None = None
         f"http://127.0.0.1:{port}/search", params={"q": "a red car", "k": 2}, headers=headers, timeout=ANSWER_S
     )
     assert answer.status_code == 200 and len(answer.json()["results"]) == 2
+
+
+def held_service(service: SearchService, settings: Settings, gate) -> SearchService:
+    """``service``'s index and encoder behind a text search that waits for ``gate`` (a ``threading.Event``) first.
+
+    A search held there is work in flight at a known point: what a timeout or a full set
+    of slots meets, without waiting on the clock for it.
+    """
+
+    class Held(SearchService):
+        def search_text(self, *args, **kwargs):
+            gate.wait(60)
+            return super().search_text(*args, **kwargs)
+
+    return Held(service.backend, settings, encoder=service.encoder())

@@ -21,6 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from resources.config import Settings
 from search_app.api import MAX_QUERY_CHARS, PROBLEM, check_exposure, create_app
 from search_app.service import MAX_QUERY_IMAGE_BYTES, SearchService
+from tests.api_server import held_service
 from tests.http_fixtures import LOCAL, assert_problem
 
 KEY = "k" * 8 + "-test-key-0123456789"
@@ -363,12 +364,7 @@ def test_a_search_past_the_timeout_is_a_503_and_the_server_keeps_serving(service
 
     gate = threading.Event()
 
-    class Held(SearchService):
-        def search_text(self, *args, **kwargs):
-            gate.wait(60)
-            return super().search_text(*args, **kwargs)
-
-    held = Held(service.backend, settings, encoder=service.encoder())
+    held = held_service(service, settings, gate)
     with TestClient(
         create_app(held, settings.replace(api_request_timeout=0.5), warm_up=False), base_url=LOCAL
     ) as client:

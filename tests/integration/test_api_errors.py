@@ -17,6 +17,7 @@ from PIL import Image
 from resources.config import Settings
 from search_app.api import create_app
 from search_app.service import SearchService
+from tests.api_server import held_service
 from tests.http_fixtures import LOCAL, assert_problem
 
 
@@ -77,12 +78,7 @@ def test_a_timed_out_search_holds_its_slot_until_its_work_stops_and_overload_is_
 
     gate = threading.Event()
 
-    class Held(SearchService):
-        def search_text(self, *args, **kwargs):
-            gate.wait(60)
-            return super().search_text(*args, **kwargs)
-
-    held = Held(service.backend, settings, encoder=service.encoder())
+    held = held_service(service, settings, gate)
     one_slot = settings.replace(api_request_timeout=0.5, api_max_searches=1)
     with TestClient(create_app(held, one_slot, warm_up=False), base_url=LOCAL) as client:
         assert_problem(client.get("/search", params={"q": "dog"}), 503, "took longer than 0.5 s")
