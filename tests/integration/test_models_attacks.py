@@ -1,0 +1,115 @@
+"""The model release (issue #27) attacked as a second writer, a forger and a shared cluster would.
+
+Each test names the source of the behaviour it holds the code to. Real files under a
+temporary ``IMAGE_SEARCH_HOME``; the local backend; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resources.config import Settings
+from resources.errors import ImageSearchError
+from resources.index import model_backend
+from resources.models.promotion import remove, rollback
+from resources.models.registry import Registry, check_name
+
+
+def forge(home: Path, state: object) -> Path:
+    """Write ``state`` as the registry file, as a hand edit or another machine's copy would."""
+    path = home / "models" / "registry.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(state if isinstance(state, str) else json.dumps(state), encoding="utf-8")
+    return path
+
+
+def pair(name: str) -> dict[str, object]:
+    return {"name": name, "image_model": "img", "text_model": "txt", "dim": 512, "added_at": ""}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "../x", "a/b", "A", "default\n", "ａ", "a\u200b", "é", "a_b", "x" * 41, "", "-a", "a\\b"],
+)
+def test_hostile_names_are_refused(name: str) -> None:
+    """CWE-22 path traversal and CWE-1007 look-alikes: only ASCII [a-z0-9-] may name a folder and an index."""
+    with pytest.raises(ImageSearchError, match="not usable"):
+        check_name(name)
+
+
+def test_default_cannot_be_registered(tmp_path: Path) -> None:
+    with pytest.raises(ImageSearchError, match="configured"):
+        Registry(Settings(home=tmp_path)).add("default", "img", "txt", 512)
+
+
+def test_a_forged_name_never_reaches_the_disk(tmp_path: Path) -> None:
+    """CWE-22: a registry edited by hand whose entry is named ``..`` must not make ``rm`` delete the search index."""
+    settings = Settings(home=tmp_path)
+    keep = settings.index_dir / "CURRENT"
+    (settings.index_dir / "models").mkdir(parents=True)
+    keep.write_text("v1")
+    forge(tmp_path, {"models": {"x": pair("..")}, "serving": None, "previous": None})
+    with pytest.raises(ImageSearchError, match="registry"):
+        remove(settings, "x")
+    assert keep.read_text() == "v1"
+
+
+@pytest.mark.parametrize("backend", ["local", "elasticsearch"])
+def test_a_shadow_index_is_named_only_by_a_usable_name(tmp_path: Path, backend: str) -> None:
+    """CWE-22: whatever code passes a name on, the shadow index is only ever index/models/<name> or <index>-model-<name>."""
+    settings = Settings(home=tmp_path, backend=backend, es_url="http://127.0.0.1:9")
+    for name in ("..", "../../x", "a/b", "*", "a,b"):
+        with pytest.raises(ImageSearchError, match="not usable"):
+            model_backend(settings, name)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"models": {"a": ',  # truncated by a crash mid-write of a non-atomic editor
+        "[]",
+        '{"models": []}',
+        '{"models": {"a": {"name": "a"}}}',
+        '{"models": {"a": {"name": "a", "image_model": "i", "text_model": "t", "evil": 1}}}',
+        '{"models": {"a": ' + json.dumps(pair("b")) + "}}",
+        '{"models": {}, "serving": 7}',
+        "\x00\x01",
+    ],
+)
+def test_a_damaged_registry_is_one_clear_line(tmp_path: Path, state: str) -> None:
+    """OWASP input validation: a damaged registry names the file and what to do, never a traceback."""
+    forge(tmp_path, state)
+    with pytest.raises(ImageSearchError, match="registry"):
+        Registry(Settings(home=tmp_path)).candidates()
+        Registry(Settings(home=tmp_path)).serving()
+
+
+def test_serving_an_unknown_model_is_one_line(tmp_path: Path) -> None:
+    """A forged ``serving`` naming no registered pair."""
+    forge(tmp_path, {"models": {}, "serving": "ghost", "previous": None})
+    with pytest.raises(ImageSearchError, match="ghost"):
+        Registry(Settings(home=tmp_path)).serving()
+
+
+def test_the_serving_model_cannot_be_removed(tmp_path: Path) -> None:
+    forge(tmp_path, {"models": {"a": pair("a")}, "serving": "a", "previous": None})
+    with pytest.raises(ImageSearchError, match="answers searches now"):
+        remove(Settings(home=tmp_path), "a")
+    assert "a" in json.loads((tmp_path / "models" / "registry.json").read_text())["models"]
+
+
+def test_rollback_with_no_previous_model(tmp_path: Path) -> None:
+    with pytest.raises(ImageSearchError, match="no previous model"):
+        rollback(Settings(home=tmp_path))
+
+
+def test_two_writers_lose_nothing(tmp_path: Path) -> None:
+    """POSIX rename(2) is atomic and the lock serialises read-change-write: interleaved adds keep every name."""
+    first, second = Registry(Settings(home=tmp_path)), Registry(Settings(home=tmp_path))
+    for i in range(10):
+        (first if i % 2 else second).add(f"m{i}", "img", "txt", 512)
+    assert [p.name for p in first.candidates()] == [f"m{i}" for i in range(10)]
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name != "registry.json"]
