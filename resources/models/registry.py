@@ -175,8 +175,14 @@ class Registry:
         return pair
 
     def set_serving(self, name: str) -> ModelPair:
-        """Record that ``name`` serves now and that the one serving until now is the previous; returns that one."""
+        """Record that ``name`` serves now and that the one serving until now is the previous; returns that one.
+
+        Refused when ``name`` was unregistered meanwhile (``rm`` from another machine), so
+        the registry never names a serving pair it does not hold.
+        """
         with self._change() as state:
+            if name != CONFIGURED and name not in state["models"]:
+                raise ImageSearchError(f"model {name!r} was removed meanwhile: register it again to promote it")
             before = state.get("serving") or CONFIGURED
             state["previous"] = before
             state["serving"] = None if name == CONFIGURED else name

@@ -7,6 +7,8 @@ temporary ``IMAGE_SEARCH_HOME``; the local backend; nothing is mocked.
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ from resources.errors import ImageSearchError
 from resources.index import model_backend
 from resources.models.promotion import remove, rollback
 from resources.models.registry import Registry, check_name
+from resources.models.release import switch
+from resources.storage.locks import store_lock
+from tests.es_fake import FakeSearchServer
 
 
 def forge(home: Path, state: object) -> Path:
@@ -113,3 +118,59 @@ def test_two_writers_lose_nothing(tmp_path: Path) -> None:
         (first if i % 2 else second).add(f"m{i}", "img", "txt", 512)
     assert [p.name for p in first.candidates()] == [f"m{i}" for i in range(10)]
     assert not [p for p in (tmp_path / "models").iterdir() if p.name != "registry.json"]
+
+
+def test_serving_is_never_set_to_a_model_removed_meanwhile(tmp_path: Path) -> None:
+    """A second writer's ``rm`` between a promotion's checks and its record: the lock's read-change-write refuses."""
+    here, there = Registry(Settings(home=tmp_path)), Registry(Settings(home=tmp_path))
+    here.add("b", "img", "txt", 512)
+    there.remove("b")
+    with pytest.raises(ImageSearchError, match="removed meanwhile"):
+        here.set_serving("b")
+    assert here.serving().name == "default"
+
+
+def test_a_switch_waits_for_the_refresh_publishing(tmp_path: Path) -> None:
+    """flock(2): a promotion never runs while search_index (the refresh) holds its lock, so neither undoes the other."""
+    settings = Settings(home=tmp_path, lock_timeout=0.2)
+    registry = Registry(settings)
+    registry.add("b", "img", "txt", 512)
+    with store_lock(tmp_path / "locks" / "search_index.lock", "search_index", 1.0):
+        with pytest.raises(ImageSearchError, match="search_index is being written"):
+            switch(settings, registry.get("b"))
+    assert registry.serving().name == "default"
+
+
+def _http(url: str, method: str, body: object | None = None) -> int:
+    """One request to the fake cluster, as another team's script would send it; the HTTP status."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("profile", ["opensearch-2.11", "elasticsearch-7.17"])
+def test_a_strangers_model_index_is_never_deleted_nor_published(tmp_path: Path, profile: str) -> None:
+    """Shared cluster: indices named like ``<index>-model-<name>`` that our ``_meta`` does not mark are not ours.
+
+    Elasticsearch alias API (docs: "Aliases", update_aliases) lets anyone point a name at their
+    index; the same rule as the main build (es_publish.clean_up) must hold for rm and promote.
+    """
+    with FakeSearchServer(profile) as fake:
+        settings = Settings(home=tmp_path, backend="elasticsearch", es_url=fake.url, index_name="photos")
+        theirs = ["photos-model-b_v00000000000000000001", "theirs"]
+        for name in theirs:
+            assert _http(f"{fake.url}/{name}", "PUT", {}) == 200
+        body = {"actions": [{"add": {"index": "theirs", "alias": "photos-model-b"}}]}
+        assert _http(f"{fake.url}/_aliases", "POST", body) == 200
+        registry = Registry(settings)
+        registry.add("b", "img", "txt", 512)
+        with pytest.raises(ImageSearchError):
+            switch(settings, registry.get("b"))
+        remove(settings, "b")
+        for name in theirs:
+            assert _http(f"{fake.url}/{name}", "HEAD") == 200
+        assert registry.serving().name == "default"
