@@ -7,11 +7,13 @@ temporary ``IMAGE_SEARCH_HOME``; the local backend; nothing is mocked.
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
@@ -20,6 +22,8 @@ from resources.models.promotion import remove, rollback
 from resources.models.registry import Registry, check_name
 from resources.models.release import switch
 from resources.storage.locks import store_lock
+from search_app.api import create_app
+from search_app.service import SearchService
 from tests.es_fake import FakeSearchServer
 
 
@@ -174,3 +178,33 @@ def test_a_strangers_model_index_is_never_deleted_nor_published(tmp_path: Path, 
         for name in theirs:
             assert _http(f"{fake.url}/{name}", "HEAD") == 200
         assert registry.serving().name == "default"
+
+
+def test_promoting_a_model_whose_build_was_deleted(tmp_path: Path) -> None:
+    """The candidate's shadow build deleted by hand (CURRENT left pointing at it): refused, nothing switched."""
+    settings = Settings(home=tmp_path)
+    registry = Registry(settings)
+    registry.add("b", "img", "txt", 512)
+    shadow = settings.index_dir / "models" / "b"
+    shadow.mkdir(parents=True)
+    (shadow / "CURRENT").write_text("20260101T000000")
+    with pytest.raises(ImageSearchError, match="missing|no shadow build"):
+        switch(settings, registry.get("b"))
+    assert registry.serving().name == "default" and not (settings.index_dir / "CURRENT").exists()
+
+
+def test_searches_answer_with_a_damaged_registry(tmp_path: Path, search_home: Path) -> None:
+    """The registry only names the model; a damaged one must not take every search down with it.
+
+    The API maps an ImageSearchError to an error status: the JSON result set's ``model`` would
+    make a truncated registry.json an outage of the search service.
+    """
+    home = Path(shutil.copytree(search_home, tmp_path / "home"))
+    forge(home, '{"models": {"a": ')
+    settings = Settings(home=home)
+    with TestClient(
+        create_app(SearchService.from_settings(settings), settings, warm_up=False), base_url="http://127.0.0.1"
+    ) as client:
+        answer = client.get("/search", params={"q": "red", "k": 3})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"]["name"] is None and answer.json()["model"]["dim"] == 512
