@@ -6,6 +6,7 @@ temporary ``IMAGE_SEARCH_HOME``; the local backend; nothing is mocked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import urllib.error
@@ -17,14 +18,17 @@ from fastapi.testclient import TestClient
 
 from resources.config import Settings
 from resources.errors import ImageSearchError
-from resources.index import model_backend
+from resources.index import model_backend, open_backend
+from resources.index.base import BuildInfo
 from resources.models.promotion import remove, rollback
 from resources.models.registry import Registry, check_name
-from resources.models.release import switch
+from resources.models.release import build_shadow, switch
+from resources.release.catalog import index_inputs
 from resources.storage.locks import store_lock
 from search_app.api import create_app
 from search_app.service import SearchService
-from tests.es_fake import FakeSearchServer
+from tests.es_fake import FakeSearchServer, Faults
+from tests.es_fake.profiles import PROFILES
 
 
 def forge(home: Path, state: object) -> Path:
@@ -208,3 +212,34 @@ def test_searches_answer_with_a_damaged_registry(tmp_path: Path, search_home: Pa
         answer = client.get("/search", params={"q": "red", "k": 3})
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"]["name"] is None and answer.json()["model"]["dim"] == 512
+
+
+def test_a_promotion_and_rollback_whose_alias_answers_are_lost(tmp_path: Path, search_home: Path, tiny_models) -> None:
+    """Each ``POST _aliases`` is applied but its answer lost (504), and ``elasticsearch7`` resends it
+    (``Transport.retry_on_status`` 502/503/504, Faults.aliases_lost_answers): the switch reads the alias
+    back (es_publish.publish), so it is published exactly once, the old build is kept, and rollback works.
+    """
+    home = Path(shutil.copytree(search_home, tmp_path / "home"))
+    lossy = dataclasses.replace(PROFILES["opensearch-2.11-alias-504"], faults=Faults(aliases_lost_answers=4))
+    with FakeSearchServer("opensearch-2.11") as fake:
+        settings = Settings(
+            home=home,
+            image_model=str(tiny_models[0]),
+            text_model=str(tiny_models[1]),
+            backend="elasticsearch",
+            es_url=fake.url,
+            index_name="photos",
+        )
+        documents, vectors = index_inputs(settings)
+        served = open_backend(settings).build(
+            documents, vectors, BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
+        )
+        registry = Registry(settings)
+        twin = registry.add("twin", settings.image_model, settings.text_model, 512)
+        shadow = build_shadow(settings, twin).name
+        fake.switch_to(lossy)
+        switch(settings, twin)
+        assert open_backend(settings).info().name == shadow and registry.serving().name == "twin"
+        assert model_backend(settings, "default").info().name == served.name
+        rollback(settings)
+        assert open_backend(settings).info().name == served.name and registry.serving().name == "default"
