@@ -214,6 +214,24 @@ def test_searches_answer_with_a_damaged_registry(tmp_path: Path, search_home: Pa
     assert answer.json()["model"]["name"] is None and answer.json()["model"]["dim"] == 512
 
 
+def es_twin(home: Path, url: str, tiny_models) -> tuple[Settings, str, str]:
+    """The search index built on the cluster at ``url`` and a pair ``twin`` of the same models with its shadow
+    build (same image model, so nothing is encoded): the settings, the serving build and the shadow build."""
+    settings = Settings(
+        home=home,
+        image_model=str(tiny_models[0]),
+        text_model=str(tiny_models[1]),
+        backend="elasticsearch",
+        es_url=url,
+        index_name="photos",
+    )
+    documents, vectors = index_inputs(settings)
+    info = BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
+    served = open_backend(settings).build(documents, vectors, info).name
+    twin = Registry(settings).add("twin", settings.image_model, settings.text_model, 512)
+    return settings, served, build_shadow(settings, twin).name
+
+
 def test_a_promotion_and_rollback_whose_alias_answers_are_lost(tmp_path: Path, search_home: Path, tiny_models) -> None:
     """Each ``POST _aliases`` is applied but its answer lost (504), and ``elasticsearch7`` resends it
     (``Transport.retry_on_status`` 502/503/504, Faults.aliases_lost_answers): the switch reads the alias
@@ -222,24 +240,38 @@ def test_a_promotion_and_rollback_whose_alias_answers_are_lost(tmp_path: Path, s
     home = Path(shutil.copytree(search_home, tmp_path / "home"))
     lossy = dataclasses.replace(PROFILES["opensearch-2.11-alias-504"], faults=Faults(aliases_lost_answers=4))
     with FakeSearchServer("opensearch-2.11") as fake:
-        settings = Settings(
-            home=home,
-            image_model=str(tiny_models[0]),
-            text_model=str(tiny_models[1]),
-            backend="elasticsearch",
-            es_url=fake.url,
-            index_name="photos",
-        )
-        documents, vectors = index_inputs(settings)
-        served = open_backend(settings).build(
-            documents, vectors, BuildInfo.for_vectors(settings.image_model, settings.text_model, vectors)
-        )
+        settings, served, shadow = es_twin(home, fake.url, tiny_models)
         registry = Registry(settings)
-        twin = registry.add("twin", settings.image_model, settings.text_model, 512)
-        shadow = build_shadow(settings, twin).name
         fake.switch_to(lossy)
-        switch(settings, twin)
+        switch(settings, registry.get("twin"))
         assert open_backend(settings).info().name == shadow and registry.serving().name == "twin"
-        assert model_backend(settings, "default").info().name == served.name
+        assert model_backend(settings, "default").info().name == served
         rollback(settings)
-        assert open_backend(settings).info().name == served.name and registry.serving().name == "default"
+        assert open_backend(settings).info().name == served and registry.serving().name == "default"
+
+
+def test_a_strangers_index_where_the_old_build_would_be_kept(tmp_path: Path, search_home: Path, tiny_models) -> None:
+    """A stranger's concrete index named ``photos-model-default`` (where the serving build is kept for a rollback):
+    the promotion is refused before anything is published, and the stranger's index is untouched (es_publish.stranger).
+    """
+    home = Path(shutil.copytree(search_home, tmp_path / "home"))
+    with FakeSearchServer("elasticsearch-7.17") as fake:
+        settings, served, _ = es_twin(home, fake.url, tiny_models)
+        assert _http(f"{fake.url}/photos-model-default", "PUT", {}) == 200
+        with pytest.raises(ImageSearchError, match="photos-model-default"):
+            switch(settings, Registry(settings).get("twin"))
+        assert open_backend(settings).info().name == served and Registry(settings).serving().name == "default"
+        assert _http(f"{fake.url}/photos-model-default", "HEAD") == 200
+
+
+def test_rm_through_a_planted_symlink_deletes_nothing_behind_it(tmp_path: Path) -> None:
+    """CWE-59: a shadow folder replaced by a symlink to other data; rmtree(3) refuses symlinks, so rm removes none of it."""
+    settings = Settings(home=tmp_path / "home")
+    Registry(settings).add("b", "img", "txt", 512)
+    precious = tmp_path / "precious"
+    (precious / "builds").mkdir(parents=True)
+    (precious / "data").write_text("keep")
+    (settings.index_dir / "models").mkdir(parents=True)
+    (settings.index_dir / "models" / "b").symlink_to(precious)
+    remove(settings, "b")
+    assert (precious / "data").read_text() == "keep" and (precious / "builds").is_dir()
