@@ -10,6 +10,7 @@ rollback publishes it again at once and encodes nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import ExitStack
 from typing import Any, Callable
@@ -132,7 +133,7 @@ def switch(settings: Settings, to: ModelPair) -> tuple[ModelPair, BuildInfo]:
     switches record each other's pair as the previous one.
     """
     lock = settings.home / "locks" / "search_index.lock"
-    with store_lock(lock, "search_index", settings.lock_timeout, print):
+    with store_lock(lock, "search_index", settings.lock_timeout, lambda line: print(line, file=sys.stderr)):
         return _switch(settings, to)
 
 
