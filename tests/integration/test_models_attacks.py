@@ -25,6 +25,7 @@ from resources.models.registry import Registry, check_name
 from resources.models.release import build_shadow, switch
 from resources.release.catalog import index_inputs
 from resources.storage.locks import store_lock
+from resources.vectors.vector_store import VectorStore
 from search_app.api import create_app
 from search_app.service import SearchService
 from tests.es_fake import FakeSearchServer, Faults
@@ -275,3 +276,10 @@ def test_rm_through_a_planted_symlink_deletes_nothing_behind_it(tmp_path: Path) 
     (settings.index_dir / "models" / "b").symlink_to(precious)
     remove(settings, "b")
     assert (precious / "data").read_text() == "keep" and (precious / "builds").is_dir()
+
+
+@pytest.mark.parametrize("model_id", ["../../etc", "/abs/path", "https://host/../x", "a\x00b", "..\\..\\x"])
+def test_a_forged_model_id_stays_in_the_embeddings_folder(tmp_path: Path, model_id: str) -> None:
+    """CWE-22: a registry entry's image model (a path, a URL) keys its vector folder by a slug and hash."""
+    root = VectorStore(tmp_path / "embeddings", model_id).root
+    assert root.parent == tmp_path / "embeddings" and "/" not in root.name and ".." not in root.name
