@@ -143,11 +143,18 @@ class SearchService:
     @one_build
     def answered_by(self) -> dict[str, Any]:
         """Which model answers (issue #27): the registered name (``default`` for the configured pair, ``None`` for an
-        unregistered one), the model ids, the vector size and the build; every JSON result set carries it as ``model``."""
+        unregistered one), the model ids, the vector size and the build; every JSON result set carries it as ``model``.
+
+        The registry only names the build's models: a damaged one is logged and the name left
+        ``None``, so it never takes searches down (they answer from the build either way)."""
         from resources.models.registry import Registry
 
         info = self.build_info()
-        name = Registry(self.settings).name_of(info.image_model, info.text_model)
+        try:
+            name = Registry(self.settings).name_of(info.image_model, info.text_model)
+        except ImageSearchError as exc:
+            log.warning("answering without a model name: %s", exc)
+            name = None
         return {
             "name": name,
             "image_model": info.image_model,

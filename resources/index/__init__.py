@@ -25,8 +25,12 @@ def model_backend(settings: Settings, model_name: str) -> SearchBackend:
 
     Local: its own folder ``index/models/<name>/``; Elasticsearch/OpenSearch: its own alias
     ``<IMAGE_SEARCH_INDEX>-model-<name>``. Builds there are published by the model release's
-    promotion with :meth:`SearchBackend.adopt` (issue #27).
+    promotion with :meth:`SearchBackend.adopt` (issue #27). The name is checked here, where it
+    becomes a path and an index name, whatever passed it on (CWE-22).
     """
+    from resources.models.registry import check_name
+
+    check_name(model_name)
     if settings.backend == "elasticsearch":
         from resources.index.elasticsearch import ElasticsearchBackend
 

@@ -118,6 +118,7 @@ def compare(settings: Settings, names: list[str] | None = None, max_queries: int
         raise ImageSearchError("no model has a build to compare: let the refresh build the registered models first")
     conversions, marks = conversion_judgements(settings, max_queries), marked_judgements(settings)
     judged = ev.restrict(ev.merge_judgements(conversions, marks), _common_photos(settings, built))
+    judged = ev.strongest(judged, max_queries)
     catalog = read_catalog(settings, ["photo_id"])["photo_id"].tolist()
     store = ImageStore(settings.images_dir)
     paths = [p for p in (store.local_path(pid) for pid in catalog[: SPEED_IMAGES * 2]) if p is not None][:SPEED_IMAGES]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resources.errors import ImageSearchError
 from resources.models.relevance import ndcg_at_k, recall_at_k
 
 K = 10
@@ -83,6 +84,16 @@ def merge_judgements(*sources: dict[str, set[str]]) -> dict[str, set[str]]:
             if key and photos:
                 merged.setdefault(key, set()).update(photos)
     return dict(sorted(merged.items()))
+
+
+def strongest(judged: dict[str, set[str]], limit: int) -> dict[str, set[str]]:
+    """At most ``limit`` of the queries: those with the most judged photos (ties by query), as
+    :func:`resources.models.relevance.query_set` keeps keywords, so no source (a saved-search
+    store of any size) makes a comparison run past the limit the user gave."""
+    if limit < 1:
+        raise ImageSearchError(f"--max-queries {limit} leaves nothing to judge: give 1 or more")
+    kept = sorted(judged, key=lambda query: (-len(judged[query]), query))[:limit]
+    return {query: judged[query] for query in sorted(kept)}
 
 
 def restrict(judged: dict[str, set[str]], indexed: set[str]) -> dict[str, set[str]]:

@@ -65,15 +65,28 @@ class Registry:
     # -- reading -------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
+        """The registry as stored; a one-line error when it is unreadable or not one the commands wrote.
+
+        Names read back are checked as :func:`check_name` checks new ones, since they become
+        folder and index names (CWE-22): a hand-edited or forged file cannot reach the disk.
+        """
         try:
             state = json.loads(self.path.read_text(encoding="utf-8"))
+            state.setdefault("models", {})
+            fields = set(ModelPair.__dataclass_fields__)
+            for key, entry in state["models"].items():
+                if check_name(key) != entry.get("name") or not set(entry) <= fields:
+                    raise ValueError(f"entry {key!r} is not a model pair")
+                ModelPair(**entry)
+            for role in ("serving", "previous"):
+                if state.get(role) is not None:
+                    check_name(state[role])
         except FileNotFoundError:
             return {"models": {}, "serving": None, "previous": None}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, ImageSearchError) as exc:
             raise ImageSearchError(
                 f"the model registry {self.path} is unreadable ({exc}): restore it or delete it"
             ) from None
-        state.setdefault("models", {})
         return state
 
     def configured(self) -> ModelPair:
@@ -162,8 +175,14 @@ class Registry:
         return pair
 
     def set_serving(self, name: str) -> ModelPair:
-        """Record that ``name`` serves now and that the one serving until now is the previous; returns that one."""
+        """Record that ``name`` serves now and that the one serving until now is the previous; returns that one.
+
+        Refused when ``name`` was unregistered meanwhile (``rm`` from another machine), so
+        the registry never names a serving pair it does not hold.
+        """
         with self._change() as state:
+            if name != CONFIGURED and name not in state["models"]:
+                raise ImageSearchError(f"model {name!r} was removed meanwhile: register it again to promote it")
             before = state.get("serving") or CONFIGURED
             state["previous"] = before
             state["serving"] = None if name == CONFIGURED else name

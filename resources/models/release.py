@@ -10,6 +10,7 @@ rollback publishes it again at once and encodes nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import ExitStack
 from typing import Any, Callable
@@ -126,8 +127,18 @@ def switch(settings: Settings, to: ModelPair) -> tuple[ModelPair, BuildInfo]:
     """Publish ``to``'s shadow build as the search index and record it as serving; returns the pair that served.
 
     The build that served is first kept under its model's shadow index (when it is a build of
-    the serving pair), so it can come back without encoding or building anything.
+    the serving pair), so it can come back without encoding or building anything. It holds
+    the ``search_index`` lock the refresh builds under, so a refresh that read the serving
+    pair before the switch cannot publish that pair's build over the promoted one, nor two
+    switches record each other's pair as the previous one.
     """
+    lock = settings.home / "locks" / "search_index.lock"
+    with store_lock(lock, "search_index", settings.lock_timeout, lambda line: print(line, file=sys.stderr)):
+        return _switch(settings, to)
+
+
+def _switch(settings: Settings, to: ModelPair) -> tuple[ModelPair, BuildInfo]:
+    """:func:`switch` once the lock is held."""
     registry = Registry(settings)
     serving = registry.serving()
     if to.name == serving.name:
