@@ -283,3 +283,13 @@ def test_a_forged_model_id_stays_in_the_embeddings_folder(tmp_path: Path, model_
     """CWE-22: a registry entry's image model (a path, a URL) keys its vector folder by a slug and hash."""
     root = VectorStore(tmp_path / "embeddings", model_id).root
     assert root.parent == tmp_path / "embeddings" and "/" not in root.name and ".." not in root.name
+
+
+def test_an_index_name_that_could_be_another_deployments_model_shadow_is_refused(tmp_path):
+    from resources.index import open_backend
+
+    settings = Settings(
+        home=tmp_path, backend="elasticsearch", es_url="http://127.0.0.1:9", index_name="photos-model-b"
+    )
+    with pytest.raises(ImageSearchError, match="holds '-model-'.*choose a name without it"):
+        open_backend(settings)
