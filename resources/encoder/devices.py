@@ -14,7 +14,7 @@ from pathlib import Path
 from resources.errors import ImageSearchError
 
 #: The CPU flags that decide the precision and the runtime, in the order benchmarks print them.
-MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+MATRIX_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,11 @@ class CpuInfo:
     def native_bf16(self) -> bool:
         """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
         return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+    @property
+    def int8_dot_product(self) -> bool:
+        """Whether the CPU sums int8 products in 32 bits (VNNI or AMX), free of the 16-bit saturation of AVX2's."""
+        return any(flag in self.flags for flag in ("avx_vnni", "avx512_vnni", "amx_int8"))
 
 
 @lru_cache(maxsize=1)
